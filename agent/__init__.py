@@ -1,0 +1,1 @@
+"""The QA agent: state, run-time context, settings, prompts and the graph's nodes."""

@@ -1,0 +1,121 @@
+"""The `qqrag` command: run the service, talk to the graph, manage the knowledge base."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.settings import get_settings
+
+app = typer.Typer(help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False)
+kb_app = typer.Typer(help="管理嵌入式知识库", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+console = Console()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="监听地址，默认 QQRAG_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="端口，默认 QQRAG_PORT")] = None,
+) -> None:
+    """启动 HTTP 服务。"""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "server:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        proxy_headers=True,
+    )
+
+
+def _open_kb(name: str | None) -> Any:
+    from tools.kb import EmbeddedKB
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return EmbeddedKB(settings.kb_path, name or settings.kb_name)
+
+
+@kb_app.command("add")
+def kb_add(
+    paths: Annotated[list[Path], typer.Argument(help=".md/.txt/.jsonl 文件或文件夹", exists=True)],
+    kb: Annotated[str | None, typer.Option(help="知识库名，默认 QQRAG_KB_NAME")] = None,
+) -> None:
+    """导入文档：Markdown 按标题切分，重复导入未改动的文件不会重复写入。"""
+    base = _open_kb(kb)
+    try:
+        for path in paths:
+            report = base.add_path(path, progress=True)
+            console.print(
+                f"[bold]{path}[/]：新增 {report.added_files} 个文件，替换 {report.replaced_files} 个，"
+                f"未改动 {report.unchanged_files} 个，跳过 {report.skipped_files} 个；"
+                f"写入 {report.passages_added} 段，删除 {report.passages_removed} 段，"
+                f"用时 {report.seconds:.2f} 秒"
+            )
+    finally:
+        base.close()
+
+
+@kb_app.command("list")
+def kb_list(kb: Annotated[str | None, typer.Option(help="知识库名")] = None) -> None:
+    """列出已导入的文档。"""
+    base = _open_kb(kb)
+    try:
+        table = Table("来源", "段落数", "导入时间")
+        for source in base.sources():
+            table.add_row(source.source, str(source.passages), str(source.ingested_at))
+        console.print(table)
+        console.print(f"知识库 {base.name}：共 {base.count()} 段")
+    finally:
+        base.close()
+
+
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="检索语句")],
+    k: Annotated[int, typer.Option("-k", help="返回条数")] = 5,
+    kb: Annotated[str | None, typer.Option(help="知识库名")] = None,
+) -> None:
+    """只做检索，查看会命中哪些段落。"""
+    base = _open_kb(kb)
+    try:
+        table = Table("#", "得分", "标题", "来源", "内容")
+        for i, p in enumerate(base.search_sync(query, k), start=1):
+            table.add_row(str(i), f"{p['score']:.3f}", p["title"], p["source"], p["text"][:60])
+        console.print(table)
+    finally:
+        base.close()
+
+
+@app.command("chat")
+def chat_command(
+    thread: Annotated[str, typer.Option(help="对话 ID，同一 ID 可跨次继续")] = "cli:private:me",
+    variant: Annotated[str | None, typer.Option(help="提示词变体")] = None,
+    thinking: Annotated[bool, typer.Option(help="让模型先思考")] = False,
+    model: Annotated[str | None, typer.Option(help="回答模型")] = None,
+) -> None:
+    """在终端里与问答图对话，逐个显示节点做了什么（给提示词工程师）。"""
+    from agent.chat import run_chat
+    from agent.context import Context
+
+    context = Context(thinking=thinking)
+    if variant:
+        context.prompt_variant = variant
+    if model:
+        context.chat_model = model
+    asyncio.run(run_chat(thread, context, console))
+
+
+@app.command("config")
+def show_config() -> None:
+    """显示当前生效的配置（环境变量与 .env）。"""
+    console.print_json(json.dumps(get_settings().model_dump(mode="json"), ensure_ascii=False))

@@ -1,0 +1,112 @@
+"""answer: write the reply from the numbered evidence, searching again through a tool if needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from agent import prompts
+from agent.context import Context
+from agent.evidence import current_question, format_evidence, recent_history
+from agent.extractive import extractive_answer
+from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
+from agent.services import Services, get_services
+from agent.state import State
+from tools.knowledge import make_search_tool
+
+log = logging.getLogger(__name__)
+
+
+async def _call(services: Services, runnable: Any, messages: list[BaseMessage]) -> AIMessage:
+    async with asyncio.timeout(services.settings.ollama_timeout):
+        reply: AIMessage = await runnable.ainvoke(messages)
+    return reply
+
+
+async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str, Any]:
+    model = services.chat_models(ctx.chat_model, reasoning=False, temperature=ctx.temperature)
+    messages = [
+        SystemMessage(content=prompts.render("chitchat", ctx.prompt_variant)),
+        *recent_history(state.messages, ctx.history_turns),
+        HumanMessage(content=current_question(state.messages)),
+    ]
+    update: dict[str, Any] = {}
+    try:
+        reply = await _call(services, model, messages)
+        text = message_text(reply)
+        update |= {
+            "model_calls": state.model_calls + 1,
+            "tokens": state.tokens + usage_tokens(reply),
+        }
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("chit-chat reply fell back to the canned one: %s", exc)
+        text, update["degraded"] = "", True
+    text = text or prompts.render("chitchat_fallback", ctx.prompt_variant)
+    return update | {"answer": text, "messages": [AIMessage(content=text)]}
+
+
+async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    services = get_services()
+    if state.intent == "chitchat":
+        return await _chitchat(state, ctx, services)
+
+    attempts = state.attempts + 1
+    if not state.evidence:
+        draft = prompts.render("not_found", ctx.prompt_variant, question=state.query)
+        return {"draft": draft, "draft_source": "not_found", "attempts": attempts}
+
+    model = services.chat_models(
+        ctx.chat_model, reasoning=ctx.thinking, temperature=ctx.temperature
+    )
+    runnable: Any = model
+    if state.tool_rounds < ctx.max_tool_rounds:
+        tool = make_search_tool(
+            services.knowledge,
+            services.reranker(ctx.reranker),
+            top_k=ctx.top_k,
+            top_n=ctx.rerank_top_n,
+            threshold=ctx.relevance_threshold,
+            variant=ctx.prompt_variant,
+        )
+        runnable = model.bind_tools([tool])
+    question = prompts.render(
+        "answer_user",
+        ctx.prompt_variant,
+        evidence=format_evidence(enumerate(state.evidence, start=1)),
+        question=state.query,
+    )
+    messages: list[BaseMessage] = [
+        SystemMessage(content=prompts.render("answer", ctx.prompt_variant)),
+        *recent_history(state.messages, ctx.history_turns),
+        HumanMessage(content=question),
+        *state.scratch,
+    ]
+    if state.feedback:
+        messages += [
+            AIMessage(content=state.draft),
+            HumanMessage(
+                content=prompts.render("regenerate", ctx.prompt_variant, problems=state.feedback)
+            ),
+        ]
+
+    try:
+        reply = await _call(services, runnable, messages)
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("answer fell back to extractive quotes: %s", exc)
+        draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)
+        return {
+            "draft": draft,
+            "draft_source": "extractive",
+            "degraded": True,
+            "attempts": attempts,
+        }
+
+    usage = {"model_calls": state.model_calls + 1, "tokens": state.tokens + usage_tokens(reply)}
+    if reply.tool_calls and state.tool_rounds < ctx.max_tool_rounds:
+        return usage | {"scratch": [*state.scratch, reply]}
+    return usage | {"draft": message_text(reply), "draft_source": "model", "attempts": attempts}

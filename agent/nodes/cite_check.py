@@ -1,0 +1,45 @@
+"""cite_check: keep only what the cited passages support; ask for one regeneration if needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+
+from agent import prompts
+from agent.citations import check_citations, renumber
+from agent.context import Context
+from agent.state import State, Verdict
+
+
+def _final(text: str, evidence: list[Any], verdict: Verdict | None) -> dict[str, Any]:
+    answer, citations = renumber(text, evidence)
+    return {
+        "answer": answer,
+        "citations": citations,
+        "verdict": verdict,
+        "feedback": "",
+        "messages": [AIMessage(content=answer)],
+    }
+
+
+async def cite_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    if state.draft_source != "model":
+        # Quotes and the not-found reply are built from the passages themselves.
+        return _final(state.draft, state.evidence, None)
+
+    check = check_citations(state.draft, state.evidence, ctx.support_threshold, state.query)
+    if check.needs_retry and state.attempts < ctx.max_attempts and not state.degraded:
+        return {"feedback": "\n".join(f"- {p}" for p in check.problems), "verdict": check.verdict}
+
+    verdict = check.verdict
+    has_support = verdict["supported_ratio"] not in (None, 0.0)
+    if not check.text or not (has_support or verdict["refusal"]):
+        text = prompts.render("not_found", ctx.prompt_variant, question=state.query)
+    elif verdict["removed"]:
+        text = f"{check.text}\n{prompts.render('unverified_notice', ctx.prompt_variant)}"
+    else:
+        text = check.text
+    return _final(text, state.evidence, verdict)

@@ -1,0 +1,122 @@
+"""classify: decide the intent and rewrite the question so it stands alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Literal, cast
+
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from agent import prompts
+from agent.context import Context
+from agent.evidence import current_question, recent_history
+from agent.models import DEPENDENCY_ERRORS, usage_tokens
+from agent.services import get_services
+from agent.state import TURN_RESET, Intent, State
+
+log = logging.getLogger(__name__)
+
+_GREETING = re.compile(
+    r"^(你好|您好|hi|hello|hey|嗨|哈喽|在吗|在不在|早上好|早安|中午好|下午好|晚上好|晚安|"
+    r"谢谢|多谢|感谢|谢啦|thx|thanks|thank you|好的|ok|收到|嗯+|哈哈+|你是谁)"
+    r"[\s!！~～。.,，?？呀啊呢]*$",
+    re.IGNORECASE,
+)
+_INJECTION = re.compile(
+    r"(忽略|无视|忘记|忘掉).{0,8}(之前|以上|上面|前面|所有|全部).{0,8}(指令|说明|提示|规则|设定)"
+    r"|ignore\s+(all\s+)?(the\s+)?(previous|above|prior)\s+(instructions|prompts?)"
+    r"|(输出|打印|泄露|告诉我).{0,6}(系统提示词|system\s*prompt)",
+    re.IGNORECASE,
+)
+_CLASSIFY_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, ValueError)
+_COMMANDS = {"/帮助": "help", "/help": "help", "/重置": "reset", "/reset": "reset"}
+
+
+class Classification(BaseModel):
+    """The structured output asked of the classify model."""
+
+    intent: Literal["knowledge", "chitchat", "command", "blocked"] = Field(
+        description="knowledge | chitchat | command | blocked"
+    )
+    standalone_question: str = Field(description="最后一条消息改写成的独立完整问题")
+
+
+def rule_intent(text: str, has_history: bool) -> Intent | None:
+    """The intent when rules are sure, None when the model must decide."""
+    if text.startswith(("/", "／")):
+        return "command"
+    if _INJECTION.search(text):
+        return "blocked"
+    if _GREETING.match(text):
+        return "chitchat"
+    # A first question has nothing to refer back to, so it needs no rewrite.
+    return None if has_history else "knowledge"
+
+
+def _command_reply(text: str, variant: str) -> dict[str, Any]:
+    command = text.replace("／", "/").split()[0]
+    match _COMMANDS.get(command.lower()):
+        case "reset":
+            return {
+                "answer": prompts.render("reset", variant),
+                "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES)],
+            }
+        case "help":
+            reply = prompts.render("help", variant)
+        case _:
+            reply = prompts.render("unknown_command", variant, command=command)
+    return {"answer": reply, "messages": [AIMessage(content=reply)]}
+
+
+def _fallback_query(question: str, history: list[Any]) -> str:
+    """Without the model, carry the previous question along so retrieval keeps the subject."""
+    earlier = [m.content for m in history if isinstance(m, HumanMessage)]
+    return f"{earlier[-1]} {question}" if earlier else question
+
+
+async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    question = current_question(state.messages)
+    history = recent_history(state.messages, ctx.history_turns)
+    update: dict[str, Any] = {**TURN_RESET, "query": question}
+
+    intent = rule_intent(question, bool(history))
+    if intent is None or (ctx.classify_first_turn and intent == "knowledge"):
+        model = get_services().chat_models(ctx.classify_model, reasoning=False, temperature=0.0)
+        structured = model.with_structured_output(
+            Classification, method="json_schema", include_raw=True
+        )
+        messages = [
+            SystemMessage(content=prompts.render("classify", ctx.prompt_variant)),
+            *history,
+            HumanMessage(content=question),
+        ]
+        try:
+            async with asyncio.timeout(get_services().settings.ollama_timeout):
+                out = cast(dict[str, Any], await structured.ainvoke(messages))
+            update["model_calls"] = 1
+            update["tokens"] = usage_tokens(out["raw"])
+            if out["parsing_error"] is not None or out["parsed"] is None:
+                raise ValueError(f"unparsable classification: {out['parsing_error']}")
+            result: Classification = out["parsed"]
+            # "command" without a leading slash is a model mistake; treat it as a question.
+            intent = "knowledge" if result.intent == "command" else result.intent
+            update["query"] = result.standalone_question.strip() or question
+        except _CLASSIFY_ERRORS as exc:
+            log.warning("classify fell back to rules: %s", exc)
+            intent = "knowledge"
+            update["query"] = _fallback_query(question, history)
+            update["degraded"] = True
+
+    update["intent"] = intent
+    if intent == "command":
+        update |= _command_reply(question, ctx.prompt_variant)
+    elif intent == "blocked":
+        reply = prompts.render("blocked", ctx.prompt_variant)
+        update |= {"answer": reply, "messages": [AIMessage(content=reply)]}
+    return update

@@ -1,0 +1,88 @@
+"""Process settings: URLs, models, folders and limits, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_docs_dir() -> Path:
+    """The bundled user guide: `docs/` in a checkout, `agent/guide/` in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "docs", here / "guide"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "docs"
+
+
+class Settings(BaseSettings):
+    """Everything that depends on the machine rather than on the conversation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QQRAG_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    ollama_url: str = Field(
+        default="http://127.0.0.1:11434",
+        validation_alias=AliasChoices("QQRAG_OLLAMA_URL", "OLLAMA_HOST"),
+        description="Ollama base URL, without /v1.",
+    )
+    ollama_timeout: float = Field(default=60.0, gt=0, description="Seconds per Ollama request.")
+    chat_model: str = Field(default="qwen3:8b", description="Model that writes answers.")
+    classify_model: str = Field(
+        default="", description="Model for intent and rewrite; empty means the chat model."
+    )
+    thinking: bool = Field(default=False, description="Let the answer model think first.")
+    data_dir: Path = Field(default=Path("data"), description="Knowledge base and checkpoints.")
+    kb_name: str = Field(default="default", description="Embedded knowledge base to search.")
+    default_docs: Path = Field(
+        default_factory=_default_docs_dir,
+        description="Ingested into an empty knowledge base on first start.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_text_chars: int = Field(default=2000, ge=1, description="Longest accepted question.")
+    group_thread_scope: Literal["member", "group"] = Field(
+        default="member",
+        description="member: one conversation per group member; group: one per group.",
+    )
+    top_k: int = Field(default=8, ge=1, le=50)
+    rerank_top_n: int = Field(default=4, ge=1, le=20)
+    relevance_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
+    prompt_variant: str = "default"
+    prompts_dir: Path | None = Field(
+        default=None, description="Folder searched for prompt files before the bundled ones."
+    )
+    history_turns: int = Field(default=6, ge=0, description="Earlier turns shown to the models.")
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _normalise_ollama_url(cls, value: str) -> str:
+        # OLLAMA_HOST is often written the way `ollama serve` reads it: "0.0.0.0:11434".
+        url = value.strip().rstrip("/")
+        # The OpenAI-compatible prefix is a frequent mistake; the native API lives at the root.
+        url = url.removesuffix("/v1").removesuffix("/api")
+        if "://" not in url:
+            url = f"http://{url}"
+        return url.replace("://0.0.0.0", "://127.0.0.1")
+
+    @property
+    def kb_path(self) -> Path:
+        return self.data_dir / "kb.sqlite"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.data_dir / "checkpoints.sqlite"
+
+    @property
+    def effective_classify_model(self) -> str:
+        return self.classify_model or self.chat_model
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

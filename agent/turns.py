@@ -1,0 +1,169 @@
+"""Running one turn of the graph: shared by the HTTP service, `qqrag chat` and the evals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+
+from agent.context import Context
+from agent.state import Citation, InputState, State, Verdict
+from tools.base import Passage
+
+QAGraph = CompiledStateGraph[State, Context, InputState, State]
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    citations: list[Citation]
+    intent: str
+    query: str
+    degraded: bool
+    verdict: Verdict | None = None
+    evidence: list[Passage] = field(default_factory=list)
+    model_calls: int = 0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def turn_input(text: str, message_id: str | None = None) -> InputState:
+    extra = {"message_id": message_id} if message_id else {}
+    return InputState(messages=[HumanMessage(content=text, additional_kwargs=extra)])
+
+
+def turn_config(thread_id: str, trace_id: str | None = None) -> RunnableConfig:
+    return {
+        "configurable": {"thread_id": thread_id},
+        "metadata": {"trace_id": trace_id} if trace_id else {},
+        "run_name": "qa-turn",
+    }
+
+
+def result_from_state(values: dict[str, Any]) -> TurnResult:
+    return TurnResult(
+        answer=values.get("answer", ""),
+        citations=values.get("citations", []),
+        intent=values.get("intent", "knowledge"),
+        query=values.get("query", ""),
+        degraded=values.get("degraded", False),
+        verdict=values.get("verdict"),
+        evidence=values.get("evidence", []),
+        model_calls=values.get("model_calls", 0),
+        tokens=values.get("tokens", 0),
+    )
+
+
+async def run_turn(
+    graph: QAGraph,
+    thread: str,
+    text: str,
+    context: Context,
+    *,
+    message_id: str | None = None,
+    trace_id: str | None = None,
+) -> TurnResult:
+    # durability="exit": one checkpoint write per turn, so a turn is stored whole or not at all.
+    values = await graph.ainvoke(
+        turn_input(text, message_id),
+        turn_config(thread, trace_id),
+        context=context,
+        durability="exit",
+    )
+    return result_from_state(values)
+
+
+class ThinkFilter:
+    """Drops `<think>…</think>` from a token stream, even when a tag is split across chunks."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._thinking = False
+
+    def feed(self, text: str) -> str:
+        self._pending += text
+        out = []
+        while self._pending:
+            tag = "</think>" if self._thinking else "<think>"
+            at = self._pending.find(tag)
+            if at >= 0:
+                if not self._thinking:
+                    out.append(self._pending[:at])
+                self._pending = self._pending[at + len(tag) :]
+                self._thinking = not self._thinking
+                continue
+            # Keep a possible partial tag for the next chunk.
+            keep = next(
+                (n for n in range(len(tag) - 1, 0, -1) if self._pending.endswith(tag[:n])), 0
+            )
+            if not self._thinking:
+                out.append(self._pending[: len(self._pending) - keep])
+            self._pending = self._pending[len(self._pending) - keep :]
+            break
+        return "".join(out)
+
+
+def _brief(passages: list[Passage]) -> list[dict[str, Any]]:
+    return [{"id": p["id"], "title": p["title"], "score": p["score"]} for p in passages]
+
+
+def summarize_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
+    """What a node did, small enough for a progress event or a terminal line."""
+    summary: dict[str, Any] = {"node": node}
+    for key in ("intent", "query", "draft", "feedback", "answer", "degraded", "tool_rounds"):
+        if update.get(key) not in (None, ""):
+            summary[key] = update[key]
+    for key in ("candidates", "ranked", "evidence"):
+        if key in update:
+            summary[key] = _brief(update[key])
+    if update.get("verdict"):
+        verdict = update["verdict"]
+        summary["verdict"] = {k: verdict[k] for k in ("supported_ratio", "removed", "invalid_refs")}
+    if node == "answer" and update.get("scratch"):
+        calls = getattr(update["scratch"][-1], "tool_calls", [])
+        summary["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in calls]
+    return summary
+
+
+async def stream_turn(
+    graph: QAGraph,
+    thread: str,
+    text: str,
+    context: Context,
+    *,
+    message_id: str | None = None,
+    trace_id: str | None = None,
+) -> AsyncIterator[tuple[str, Any]]:
+    """Yields ("node", summary) after each node, ("token", text) while the answer is written,
+    and finally ("result", TurnResult)."""
+    config = turn_config(thread, trace_id)
+    visible = ThinkFilter()
+    # With several stream modes every part is a (mode, payload) pair.
+    parts = cast(
+        AsyncIterator[tuple[str, Any]],
+        graph.astream(
+            turn_input(text, message_id),
+            config,
+            context=context,
+            stream_mode=("updates", "messages"),
+            durability="exit",
+        ),
+    )
+    async for mode, payload in parts:
+        if mode == "updates":
+            for node, update in payload.items():
+                yield "node", summarize_update(node, update or {})
+        elif mode == "messages":
+            chunk, meta = payload
+            if meta.get("langgraph_node") == "answer" and isinstance(chunk, AIMessageChunk):
+                token = visible.feed(chunk.content if isinstance(chunk.content, str) else "")
+                if token:
+                    yield "token", token
+    state = await graph.aget_state(config)
+    yield "result", result_from_state(state.values)

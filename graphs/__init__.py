@@ -1,0 +1,1 @@
+"""The StateGraph wiring; `graphs.qa.graph` is what `langgraph dev` opens."""

@@ -1,0 +1,139 @@
+"""Shared fixtures: a real embedded knowledge base, real SQLite checkpoints, scripted models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.services import Services, set_services
+from agent.settings import Settings, get_settings
+from agent.turns import QAGraph
+from graphs.qa import build
+from tools.kb import EmbeddedKB
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Replies from a script, records what it was sent; `bind_tools` returns itself.
+
+    A scripted reply may be an exception, raised as a failing Ollama call would raise it.
+    Structured output parses the next reply's content as JSON into the requested schema.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    script: list[AIMessage | BaseException]
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+    bound_tools: list[Any] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _next(self, messages: list[BaseMessage]) -> AIMessage:
+        self.calls.append(list(messages))
+        if not self.script:
+            raise AssertionError(f"unexpected model call #{len(self.calls)}")
+        reply = self.script.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
+        self.bound_tools = list(tools)
+        return self
+
+    def with_structured_output(  # type: ignore[override]
+        self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, Any]:
+        def parse(messages: list[BaseMessage]) -> dict[str, Any]:
+            raw = self._next(messages)
+            try:
+                return {
+                    "raw": raw,
+                    "parsed": schema.model_validate_json(str(raw.content)),
+                    "parsing_error": None,
+                }
+            except ValueError as exc:
+                return {"raw": raw, "parsed": None, "parsing_error": exc}
+
+        return RunnableLambda(parse)
+
+
+class ScriptedModels:
+    """A chat model factory handing out one scripted model, whatever name is asked for."""
+
+    def __init__(self) -> None:
+        self.model = ScriptedChatModel(script=[])
+        self.requests: list[tuple[str, bool]] = []
+
+    def __call__(self, model: str, *, reasoning: bool, temperature: float) -> BaseChatModel:
+        self.requests.append((model, reasoning))
+        return self.model
+
+    def say(self, *replies: AIMessage | BaseException | str) -> None:
+        for reply in replies:
+            self.model.script.append(AIMessage(content=reply) if isinstance(reply, str) else reply)
+
+    @property
+    def calls(self) -> list[list[BaseMessage]]:
+        return self.model.calls
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No developer's `.env` or exported QQRAG_* variable leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("QQRAG_") or name == "OLLAMA_HOST":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> Iterator[EmbeddedKB]:
+    base = EmbeddedKB(tmp_path / "kb.sqlite", "test")
+    base.add_path(FIXTURES / "kb")
+    yield base
+    base.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, ollama_url="http://127.0.0.1:9", _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def models() -> ScriptedModels:
+    return ScriptedModels()
+
+
+@pytest.fixture
+def services(settings: Settings, kb: EmbeddedKB, models: ScriptedModels) -> Iterator[Services]:
+    services = Services(settings=settings, knowledge=kb, chat_models=models)
+    set_services(services)
+    yield services
+    set_services(None)
+
+
+@pytest.fixture
+async def graph(services: Services, tmp_path: Path) -> AsyncIterator[QAGraph]:
+    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "checkpoints.sqlite")) as saver:
+        yield build(saver)

@@ -1,0 +1,1 @@
+"""Knowledge backends, the reranker and the LangChain tools built on them."""

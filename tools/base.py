@@ -1,0 +1,38 @@
+"""The knowledge interface every backend (embedded SQLite, MaxKB) implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from typing_extensions import TypedDict
+
+
+class Passage(TypedDict):
+    """One retrievable piece of a document, the same shape for every backend."""
+
+    id: str
+    """Stable id: re-ingesting the same text yields the same id."""
+    title: str
+    """Heading path or document title shown in citations."""
+    source: str
+    """Where it came from: a file path relative to the ingest root, a URL or a MaxKB document."""
+    text: str
+    """The passage text itself."""
+    score: float
+    """Backend score; after reranking a 0..1 relevance."""
+    kb: str
+    """Name of the knowledge base that holds it."""
+
+
+class KnowledgeBackend(Protocol):
+    """What the graph needs from a knowledge base."""
+
+    name: str
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        """The `k` best passages for `query`, best first."""
+        ...
+
+    async def health(self) -> str | None:
+        """None when healthy, otherwise a short description of what is wrong."""
+        ...
