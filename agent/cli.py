@@ -119,3 +119,7 @@ def chat_command(
 def show_config() -> None:
     """显示当前生效的配置（环境变量与 .env）。"""
     console.print_json(json.dumps(get_settings().model_dump(mode="json"), ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    app()

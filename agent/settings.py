@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -11,12 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_docs_dir() -> Path:
-    """The bundled user guide: `docs/` in a checkout, `agent/guide/` in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "docs", here / "guide"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "docs"
+    """The bundled user guide: `docs/` in a checkout, `share/qqrag/docs` for a wheel install."""
+    checkout = Path(__file__).resolve().parent.parent / "docs"
+    installed = Path(sys.prefix) / "share" / "qqrag" / "docs"
+    return installed if not checkout.is_dir() and installed.is_dir() else checkout
 
 
 class Settings(BaseSettings):

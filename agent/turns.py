@@ -151,7 +151,7 @@ async def stream_turn(
             turn_input(text, message_id),
             config,
             context=context,
-            stream_mode=("updates", "messages"),
+            stream_mode=["updates", "messages"],
             durability="exit",
         ),
     )

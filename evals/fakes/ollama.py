@@ -173,8 +173,8 @@ _REFERRING_RE = re.compile("它们|这个|那个|它|这|那|该|其|他|她|此
 _LEADING_CONNECTIVE_RE = re.compile(r"^(那么|那)[，,\s]*")
 # Longest first, so that 为什么 goes before 什么 and 哪个 before 哪.
 _INTERROGATIVES = (
-    *("为什么", "什么", "怎么", "如何", "哪个", "哪里", "多少", "请问"),
-    *("吗", "呢", "哪", "谁", "是", "吧", "啊", "呀"),
+    *("为什么", "什么", "怎么", "如何", "哪个", "哪里", "多少", "请问", "有多久", "多久", "多长"),
+    *("吗", "呢", "哪", "谁", "是", "吧", "啊", "呀", "几"),
 )
 _INJECTION_RE = re.compile(
     r"忽略(之前|以上|前面)的?(所有)?(指令|说明|提示)"
@@ -262,6 +262,9 @@ def best_evidence(passages: Sequence[_Passage], question: str) -> _Evidence | No
 
 
 def _topic(question: str) -> str:
+    """The subject of a question: what precedes its first 的 ("X的续航有多久" -> "X"), else
+    the question without interrogatives and punctuation."""
+    question = question.split("的", 1)[0]
     for word in _INTERROGATIVES:
         question = question.replace(word, "")
     return _PUNCTUATION_RE.sub("", question)
@@ -761,8 +764,9 @@ def _model_request(body: Any) -> tuple[dict[str, Any], Response | None]:
 class FakeOllama:
     """A fake Ollama server in a background thread; see the module docstring.
 
-    Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
-    every request received as ``{"path", "method", "json"}``.
+        Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
+        every request received as ``{"path", "method", "json", "at"}`` (``at``: ``time.monotonic()``
+    on arrival, so tests can tell whether two requests overlapped).
     """
 
     def __init__(
@@ -868,7 +872,9 @@ class FakeOllama:
 
     def _record(self, method: str, path: str, body: Any) -> None:
         with self._lock:
-            self.requests.append({"path": path, "method": method, "json": body})
+            self.requests.append(
+                {"path": path, "method": method, "json": body, "at": time.monotonic()}
+            )
 
     def _take_fault(self) -> Fault | None:
         with self._lock:

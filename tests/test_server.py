@@ -1,0 +1,274 @@
+"""End to end: `qqrag serve` in a child process (real uvicorn, real SQLite) and the fake Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evals.fakes.ollama import FakeOllama, LatencyModel
+from evals.harness import ServiceProcess
+from tests.conftest import FIXTURES
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture(scope="module")
+def fake_ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake_ollama: FakeOllama) -> dict[str, str]:
+    fake_ollama.reset()
+    fake_ollama.latency = LatencyModel()
+    return {
+        "QQRAG_DATA_DIR": str(tmp_path / "data"),
+        "QQRAG_OLLAMA_URL": fake_ollama.url,
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+    }
+
+
+def ask(service: ServiceProcess, text: str, user: str = "30003", **extra: object) -> dict:
+    body = {"platform": "qq", "scene": "group", "group_id": "20002", "user_id": user, "text": text}
+    response = httpx.post(f"{service.url}/v1/chat", json=body | extra, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def history(service: ServiceProcess, thread: str) -> httpx.Response:
+    return httpx.get(f"{service.url}/v1/threads/{thread}", timeout=10)
+
+
+def test_follow_up_needs_the_rewrite_and_history_survives_a_restart(
+    env: dict[str, str], tmp_path: Path, fake_ollama: FakeOllama
+):
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        first = ask(service, "月光扫地机器人的续航有多久？")
+        assert first["intent"] == "knowledge"
+        assert first["thread_id"] == "qq:group:20002:30003"
+        assert (
+            first["answer"]
+            == "月光扫地机器人是月光电器出品的家用扫地机器人，续航 150 分钟，适合 120 平方米以内的住宅[1]。"
+        )
+        assert first["citations"][0]["title"] == "月光扫地机器人"
+        assert first["degraded"] is False
+
+        # "它" alone would retrieve either product's price: only the rewrite names the robot.
+        second = ask(service, "那它售价多少？")
+        assert (
+            second["answer"] == "月光扫地机器人售价 1299 元，旗舰版带自动集尘座，售价 1799 元[1]。"
+        )
+        assert second["citations"] == [
+            {
+                "index": 1,
+                "title": "月光扫地机器人 › 月光扫地机器人的价格",
+                "source": "kb/moonlight.md",
+                "passage_id": second["citations"][0]["passage_id"],
+                "snippet": "月光扫地机器人售价 1299 元，旗舰版带自动集尘座，售价 1799 元。",
+            }
+        ]
+        classify_call = [c for c in fake_ollama.calls("/api/chat") if c.get("format")][-1]
+        assert classify_call["think"] is False
+        assert [m["role"] for m in classify_call["messages"]] == [
+            "system",
+            "user",
+            "assistant",
+            "user",
+        ]
+
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        messages = history(service, "qq:group:20002:30003").json()["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+        assert messages[2]["content"] == "那它售价多少？"
+        # The restarted service still knows what "它" is.
+        third = ask(service, "它的滤网多久换一次？")
+        assert (
+            third["answer"] == "月光扫地机器人的滤网建议每两个月更换一次，边刷每三个月更换一次[1]。"
+        )
+
+        deleted = httpx.delete(f"{service.url}/v1/threads/qq:group:20002:30003", timeout=10)
+        assert deleted.json() == {"thread_id": "qq:group:20002:30003", "deleted": True}
+        gone = history(service, "qq:group:20002:30003")
+        assert gone.status_code == 404
+        assert gone.json()["error"]["code"] == "thread_not_found"
+
+
+def test_group_members_have_separate_threads_and_private_chat_its_own(
+    env: dict[str, str], tmp_path: Path
+):
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        ask(service, "星尘打印机保修多久？", user="1")
+        ask(service, "月光扫地机器人续航多久？", user="2")
+        private = httpx.post(
+            f"{service.url}/v1/chat",
+            json={
+                "scene": "private",
+                "user_id": 1,
+                "text": "星尘打印机支持哪些耗材？",
+                "message_id": 42,
+            },
+            timeout=30,
+        ).json()
+        assert private["thread_id"] == "qq:private:1"
+        assert len(history(service, "qq:group:20002:1").json()["messages"]) == 2
+        assert len(history(service, "qq:group:20002:2").json()["messages"]) == 2
+        assert len(history(service, "qq:private:1").json()["messages"]) == 2
+
+
+async def test_turns_of_one_thread_are_serialised_and_of_different_threads_are_not(
+    env: dict[str, str], tmp_path: Path, fake_ollama: FakeOllama
+):
+    delay = 0.6
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        fake_ollama.latency = LatencyModel(fixed_s=delay)
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+
+            async def turn(user: str, text: str) -> None:
+                body = {"scene": "private", "user_id": user, "text": text}
+                response = await client.post("/v1/chat", json=body)
+                assert response.status_code == 200
+
+            fake_ollama.reset()
+            await asyncio.gather(
+                turn("same", "星尘打印机保修多久？"), turn("same", "星尘打印机售价多少？")
+            )
+            same = sorted(r["at"] for r in fake_ollama.requests if r["path"] == "/api/chat")
+
+            fake_ollama.reset()
+            await asyncio.gather(
+                turn("a", "星尘打印机保修多久？"), turn("b", "星尘打印机售价多少？")
+            )
+            different = sorted(r["at"] for r in fake_ollama.requests if r["path"] == "/api/chat")
+
+    # One thread: the second turn's model call starts only after the first turn's has finished.
+    assert same[-1] - same[0] >= delay
+    # Two threads: both model calls are in flight at the same time.
+    assert different[-1] - different[0] < delay / 2
+    assert len(same) >= 2 and len(different) == 2
+
+
+def test_stream_reports_nodes_tokens_and_the_result(env: dict[str, str], tmp_path: Path):
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        body = {"scene": "private", "user_id": "9", "text": "星尘打印机支持哪些耗材？"}
+        with httpx.stream(
+            "POST", f"{service.url}/v1/chat/stream", json=body, timeout=30
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = []
+            for block in response.read().decode().split("\n\n"):
+                if block.strip():
+                    kind, data = block.split("\n", 1)
+                    events.append(
+                        (kind.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
+                    )
+    kinds = [kind for kind, _ in events]
+    nodes = [data["node"] for kind, data in events if kind == "node"]
+    assert nodes == ["classify", "retrieve", "rerank", "answer", "cite_check"]
+    assert kinds[-1] == "result" and "token" in kinds
+    result = events[-1][1]
+    tokens = "".join(data["text"] for kind, data in events if kind == "token")
+    assert (
+        tokens
+        == result["answer"]
+        == "星尘打印机支持 PLA 和 PETG 两种耗材，耗材直径为 1.75 毫米[1]。"
+    )
+    assert events[0][1]["intent"] == "knowledge"
+    assert result["citations"][0]["title"] == "星尘打印机 › 打印材料"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"scene": "private", "user_id": "1", "text": "   "}, "text 不能为空"),
+        ({"scene": "private", "user_id": "1", "text": 123}, "text: Input should be a valid string"),
+        ({"scene": "group", "user_id": "1", "text": "你好"}, "scene 为 group 时必须提供 group_id"),
+        (
+            {"scene": "channel", "user_id": "1", "text": "你好"},
+            "scene: Input should be 'group' or 'private'",
+        ),
+        (
+            {"scene": "private", "user_id": ["1"], "text": "你好"},
+            "user_id: Input should be a valid string",
+        ),
+        ({"scene": "private", "text": "你好"}, "user_id: Field required"),
+        (
+            {"scene": "private", "user_id": "1", "text": "长" * 2001},
+            "text 超过 2000 字的上限（2001 字）",
+        ),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(
+    body: dict,
+    message: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    service_for_errors: ServiceProcess,
+):
+    response = httpx.post(f"{service_for_errors.url}/v1/chat", json=body, timeout=10)
+    assert response.status_code == 422
+    assert message in response.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def service_for_errors(
+    tmp_path_factory: pytest.TempPathFactory, fake_ollama: FakeOllama
+) -> Iterator[ServiceProcess]:
+    root = tmp_path_factory.mktemp("errors")
+    env = {
+        "QQRAG_DATA_DIR": str(root / "data"),
+        "QQRAG_OLLAMA_URL": fake_ollama.url,
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+    }
+    with ServiceProcess(env, cwd=root) as service:
+        yield service
+
+
+def test_malformed_json_and_unknown_routes(service_for_errors: ServiceProcess):
+    response = httpx.post(
+        f"{service_for_errors.url}/v1/chat",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+    missing = httpx.get(f"{service_for_errors.url}/v1/nothing", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    # The service is still up and answering.
+    assert httpx.get(f"{service_for_errors.url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_fresh_install_answers_from_its_own_docs_with_and_without_ollama(
+    tmp_path: Path, fake_ollama: FakeOllama
+):
+    question = "qqrag 服务默认监听哪个端口？"
+    full_env = {"QQRAG_DATA_DIR": str(tmp_path / "data"), "QQRAG_OLLAMA_URL": fake_ollama.url}
+    with ServiceProcess(full_env, cwd=tmp_path) as service:
+        ready = httpx.get(f"{service.url}/readyz", timeout=10).json()
+        assert ready == {
+            "status": "ok",
+            "checks": {"sqlite": {"ok": True}, "knowledge": {"ok": True}, "ollama": {"ok": True}},
+        }
+        full = ask(service, question)
+        assert full["degraded"] is False
+        assert "8000" in full["answer"]
+        assert full["citations"][0]["source"].startswith("docs/")
+
+    down_env = full_env | {"QQRAG_OLLAMA_URL": "http://127.0.0.1:9"}
+    with ServiceProcess(down_env, cwd=tmp_path) as service:
+        ready = httpx.get(f"{service.url}/readyz", timeout=10).json()
+        assert ready["status"] == "degraded"
+        assert "无法连接 Ollama" in ready["checks"]["ollama"]["error"]
+        degraded = ask(service, question, user="other")
+        assert degraded["degraded"] is True
+        assert degraded["answer"].startswith("（AI 模型暂时不可用")
+        assert "8000" in degraded["answer"]
+        assert degraded["citations"] and all(
+            c["source"].startswith("docs/") for c in degraded["citations"]
+        )
