@@ -39,9 +39,12 @@ class Context:
         default_factory=lambda: get_settings().relevance_threshold,
         metadata={"description": "Reranked passages scoring below this (0..1) are not evidence."},
     )
-    reranker: Literal["lexical", "none"] = field(
-        default="lexical",
-        metadata={"description": "lexical: query-term coverage blended with retrieval score."},
+    reranker: Literal["lexical", "embedding", "qwen3-reranker", "none"] = field(
+        default_factory=lambda: get_settings().reranker,
+        metadata={
+            "description": "lexical: query-term coverage; embedding: cosine of Ollama embeddings; "
+            "qwen3-reranker: P(yes) of a Qwen3-Reranker model; none: retrieval order."
+        },
     )
     prompt_variant: str = field(
         default_factory=lambda: get_settings().prompt_variant,

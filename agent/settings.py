@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_docs_dir() -> Path:
@@ -57,6 +57,61 @@ class Settings(BaseSettings):
         default=None, description="Folder searched for prompt files before the bundled ones."
     )
     history_turns: int = Field(default=6, ge=0, description="Earlier turns shown to the models.")
+
+    embed_model: str = Field(
+        default="",
+        description="Ollama embedding model (e.g. qwen3-embedding:0.6b) for hybrid retrieval and "
+        "the embedding reranker; empty means lexical retrieval only.",
+    )
+    embed_batch_size: int = Field(default=32, ge=1, le=512)
+    reranker: Literal["lexical", "embedding", "qwen3-reranker", "none"] = Field(
+        default="lexical", description="Default rerank strategy."
+    )
+    rerank_model: str = Field(
+        default="",
+        description="Ollama Qwen3-Reranker model for the qwen3-reranker strategy, e.g. "
+        "dengcao/Qwen3-Reranker-0.6B:Q8_0.",
+    )
+    rerank_concurrency: int = Field(default=4, ge=1, le=64)
+
+    knowledge_backend: Literal["embedded", "maxkb"] = Field(
+        default="embedded", description="Where retrieve searches."
+    )
+    maxkb_url: str = Field(default="", description="MaxKB base URL, e.g. http://maxkb:8080.")
+    maxkb_mode: Literal["app_hit_test_v1", "knowledge_hit_test_v2", "app_chat_v2"] = Field(
+        default="knowledge_hit_test_v2",
+        description="app_hit_test_v1: v1 application hit test with an application key; "
+        "knowledge_hit_test_v2: v2 knowledge hit test with a user token; "
+        "app_chat_v2: v2 application chat with an application key, citations from the record.",
+    )
+    maxkb_api_key: SecretStr = Field(
+        default=SecretStr(""), description="MaxKB application key (application-...)."
+    )
+    maxkb_token: SecretStr = Field(default=SecretStr(""), description="MaxKB v2 user token.")
+    maxkb_application_id: str = ""
+    maxkb_knowledge_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="v2 knowledge base ids, comma-separated."
+    )
+    maxkb_workspace: str = "default"
+    maxkb_admin_path: str = "/admin"
+    maxkb_v1_method: Literal["auto", "get", "put"] = Field(
+        default="auto",
+        description="v1 hit test: GET up to v1.10.8-lts, PUT from v1.10.9-lts; auto detects.",
+    )
+    maxkb_search_mode: Literal["embedding", "keywords", "blend"] = "blend"
+    maxkb_similarity: float = Field(default=0.0, ge=0.0, le=2.0)
+    maxkb_timeout: float = Field(default=10.0, gt=0)
+    maxkb_retries: int = Field(default=2, ge=0, le=5)
+    maxkb_fallback_embedded: bool = Field(
+        default=True, description="Search the embedded knowledge base while MaxKB is down."
+    )
+
+    @field_validator("maxkb_knowledge_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("ollama_url")
     @classmethod
