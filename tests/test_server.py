@@ -272,3 +272,31 @@ def test_fresh_install_answers_from_its_own_docs_with_and_without_ollama(
         assert degraded["citations"] and all(
             c["source"].startswith("docs/") for c in degraded["citations"]
         )
+
+
+def test_readyz_names_a_missing_model_and_an_empty_knowledge_base(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    from fastapi.testclient import TestClient
+
+    import server
+    from agent.settings import get_settings
+
+    with FakeOllama(models=("llama3.2:3b",)) as fake:
+        monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
+        monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(tmp_path / "no-docs"))
+        get_settings.cache_clear()
+        with TestClient(server.create_app()) as client:
+            response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["checks"]["knowledge"] == {
+        "ok": False,
+        "error": "知识库 default 为空：先运行 qqrag kb add PATH",
+    }
+    assert body["checks"]["ollama"] == {
+        "ok": False,
+        "error": "Ollama 上缺少模型 qwen3:8b：请运行 ollama pull qwen3:8b",
+    }

@@ -1,0 +1,81 @@
+"""The real ChatOllama, through the graph, against the fake Ollama."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from agent.context import Context
+from agent.models import OllamaChatModels, message_text, usage_tokens
+from agent.services import Services
+from agent.turns import QAGraph, run_turn
+from evals.fakes.ollama import FakeOllama, Fault
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(services: Services, fake: FakeOllama) -> FakeOllama:
+    fake.reset()
+    services.settings.ollama_url = fake.url
+    services.chat_models = OllamaChatModels(services.settings)
+    return fake
+
+
+async def test_thinking_is_requested_but_never_shown(graph: QAGraph, ollama: FakeOllama):
+    result = await run_turn(graph, "m1", "星尘打印机保修多久？", Context(thinking=True))
+    assert result.answer == "星尘打印机整机保修两年，喷头等易损件保修六个月[1]。"
+    assert result.tokens > 0 and result.model_calls == 1
+    request = ollama.calls("/api/chat")[0]
+    assert request["think"] is True
+    assert request["tools"][0]["function"]["name"] == "search_knowledge"
+
+
+async def test_classify_asks_for_a_json_schema_with_thinking_off(
+    graph: QAGraph, ollama: FakeOllama
+):
+    await run_turn(graph, "m2", "星尘打印机保修多久？", Context())
+    await run_turn(graph, "m2", "那它支持哪些耗材？", Context())
+    classify = [c for c in ollama.calls("/api/chat") if c.get("format")]
+    assert len(classify) == 1
+    assert classify[0]["think"] is False
+    assert classify[0]["format"]["properties"]["intent"]["enum"] == [
+        "knowledge",
+        "chitchat",
+        "command",
+        "blocked",
+    ]
+
+
+async def test_error_line_inside_the_stream_degrades_the_answer(graph: QAGraph, ollama: FakeOllama):
+    ollama.fail_next(Fault.STREAM_ERROR_LINE)
+    result = await run_turn(graph, "m3", "星尘打印机保修多久？", Context())
+    assert result.degraded is True
+    assert "星尘打印机整机保修两年" in result.answer
+
+
+async def test_malformed_classification_falls_back_and_the_turn_still_answers(
+    graph: QAGraph, ollama: FakeOllama
+):
+    await run_turn(graph, "m4", "星尘打印机保修多久？", Context())
+    ollama.fail_next(Fault.MALFORMED_JSON)
+    result = await run_turn(graph, "m4", "那它支持哪些耗材？", Context())
+    assert result.degraded is True
+    assert result.query == "星尘打印机保修多久？ 那它支持哪些耗材？"
+    assert result.citations
+
+
+def test_message_helpers():
+    reply = AIMessage(
+        content="<think>x</think> 答案 ",
+        usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+    )
+    assert message_text(reply) == "答案"
+    assert usage_tokens(reply) == 7
+    assert usage_tokens(AIMessage(content="")) == 0
