@@ -10,9 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from langchain_core.tools import StructuredTool
+
+from agent.context import Context
 from agent.models import ChatModelFactory, OllamaChatModels
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
+from tools.knowledge import make_search_tool
 from tools.rerank import LexicalReranker, NoReranker, Reranker
 
 if TYPE_CHECKING:
@@ -31,6 +35,17 @@ class Services:
     knowledge: KnowledgeBackend
     chat_models: ChatModelFactory
     rerankers: dict[str, Reranker] = field(default_factory=default_rerankers)
+
+    def search_tool(self, ctx: Context) -> StructuredTool:
+        """The follow-up knowledge search the answer model may call, tuned by the run context."""
+        return make_search_tool(
+            self.knowledge,
+            self.reranker(ctx.reranker),
+            top_k=ctx.top_k,
+            top_n=ctx.rerank_top_n,
+            threshold=ctx.relevance_threshold,
+            variant=ctx.prompt_variant,
+        )
 
     def reranker(self, name: str) -> Reranker:
         try:

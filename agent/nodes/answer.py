@@ -16,7 +16,6 @@ from agent.extractive import extractive_answer
 from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
 from agent.services import Services, get_services
 from agent.state import State
-from tools.knowledge import make_search_tool
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     )
     runnable: Any = model
     if state.tool_rounds < ctx.max_tool_rounds:
-        tool = make_search_tool(
-            services.knowledge,
-            services.reranker(ctx.reranker),
-            top_k=ctx.top_k,
-            top_n=ctx.rerank_top_n,
-            threshold=ctx.relevance_threshold,
-            variant=ctx.prompt_variant,
-        )
-        runnable = model.bind_tools([tool])
+        runnable = model.bind_tools([services.search_tool(ctx)])
     question = prompts.render(
         "answer_user",
         ctx.prompt_variant,

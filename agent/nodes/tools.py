@@ -13,22 +13,14 @@ from agent.evidence import format_evidence
 from agent.services import get_services
 from agent.state import State
 from tools.base import Passage
-from tools.knowledge import SEARCH_TOOL_NAME, make_search_tool
+from tools.knowledge import SEARCH_TOOL_NAME
 
 NOTHING_NEW = "没有找到更多相关资料。"
 
 
 async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
-    services = get_services()
-    tool = make_search_tool(
-        services.knowledge,
-        services.reranker(ctx.reranker),
-        top_k=ctx.top_k,
-        top_n=ctx.rerank_top_n,
-        threshold=ctx.relevance_threshold,
-        variant=ctx.prompt_variant,
-    )
+    tool = get_services().search_tool(ctx)
     request = state.scratch[-1]
     assert isinstance(request, AIMessage), "tools runs only after a tool-calling answer"
     evidence = list(state.evidence)
