@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -20,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, m
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.context import Context
+from agent.evidence import last_exchange
 from agent.models import message_text
 from agent.services import Services, ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings, get_settings
@@ -40,23 +42,37 @@ def _id_text(value: Any) -> Any:
 IdText = Annotated[StrictStr, BeforeValidator(_id_text), Field(min_length=1, max_length=128)]
 
 
-class ChatRequest(BaseModel):
+class Speaker(BaseModel):
+    """Who is talking, where: this picks the conversation (thread)."""
+
     model_config = ConfigDict(extra="ignore")
 
     platform: StrictStr = Field(default="qq", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     scene: Literal["group", "private"]
     group_id: IdText | None = None
     user_id: IdText
-    text: StrictStr
     message_id: IdText | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> ChatRequest:
-        if not self.text.strip():
-            raise ValueError("text 不能为空")
+    def _group_needs_id(self) -> Speaker:
         if self.scene == "group" and not self.group_id:
             raise ValueError("scene 为 group 时必须提供 group_id")
         return self
+
+
+class ChatRequest(Speaker):
+    text: StrictStr
+
+    @model_validator(mode="after")
+    def _text_not_blank(self) -> ChatRequest:
+        if not self.text.strip():
+            raise ValueError("text 不能为空")
+        return self
+
+
+class FeedbackRequest(Speaker):
+    rating: Literal["good", "bad"]
+    comment: StrictStr = Field(default="", max_length=500)
 
 
 class ChatResponse(BaseModel):
@@ -116,6 +132,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             set_services(None)
             kb.close()
+            if services.audit is not None:
+                services.audit.close()
 
 
 def get_runtime(request: Request) -> AppRuntime:
@@ -130,7 +148,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
-def _thread_of(body: ChatRequest, settings: Settings) -> str:
+def _thread_of(body: Speaker, settings: Settings) -> str:
     return thread_id(
         body.platform, body.scene, body.user_id, body.group_id, settings.group_thread_scope
     )
@@ -237,6 +255,29 @@ async def delete_thread(thread: str, rt: RuntimeDep) -> dict[str, Any]:
     return {"thread_id": thread, "deleted": True}
 
 
+feedback = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+
+
+@feedback.post("", response_model=None)
+async def post_feedback(body: FeedbackRequest, rt: RuntimeDep) -> dict[str, Any] | JSONResponse:
+    thread = _thread_of(body, rt.settings)
+    state = await rt.graph.aget_state(turn_config(thread))
+    exchange = last_exchange(state.values.get("messages", [])) if state.values else None
+    if exchange is None or rt.services.audit is None:
+        return _error(404, "nothing_to_rate", "还没有可以评价的回答")
+    question, answer = exchange
+    await asyncio.to_thread(
+        rt.services.audit.record_feedback,
+        thread,
+        body.rating,
+        body.comment,
+        question=question,
+        answer=answer,
+        message_id=body.message_id,
+    )
+    return {"ok": True, "thread_id": thread}
+
+
 health = APIRouter(tags=["health"])
 
 
@@ -284,6 +325,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="qqrag", version="0.1.0", lifespan=lifespan)
     app.include_router(chat)
     app.include_router(threads)
+    app.include_router(feedback)
     app.include_router(health)
 
     @app.exception_handler(RequestValidationError)

@@ -69,3 +69,5 @@ async def run_chat(thread: str, context: Context, console: Console) -> None:
                     _show_result(console, payload)
     set_services(None)
     services.knowledge.close()
+    if services.audit is not None:
+        services.audit.close()

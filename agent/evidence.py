@@ -38,22 +38,40 @@ def current_question(messages: list[AnyMessage]) -> str:
     return ""
 
 
+def exchanges(messages: list[AnyMessage]) -> list[tuple[str, str | None]]:
+    """The conversation as (question, answer) pairs, oldest first; answer None while pending.
+
+    Commands and their replies are left out: nothing a follow-up could refer to, nothing to rate.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    skipping = False
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            text = message_text(message)
+            skipping = text.startswith(("/", "／"))
+            if not skipping:
+                pairs.append((text, None))
+        elif isinstance(message, AIMessage) and not message.tool_calls and pairs and not skipping:
+            pairs[-1] = (pairs[-1][0], message_text(message))
+    return pairs
+
+
+def last_exchange(messages: list[AnyMessage]) -> tuple[str, str] | None:
+    """The latest answered (question, answer) pair, or None before the first answer."""
+    answered = [(q, a) for q, a in exchanges(messages) if a is not None]
+    return answered[-1] if answered else None
+
+
 def recent_history(messages: list[AnyMessage], turns: int) -> list[BaseMessage]:
-    """Up to `turns` earlier question/answer pairs, before the latest user message.
+    """Up to `turns` earlier answered question/answer pairs, as messages for a model.
 
     Answers are shortened: the models need the subject of the conversation, not its details.
     """
-    if turns <= 0:
-        return []
-    last_human = max(
-        (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None
-    )
-    earlier = messages[:last_human] if last_human is not None else messages
+    answered = [(q, a) for q, a in exchanges(messages) if a is not None]
     history: list[BaseMessage] = []
-    for message in earlier:
-        if isinstance(message, HumanMessage):
-            history.append(HumanMessage(content=message_text(message)))
-        elif isinstance(message, AIMessage) and not message.tool_calls:
-            history.append(AIMessage(content=message_text(message)[:_HISTORY_ANSWER_CHARS]))
-    starts = [i for i, m in enumerate(history) if isinstance(m, HumanMessage)]
-    return history[starts[-turns] :] if len(starts) > turns else history
+    for question, answer in answered[-turns:] if turns > 0 else []:
+        history += [
+            HumanMessage(content=question),
+            AIMessage(content=answer[:_HISTORY_ANSWER_CHARS]),
+        ]
+    return history

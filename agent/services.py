@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.tools import StructuredTool
 
+from agent.audit import AuditLog
 from agent.context import Context
 from agent.models import ChatModelFactory, OllamaChatModels
 from agent.settings import Settings, get_settings
@@ -35,6 +36,7 @@ class Services:
     knowledge: KnowledgeBackend
     chat_models: ChatModelFactory
     rerankers: dict[str, Reranker] = field(default_factory=default_rerankers)
+    audit: AuditLog | None = None
 
     def search_tool(self, ctx: Context) -> StructuredTool:
         """The follow-up knowledge search the answer model may call, tuned by the run context."""
@@ -64,6 +66,7 @@ def services_from_settings(settings: Settings) -> Services:
         settings=settings,
         knowledge=EmbeddedKB(settings.kb_path, settings.kb_name),
         chat_models=OllamaChatModels(settings),
+        audit=AuditLog(settings.audit_path),
     )
 
 

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
         return self.data_dir / "kb.sqlite"
 
     @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.sqlite"
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.data_dir / "checkpoints.sqlite"
 

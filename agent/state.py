@@ -88,6 +88,9 @@ class State(InputState):
     """The passages the final answer cites, numbered as in the answer."""
     verdict: Verdict | None = None
     """The citation check's findings for the final answer."""
+    sources: list[Passage] = field(default_factory=list)
+    """The full passages behind the last knowledge answer's citations, in citation order;
+    kept across command turns so `/原文 n` can show them."""
     degraded: bool = False
     """A dependency failed this turn and a fallback produced the answer."""
     model_calls: int = 0

@@ -300,3 +300,38 @@ def test_readyz_names_a_missing_model_and_an_empty_knowledge_base(
         "ok": False,
         "error": "Ollama 上缺少模型 qwen3:8b：请运行 ollama pull qwen3:8b",
     }
+
+
+def test_feedback_is_recorded_against_the_last_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    from fastapi.testclient import TestClient
+
+    import server
+    from agent.audit import AuditLog
+    from agent.settings import get_settings
+
+    with FakeOllama() as fake:
+        monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
+        monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+        get_settings.cache_clear()
+        speaker = {"scene": "private", "user_id": "7"}
+        with TestClient(server.create_app()) as client:
+            early = client.post("/v1/feedback", json=speaker | {"rating": "good"})
+            assert early.status_code == 404
+            assert early.json()["error"] == {
+                "code": "nothing_to_rate",
+                "message": "还没有可以评价的回答",
+            }
+            answer = client.post("/v1/chat", json=speaker | {"text": "星尘打印机保修多久？"}).json()
+            bad = client.post("/v1/feedback", json=speaker | {"rating": "meh"})
+            assert bad.status_code == 422
+            rated = client.post(
+                "/v1/feedback", json=speaker | {"rating": "bad", "comment": "太短", "message_id": 5}
+            )
+            assert rated.json() == {"ok": True, "thread_id": "qq:private:7"}
+    rows = AuditLog(tmp_path / "data" / "audit.sqlite").feedback("qq:private:7")
+    assert [
+        (r["rating"], r["comment"], r["question"], r["answer"], r["message_id"]) for r in rows
+    ] == [("bad", "太短", "星尘打印机保修多久？", answer["answer"], "5")]

@@ -11,13 +11,16 @@ from agent import prompts
 from agent.citations import check_citations, renumber
 from agent.context import Context
 from agent.state import State, Verdict
+from tools.base import Passage
 
 
-def _final(text: str, evidence: list[Any], verdict: Verdict | None) -> dict[str, Any]:
+def _final(text: str, evidence: list[Passage], verdict: Verdict | None) -> dict[str, Any]:
     answer, citations = renumber(text, evidence)
+    by_id = {p["id"]: p for p in evidence}
     return {
         "answer": answer,
         "citations": citations,
+        "sources": [by_id[c["passage_id"]] for c in citations],
         "verdict": verdict,
         "feedback": "",
         "messages": [AIMessage(content=answer)],

@@ -204,7 +204,7 @@ async def test_commands_are_answered_by_rules(graph: QAGraph, models: ScriptedMo
     assert reset.answer == "好的，对话记录已清空，我们重新开始吧。"
     assert (await graph.aget_state(turn_config("t14"))).values["messages"] == []
     unknown = await run_turn(graph, "t14", "/天气", Context())
-    assert unknown.answer == "没有“/天气”这个命令。可用命令：/帮助、/重置。"
+    assert unknown.answer == "没有“/天气”这个命令。可用命令：/帮助、/重置、/原文 n、/反馈 好|差。"
     assert len(models.calls) == 1
 
 
@@ -223,3 +223,40 @@ async def test_per_turn_fields_do_not_leak_into_the_next_turn(
     assert first.degraded
     second = await run_turn(graph, "t16", "/帮助", Context())
     assert second.degraded is False and second.citations == []
+
+
+async def test_source_command_shows_the_full_cited_passage(graph: QAGraph, models: ScriptedModels):
+    none_yet = await run_turn(graph, "t17", "/原文 1", Context())
+    assert none_yet.answer == "上一条回答没有引用资料，没有可以显示的原文。"
+    models.say(PRICE)
+    await run_turn(graph, "t17", "星尘打印机售价多少？", Context())
+    shown = await run_turn(graph, "t17", "/原文 1", Context())
+    assert shown.answer == (
+        "[1] 星尘打印机 › 价格与购买 · stardust.md\n"
+        "星尘打印机标准版售价 1999 元，专业版售价 2999 元。两个版本都可以在星尘科技官方商城购买，下单后三天内发货。"
+    )
+    assert shown.citations == []
+    # Still available after a command turn; out of range gets the usage.
+    again = await run_turn(graph, "t17", "/原文 3", Context())
+    assert again.answer == "上一条回答有 1 条引用，请发送 /原文 1 到 /原文 1 查看对应的全文。"
+
+
+async def test_feedback_command_rates_the_last_answer(
+    graph: QAGraph, models: ScriptedModels, services
+):
+    from agent.audit import AuditLog
+
+    services.audit = AuditLog(services.settings.data_dir / "audit.sqlite")
+    early = await run_turn(graph, "t18", "/反馈 好", Context())
+    assert early.answer == "还没有可以评价的回答，先问我一个问题吧。"
+    models.say(PRICE)
+    await run_turn(graph, "t18", "星尘打印机售价多少？", Context())
+    usage = await run_turn(graph, "t18", "/反馈 一般", Context())
+    assert usage.answer.startswith("用法：/反馈 好 或 /反馈 差")
+    thanks = await run_turn(graph, "t18", "/反馈 差 价格没说专业版", Context())
+    assert thanks.answer == "收到，谢谢你的反馈！"
+    rows = services.audit.feedback("t18")
+    assert [(r["rating"], r["comment"], r["question"], r["answer"]) for r in rows] == [
+        ("bad", "价格没说专业版", "星尘打印机售价多少？", PRICE)
+    ]
+    services.audit.close()
