@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -335,3 +336,41 @@ def test_feedback_is_recorded_against_the_last_answer(
     assert [
         (r["rating"], r["comment"], r["question"], r["answer"], r["message_id"]) for r in rows
     ] == [("bad", "太短", "星尘打印机保修多久？", answer["answer"], "5")]
+
+
+def test_a_turn_killed_midway_is_cleanly_absent_after_restart(
+    env: dict[str, str], tmp_path: Path, fake_ollama: FakeOllama
+):
+    import threading
+
+    service = ServiceProcess(env, cwd=tmp_path).start()
+    try:
+        ask(service, "星尘打印机保修多久？")
+        fake_ollama.latency = LatencyModel(fixed_s=5.0)
+        errors: list[Exception] = []
+
+        def doomed() -> None:
+            try:
+                ask(service, "星尘打印机支持哪些耗材？")
+            except Exception as exc:  # the connection dies with the service
+                errors.append(exc)
+
+        caller = threading.Thread(target=doomed)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while len(fake_ollama.calls("/api/chat")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait until the second turn is inside the model call
+        service.stop(kill=True)
+        caller.join(timeout=10)
+        assert errors, "the interrupted request cannot have succeeded"
+    finally:
+        service.stop()
+
+    fake_ollama.latency = LatencyModel()
+    with ServiceProcess(env, cwd=tmp_path) as restarted:
+        messages = history(restarted, "qq:group:20002:30003").json()["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["星尘打印机保修多久？"]
+        assert len(messages) == 2
+        # The thread goes on normally.
+        follow_up = ask(restarted, "星尘打印机支持哪些耗材？")
+        assert "PLA" in follow_up["answer"]
