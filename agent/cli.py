@@ -115,6 +115,24 @@ def chat_command(
     asyncio.run(run_chat(thread, context, console))
 
 
+@app.command()
+def doctor() -> None:
+    """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；有错误时退出码为 1。"""
+    from agent.doctor import run_checks
+
+    findings = asyncio.run(run_checks(get_settings()))
+    marks = {"ok": "[green]正常[/]", "warn": "[yellow]注意[/]", "error": "[red]错误[/]"}
+    table = Table("检查项", "结果", "说明", "怎么修")
+    for finding in findings:
+        table.add_row(finding.check, marks[finding.status], finding.detail, finding.fix)
+    console.print(table)
+    errors = sum(f.status == "error" for f in findings)
+    if errors:
+        console.print(f"[red]发现 {errors} 个错误[/]")
+        raise typer.Exit(1)
+    console.print("[green]一切正常[/]")
+
+
 @app.command("config")
 def show_config() -> None:
     """显示当前生效的配置（环境变量与 .env）。"""

@@ -1,0 +1,201 @@
+"""`qqrag doctor`: check every configured dependency the way operators trip over them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from agent.settings import Settings
+
+Status = Literal["ok", "warn", "error"]
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+@dataclass
+class Finding:
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def in_container() -> bool:
+    """Docker and Podman leave a marker file at the root of every container."""
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
+def _raw_ollama_url() -> str:
+    return os.environ.get("QQRAG_OLLAMA_URL") or os.environ.get("OLLAMA_HOST") or ""
+
+
+def check_ollama_url(settings: Settings, containerised: bool) -> list[Finding]:
+    findings = []
+    raw = _raw_ollama_url().rstrip("/")
+    if raw.endswith("/v1"):
+        findings.append(
+            Finding(
+                "Ollama 地址",
+                "warn",
+                f"地址 {raw} 带了 /v1（OpenAI 兼容前缀），qqrag 用的是 Ollama 原生接口",
+                f"把 QQRAG_OLLAMA_URL 改成 {settings.ollama_url}（已自动去掉 /v1）",
+            )
+        )
+    host = urlsplit(settings.ollama_url).hostname or ""
+    if containerised and host in _LOCAL_HOSTS:
+        findings.append(
+            Finding(
+                "Ollama 地址",
+                "error",
+                f"在容器里运行，但 Ollama 地址是 {settings.ollama_url}：容器里的 localhost 指容器自己",
+                "改成 compose 服务名（如 http://ollama:11434）或宿主机地址（如 http://host.docker.internal:11434）",
+            )
+        )
+    return findings
+
+
+async def check_ollama(settings: Settings, client: httpx.AsyncClient) -> list[Finding]:
+    url = settings.ollama_url
+    try:
+        root = await client.get(f"{url}/")
+        tags = await client.get(f"{url}/api/tags")
+        tags.raise_for_status()
+    except httpx.HTTPError as exc:
+        return [
+            Finding(
+                "Ollama 连接",
+                "error",
+                f"连不上 {url}：{exc.__class__.__name__}（服务会以降级模式运行：只摘录原文）",
+                "启动 Ollama（ollama serve），或用 QQRAG_OLLAMA_URL 指向正确的地址",
+            )
+        ]
+    findings = []
+    if "Ollama is running" not in root.text:
+        findings.append(
+            Finding(
+                "Ollama 连接",
+                "error",
+                f"{url} 有响应，但不是 Ollama（首页没有“Ollama is running”）",
+                "确认地址和端口（默认 11434）指向 Ollama",
+            )
+        )
+    else:
+        findings.append(Finding("Ollama 连接", "ok", f"{url}：Ollama is running"))
+    pulled = {m.get("model") or m.get("name") for m in tags.json().get("models", [])}
+    wanted = {
+        settings.chat_model: ("回答模型", "tools"),
+        settings.effective_classify_model: ("分类与改写模型", "completion"),
+    }
+    if settings.embed_model:
+        wanted[settings.embed_model] = ("向量模型", "embedding")
+    if settings.rerank_model:
+        wanted[settings.rerank_model] = ("重排模型", "completion")
+    for model, (role, capability) in wanted.items():
+        if model not in pulled and f"{model}:latest" not in pulled:
+            findings.append(
+                Finding(f"模型 {model}", "error", f"{role}还没下载", f"运行 ollama pull {model}")
+            )
+            continue
+        show = await client.post(f"{url}/api/show", json={"model": model})
+        capabilities = show.json().get("capabilities", []) if show.is_success else []
+        if capabilities and capability not in capabilities:
+            findings.append(
+                Finding(
+                    f"模型 {model}",
+                    "error",
+                    f"{role}不支持 {capability}（能力：{', '.join(capabilities)}）",
+                    "换一个支持该能力的模型，例如回答用 qwen3:8b，向量用 qwen3-embedding:0.6b",
+                )
+            )
+        elif settings.thinking and model == settings.chat_model and "thinking" not in capabilities:
+            findings.append(
+                Finding(
+                    f"模型 {model}",
+                    "warn",
+                    "开启了 QQRAG_THINKING，但模型不支持思考",
+                    "关闭 QQRAG_THINKING，或换用 qwen3 系列",
+                )
+            )
+        else:
+            findings.append(Finding(f"模型 {model}", "ok", f"{role}已就绪"))
+    return findings
+
+
+def check_data_dir(settings: Settings) -> list[Finding]:
+    folder = settings.data_dir.resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return [
+            Finding(
+                "数据目录",
+                "error",
+                f"{folder} 不可写：{exc.strerror}",
+                "用 QQRAG_DATA_DIR 指向可写目录，或修改目录权限",
+            )
+        ]
+    findings = [Finding("数据目录", "ok", f"{folder} 可写")]
+    if settings.checkpoint_path.exists():
+        try:
+            with sqlite3.connect(settings.checkpoint_path) as conn:
+                conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            findings.append(
+                Finding(
+                    "对话检查点",
+                    "error",
+                    f"{settings.checkpoint_path} 损坏：{exc}",
+                    "停止服务后把该文件移走（会丢失对话记录），再重启",
+                )
+            )
+    return findings
+
+
+def check_knowledge(settings: Settings) -> list[Finding]:
+    from tools.kb import EmbeddedKB
+
+    kb = EmbeddedKB(settings.kb_path, settings.kb_name)
+    try:
+        count = kb.count()
+    finally:
+        kb.close()
+    if count:
+        return [Finding("嵌入式知识库", "ok", f"知识库 {settings.kb_name} 有 {count} 段")]
+    docs = settings.default_docs
+    if docs.is_dir():
+        return [
+            Finding(
+                "嵌入式知识库",
+                "warn",
+                f"知识库 {settings.kb_name} 为空，首次启动会自动导入 {docs}",
+                "也可以先运行 qqrag kb add PATH 导入自己的文档",
+            )
+        ]
+    return [
+        Finding(
+            "嵌入式知识库",
+            "error",
+            f"知识库 {settings.kb_name} 为空，也找不到默认文档 {docs}",
+            "运行 qqrag kb add PATH 导入文档",
+        )
+    ]
+
+
+async def run_checks(settings: Settings, *, containerised: bool | None = None) -> list[Finding]:
+    containerised = in_container() if containerised is None else containerised
+    findings = check_ollama_url(settings, containerised)
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        findings += await check_ollama(settings, client)
+    data = check_data_dir(settings)
+    findings += data
+    if data[0].status == "ok":
+        findings += check_knowledge(settings)
+    return findings

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.doctor import Finding, run_checks
+from agent.settings import Settings, get_settings
+from evals.fakes.ollama import FakeOllama
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama(models=("qwen3:8b", "qwen3-embedding:0.6b")) as server:
+        yield server
+
+
+def settings_for(tmp_path: Path, url: str, **extra: object) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        ollama_url=url,
+        data_dir=tmp_path / "data",
+        default_docs=FIXTURES / "kb",
+        **extra,
+    )
+
+
+def by_check(findings: list[Finding]) -> dict[str, tuple[str, str]]:
+    return {f.check: (f.status, f.fix) for f in findings}
+
+
+async def test_all_well(tmp_path: Path, fake: FakeOllama):
+    findings = await run_checks(settings_for(tmp_path, fake.url), containerised=False)
+    assert [(f.check, f.status) for f in findings] == [
+        ("Ollama 连接", "ok"),
+        ("模型 qwen3:8b", "ok"),
+        ("数据目录", "ok"),
+        ("嵌入式知识库", "warn"),
+    ]
+    assert "首次启动会自动导入" in findings[-1].detail
+
+
+async def test_missing_model_and_wrong_capability(tmp_path: Path, fake: FakeOllama):
+    settings = settings_for(tmp_path, fake.url, classify_model="qwen3:4b", embed_model="qwen3:8b")
+    found = by_check(await run_checks(settings, containerised=False))
+    assert found["模型 qwen3:4b"] == ("error", "运行 ollama pull qwen3:4b")
+    assert found["模型 qwen3:8b"][0] == "error"  # a chat model configured as the embedding model
+
+
+async def test_unreachable_ollama(tmp_path: Path):
+    findings = await run_checks(settings_for(tmp_path, "http://127.0.0.1:9"), containerised=False)
+    ollama = next(f for f in findings if f.check == "Ollama 连接")
+    assert ollama.status == "error"
+    assert "降级模式" in ollama.detail and "ollama serve" in ollama.fix
+
+
+async def test_localhost_inside_a_container_and_v1_suffix(
+    tmp_path: Path, fake: FakeOllama, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", f"{fake.url}/v1")
+    settings = Settings(_env_file=None, data_dir=tmp_path / "d", default_docs=FIXTURES / "kb")  # type: ignore[call-arg]
+    findings = await run_checks(settings, containerised=True)
+    url_findings = [f for f in findings if f.check == "Ollama 地址"]
+    assert [f.status for f in url_findings] == ["warn", "error"]
+    assert "/v1" in url_findings[0].detail
+    assert "http://ollama:11434" in url_findings[1].fix
+
+
+async def test_unwritable_data_dir(tmp_path: Path, fake: FakeOllama):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    settings = Settings(_env_file=None, ollama_url=fake.url, data_dir=blocker / "data")  # type: ignore[call-arg]
+    found = by_check(await run_checks(settings, containerised=False))
+    assert found["数据目录"][0] == "error"
+    assert "嵌入式知识库" not in found  # nothing to open without a data folder
+
+
+def test_cli_exit_code_says_whether_all_is_well(
+    tmp_path: Path, fake: FakeOllama, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
+    monkeypatch.setattr("agent.doctor.in_container", lambda: False)
+    get_settings.cache_clear()
+    healthy = CliRunner().invoke(app, ["doctor"])
+    assert healthy.exit_code == 0, healthy.output
+    assert "一切正常" in healthy.output
+    monkeypatch.setenv("QQRAG_CHAT_MODEL", "llama9:1t")
+    get_settings.cache_clear()
+    broken = CliRunner().invoke(app, ["doctor"])
+    assert broken.exit_code == 1
+    assert "ollama pull llama9:1t" in broken.output
