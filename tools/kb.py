@@ -1,48 +1,93 @@
-"""The embedded knowledge base: passages in SQLite, searched with FTS5 BM25 over jieba tokens.
+"""The embedded knowledge base: passages in SQLite, searched with FTS5 BM25 over jieba tokens,
+optionally fused with dense vectors.
 
 Several named knowledge bases can share one database file; every row carries its `kb` name.
 FTS5 cannot segment Chinese, so the index holds jieba search-mode tokens joined by spaces and
 queries are OR-ed jieba tokens of the question (see `query_tokens`).
+
+With an `Embedder`, every passage also gets a vector (table `vectors`, keyed by passage and
+model) and a search fuses the lexical and the dense ranking by reciprocal rank fusion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 import jieba
+import numpy as np
 import sqlite_utils
 from rich.console import Console
-from rich.progress import track
+from rich.progress import MofNCompleteColumn, Progress, track
 
 from agent.text import content_tokens, tokenize
 from tools.base import Passage
+from tools.embeddings import Embedder, EmbeddingError, passage_text
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document
+
+log = logging.getLogger(__name__)
 
 TITLE_WEIGHT = 3.0
 TEXT_WEIGHT = 1.0
 MAX_QUERY_TOKENS = 64
 """Longer queries keep their first distinct tokens; bounds the cost of pasted documents."""
+HYBRID_DEPTH = 50
+"""Candidates each ranking (lexical, dense) contributes to the fusion, at least `k`."""
+RRF_K = 60
+"""Reciprocal rank fusion constant: a passage at rank r of a ranking scores 1 / (RRF_K + r)."""
+DENSE_RETRY_S = 30.0
+"""After a failed query embedding, searches stay lexical this long before trying again, so a
+hung Ollama costs one timeout rather than one per search."""
 
 
 _SEARCH_SQL = f"""
-SELECT p.id, p.title, p.source, p.text,
+SELECT p.pk, p.id, p.title, p.source, p.text,
        bm25(passages_fts, {TITLE_WEIGHT}, {TEXT_WEIGHT}) AS bm25_rank
 FROM passages_fts JOIN passages AS p ON p.pk = passages_fts.rowid
 WHERE passages_fts MATCH ? AND p.kb = ?
 ORDER BY bm25_rank, p.pk
 LIMIT ?
 """
+
+
+_MISSING_VECTORS_SQL = """
+SELECT p.pk, p.title, p.text FROM passages AS p
+WHERE p.kb = ? AND NOT EXISTS (SELECT 1 FROM vectors AS v WHERE v.pk = p.pk AND v.model = ?)
+ORDER BY p.pk
+"""
+
+_VECTORS_SQL = """
+SELECT v.pk, v.dim, v.vector FROM vectors AS v JOIN passages AS p ON p.pk = v.pk
+WHERE p.kb = ? AND v.model = ?
+ORDER BY v.pk
+"""
+
+# Vector ids are never reused (AUTOINCREMENT), so any insert raises the maximum and any delete
+# lowers the count: the pair changes with every write by any connection or process.
+_VECTORS_FINGERPRINT_SQL = "SELECT count(*), coalesce(max(id), 0) FROM vectors WHERE model = ?"
+
+
+class _DenseIndex(NamedTuple):
+    """This knowledge base's vectors for one model, as one matrix."""
+
+    fingerprint: tuple[int, int]
+    pks: np.ndarray
+    """Passage rowids, one per matrix row."""
+    matrix: np.ndarray
+    """float32, one L2-normalised row per passage."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,8 @@ class IngestReport:
     """Files of an unsupported type."""
     passages_added: int = 0
     passages_removed: int = 0
+    vectors_added: int = 0
+    """Passages embedded: new ones, and older ones that lacked a vector for the model."""
     seconds: float = 0.0
 
 
@@ -79,6 +126,18 @@ def query_tokens(query: str) -> list[str]:
     """
     tokens = content_tokens(query, search=False) or tokenize(query, search=False)
     return list(dict.fromkeys(tokens))[:MAX_QUERY_TOKENS]
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """(key, fused score) best first: the sum over rankings of 1 / (k + rank), rank from 1.
+
+    Ties keep the order in which keys first appear (the first ranking's order first).
+    """
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, start=1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
 
 def match_expression(query: str) -> str | None:
@@ -98,13 +157,21 @@ class EmbeddedKB:
 
     The database file and its directory are created when missing. Searches may run
     concurrently from any number of threads (one connection per thread); writes are serialised.
+    With an `embedder` the knowledge base is hybrid: ingestion stores a vector per passage and
+    searches fuse BM25 with cosine similarity; without one it is purely lexical.
     """
 
-    def __init__(self, db_path: Path | str, name: str = "default") -> None:
+    def __init__(
+        self, db_path: Path | str, name: str = "default", embedder: Embedder | None = None
+    ) -> None:
         if not name.strip():
             raise ValueError("knowledge base name must not be empty")
         self.name = name
         self.db_path = Path(db_path)
+        self.embedder = embedder
+        self._dense: _DenseIndex | None = None
+        self._dense_retry_at = 0.0
+        self._dense_lock = threading.Lock()
         self._local = threading.local()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._connections_lock = threading.Lock()
@@ -130,12 +197,34 @@ class EmbeddedKB:
         return await asyncio.to_thread(self.search_sync, query, k)
 
     def search_sync(self, query: str, k: int) -> list[Passage]:
-        """BM25-ranked passages of this knowledge base; score is -bm25, higher is better."""
+        """The best passages of this knowledge base, higher score first.
+
+        Lexical: BM25 ranking, score -bm25. Hybrid: the BM25 and the cosine rankings (top
+        `HYBRID_DEPTH` of each) fused by `reciprocal_rank_fusion`, score the fused score; when
+        the query cannot be embedded (Ollama down) the BM25 ranking alone, scored the same way.
+        A query without a single word character finds nothing either way.
+        """
         match = match_expression(query)
         if match is None or k <= 0:
             return []
-        rows = self._conn().execute(_SEARCH_SQL, (match, self.name, k)).fetchall()
-        return [self._passage(row, round(-row["bm25_rank"], 4)) for row in rows]
+        conn = self._conn()
+        if self.embedder is None:
+            rows = conn.execute(_SEARCH_SQL, (match, self.name, k)).fetchall()
+            return [self._passage(row, round(-row["bm25_rank"], 4)) for row in rows]
+        depth = max(k, HYBRID_DEPTH)
+        rows = conn.execute(_SEARCH_SQL, (match, self.name, depth)).fetchall()
+        rankings = [[row["pk"] for row in rows]]
+        if (dense := self._dense_ranking(self.embedder, query, depth)) is not None:
+            rankings.append(dense)
+        fused = reciprocal_rank_fusion(rankings)[:k]
+        by_pk = {row["pk"]: row for row in rows}
+        if missing := [pk for pk, _ in fused if pk not in by_pk]:
+            marks = ", ".join("?" * len(missing))
+            found = conn.execute(
+                f"SELECT pk, id, title, source, text FROM passages WHERE pk IN ({marks})", missing
+            )
+            by_pk.update((row["pk"], row) for row in found)
+        return [self._passage(by_pk[pk], round(score, 6)) for pk, score in fused if pk in by_pk]
 
     async def health(self) -> str | None:
         """None when the database opens and holds passages for this knowledge base."""
@@ -155,6 +244,10 @@ class EmbeddedKB:
         Unchanged files (same sha256) are left alone; a changed file's passages are replaced in
         one transaction. Sources are named by their path relative to `root` (default: the
         directory given, or the file's parent). Hidden files and directories are ignored.
+
+        Hybrid: then every passage lacking a vector for the embedder's model is embedded,
+        committed batch by batch. Passages are committed first, so an `EmbeddingError` here
+        leaves them searchable lexically, and the next `add_path` fills in the vectors.
         """
         started = time.perf_counter()
         path = Path(path)
@@ -174,8 +267,31 @@ class EmbeddedKB:
                     self._ingest_file(file, _source_name(file, base), report)
                 else:
                     report.skipped_files += 1
+            if self.embedder is not None:
+                report.vectors_added = self._embed_missing(self.embedder, progress)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
+
+    def reindex_vectors(self, *, rebuild: bool = False, progress: bool = False) -> int:
+        """Embed the passages lacking a vector for the embedder's model; returns how many.
+
+        For passages ingested before an embedding model was configured, or under another one.
+        `rebuild` first drops this knowledge base's vectors for the model, for a model updated
+        under the same name. Raises `EmbeddingError` when Ollama fails (batches already done
+        stay committed; the rest count as missing).
+        """
+        if self.embedder is None:
+            raise ValueError(f"knowledge base {self.name} has no embedder")
+        with self._write_lock:
+            if rebuild:
+                conn = self._conn()
+                with _transaction(conn):
+                    conn.execute(
+                        "DELETE FROM vectors WHERE model = ?"
+                        " AND pk IN (SELECT pk FROM passages WHERE kb = ?)",
+                        (self.embedder.model, self.name),
+                    )
+            return self._embed_missing(self.embedder, progress)
 
     def remove_source(self, source: str) -> int:
         """Forget one ingested file; returns how many passages went with it."""
@@ -274,6 +390,97 @@ class EmbeddedKB:
             "CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts"
             " USING fts5(title, text, tokenize = 'unicode61 remove_diacritics 2')"
         )
+        # One row per (passage, model): float32 little-endian blob of `dim` values.
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " pk INTEGER NOT NULL, model TEXT NOT NULL, dim INTEGER NOT NULL,"
+            " vector BLOB NOT NULL)"
+        )
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS vectors_pk_model ON vectors (pk, model)")
+        conn.execute("CREATE INDEX IF NOT EXISTS vectors_model_id ON vectors (model, id)")
+
+    def _embed_missing(self, embedder: Embedder, progress: bool) -> int:
+        conn = self._conn()
+        rows = conn.execute(_MISSING_VECTORS_SQL, (self.name, embedder.model)).fetchall()
+        with Progress(
+            *Progress.get_default_columns(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            disable=not progress or not rows,
+        ) as bar:
+            task = bar.add_task(f"生成向量 {self.name}（{embedder.model}）", total=len(rows))
+            for start in range(0, len(rows), embedder.batch_size):
+                batch = rows[start : start + embedder.batch_size]
+                vectors = embedder.embed_sync([passage_text(r["title"], r["text"]) for r in batch])
+                dim = int(vectors.shape[1])
+                with _transaction(conn):
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO vectors (pk, model, dim, vector)"
+                        " VALUES (?, ?, ?, ?)",
+                        [
+                            (row["pk"], embedder.model, dim, vector.astype("<f4").tobytes())
+                            for row, vector in zip(batch, vectors, strict=True)
+                        ],
+                    )
+                bar.advance(task, len(batch))
+        return len(rows)
+
+    def _dense_ranking(self, embedder: Embedder, query: str, depth: int) -> list[int] | None:
+        """Passage rowids by cosine similarity to `query`; None when there is nothing to rank
+        against or the query cannot be embedded."""
+        index = self._dense_index(embedder.model)
+        if not len(index.pks) or time.monotonic() < self._dense_retry_at:
+            return None
+        try:
+            vector = embedder.embed_sync([query])[0]
+        except EmbeddingError as exc:
+            self._dense_retry_at = time.monotonic() + DENSE_RETRY_S
+            log.warning(
+                "dense retrieval unavailable, searching lexically only for %.0f s: %s",
+                DENSE_RETRY_S,
+                exc,
+            )
+            return None
+        if vector.shape[0] != index.matrix.shape[1]:
+            log.warning(
+                "%s now embeds in %d dimensions, its stored vectors have %d: searching lexically"
+                " until reindex_vectors(rebuild=True)",
+                embedder.model,
+                vector.shape[0],
+                index.matrix.shape[1],
+            )
+            return None
+        scores = index.matrix @ vector
+        top = np.argpartition(-scores, depth - 1)[:depth] if len(scores) > depth else None
+        candidates = np.arange(len(scores)) if top is None else top
+        # lexsort's last key is the primary one: score descending, then rowid for stable ties.
+        order = candidates[np.lexsort((index.pks[candidates], -scores[candidates]))]
+        return [int(pk) for pk in index.pks[order]]
+
+    def _dense_index(self, model: str) -> _DenseIndex:
+        """The cached matrix, rebuilt when the vectors table changed since it was loaded."""
+        conn = self._conn()
+        count, last_id = conn.execute(_VECTORS_FINGERPRINT_SQL, (model,)).fetchone()
+        fingerprint = (int(count), int(last_id))
+        index = self._dense
+        if index is not None and index.fingerprint == fingerprint:
+            return index
+        with self._dense_lock:
+            index = self._dense
+            if index is None or index.fingerprint != fingerprint:
+                rows = conn.execute(_VECTORS_SQL, (self.name, model)).fetchall()
+                # A model re-pulled under the same name may change dimension: the majority wins,
+                # and `_dense_ranking` skips a query vector of another dimension.
+                dims = Counter(row["dim"] for row in rows).most_common(1)
+                rows = [row for row in rows if row["dim"] == dims[0][0]] if dims else []
+                pks = np.array([row["pk"] for row in rows], dtype=np.int64)
+                matrix = (
+                    np.stack([np.frombuffer(row["vector"], dtype="<f4") for row in rows])
+                    if rows
+                    else np.zeros((0, 0), dtype=np.float32)
+                )
+                index = self._dense = _DenseIndex(fingerprint, pks, matrix)
+        return index
 
     def _ingest_file(self, file: Path, source: str, report: IngestReport) -> None:
         data = file.read_bytes()
@@ -322,6 +529,10 @@ class EmbeddedKB:
 
     def _delete_source(self, conn: sqlite3.Connection, source: str) -> int:
         key = (self.name, source)
+        conn.execute(
+            "DELETE FROM vectors WHERE pk IN (SELECT pk FROM passages WHERE kb = ? AND source = ?)",
+            key,
+        )
         conn.execute(
             "DELETE FROM passages_fts WHERE rowid IN"
             " (SELECT pk FROM passages WHERE kb = ? AND source = ?)",

@@ -1,4 +1,5 @@
-"""EmbeddedKB over a real SQLite file: ingestion, named knowledge bases, search and health."""
+"""EmbeddedKB over a real SQLite file: ingestion, named knowledge bases, search and health;
+hybrid retrieval against the fake Ollama."""
 
 from __future__ import annotations
 
@@ -6,16 +7,28 @@ import asyncio
 import hashlib
 import itertools
 import json
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tools.kb
+from evals.fakes.ollama import DEFAULT_MODELS, EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.base import KnowledgeBackend, Passage
+from tools.embeddings import EmbeddingError, OllamaEmbedder
 from tools.ingest import IngestError
-from tools.kb import EmbeddedKB, IngestReport, SourceInfo, match_expression, query_tokens
+from tools.kb import (
+    EmbeddedKB,
+    IngestReport,
+    SourceInfo,
+    match_expression,
+    query_tokens,
+    reciprocal_rank_fusion,
+)
 
 FAQ = [
     (
@@ -369,3 +382,318 @@ def test_reopen_keeps_data_and_progress_bar_runs(
             ingested_at=kb.sources()[2].ingested_at,
         )
         assert ids(kb.search_sync("退款", 1)) == ["refund"]
+
+
+# --------------------------------------------------------------------------- hybrid retrieval
+
+EMBED_MODEL = "qwen3-embedding:0.6b"
+OTHER_EMBED_MODEL = "nomic-embed-text"
+
+# Lexical and dense rankings disagree on this corpus: BM25 sees the query's topic words
+# (量子, 纠缠, 原理), the fake's hashed-bigram vectors mostly its interrogatives (是什么呢).
+PHYSICS = [
+    (
+        "survey",
+        "物理学综述",
+        "经典力学、电磁学、热力学和相对论构成了近代物理的主体。二十世纪初，科学家发现了量子纠缠"
+        "现象，其原理至今仍在研究。此外，凝聚态物理、粒子物理和天体物理也在快速发展，实验技术不断"
+        "进步，计算方法日益成熟。",
+    ),
+    ("chatter", "闲谈", "是什么呢？这是什么呢？那又是什么原因呢？"),
+    ("lever", "杠杆原理", "杠杆原理说明动力乘以动力臂等于阻力乘以阻力臂。"),
+    ("weather", "天气", "今天天气晴朗，适合出门散步。"),
+]
+PHYSICS_QUERY = "量子纠缠的原理是什么呢？"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama(models=[*DEFAULT_MODELS, OTHER_EMBED_MODEL]) as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(fake: FakeOllama) -> FakeOllama:
+    fake.reset()
+    return fake
+
+
+def embedder(fake: FakeOllama, model: str = EMBED_MODEL, batch_size: int = 4) -> OllamaEmbedder:
+    return OllamaEmbedder(fake.url, model, batch_size=batch_size, timeout=5.0)
+
+
+@pytest.fixture
+def hybrid_kb(tmp_path: Path, ollama: FakeOllama) -> Iterator[EmbeddedKB]:
+    with EmbeddedKB(tmp_path / "kb.sqlite", embedder=embedder(ollama)) as kb:
+        yield kb
+
+
+def vector_rows(kb: EmbeddedKB) -> list[tuple[str, str, int, bytes]]:
+    """(passage id, model, dim, blob) of every stored vector of the knowledge base, by id."""
+    with sqlite3.connect(kb.db_path) as conn:
+        rows = conn.execute(
+            "SELECT p.id, v.model, v.dim, v.vector FROM vectors AS v"
+            " JOIN passages AS p ON p.pk = v.pk WHERE p.kb = ? ORDER BY p.id, v.model",
+            (kb.name,),
+        )
+        return list(rows)
+
+
+def orphan_vectors(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as conn:
+        query = "SELECT count(*) FROM vectors WHERE pk NOT IN (SELECT pk FROM passages)"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def embedded_inputs(fake: FakeOllama) -> list[str]:
+    return [text for call in fake.calls("/api/embed") for text in call["input"]]
+
+
+def physics_file(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "physics.jsonl"
+    path.write_text(faq_jsonl(PHYSICS), encoding="utf-8")
+    return path
+
+
+def test_hybrid_ingest_stores_one_vector_per_passage(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
+) -> None:
+    report = hybrid_kb.add_path(corpus)
+    assert (report.passages_added, report.vectors_added) == (11, 11)
+    calls = ollama.calls("/api/embed")
+    assert [len(call["input"]) for call in calls] == [4, 4, 3]
+    assert {call["model"] for call in calls} == {EMBED_MODEL}
+    assert "退款政策\n" + FAQ[0][2] in embedded_inputs(ollama)
+    rows = vector_rows(hybrid_kb)
+    assert [row[0] for row in rows] == stored_ids(hybrid_kb)
+    assert {(model, dim, len(blob)) for _, model, dim, blob in rows} == {
+        (EMBED_MODEL, EMBEDDING_DIM, EMBEDDING_DIM * 4)
+    }
+    refund = next(blob for passage_id, _, _, blob in rows if passage_id == "refund")
+    expected = np.array(embed_text("退款政策\n" + FAQ[0][2]), dtype=np.float32)
+    np.testing.assert_allclose(np.frombuffer(refund, dtype="<f4"), expected, atol=1e-6)
+
+
+def test_hybrid_reingest_unchanged_makes_no_embed_call(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
+) -> None:
+    hybrid_kb.add_path(corpus)
+    before = vector_rows(hybrid_kb)
+    ollama.reset()
+    report = hybrid_kb.add_path(corpus)
+    assert (report.unchanged_files, report.vectors_added) == (3, 0)
+    assert ollama.calls("/api/embed") == []
+    assert vector_rows(hybrid_kb) == before
+
+
+def test_hybrid_changed_file_replaces_its_vectors(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
+) -> None:
+    hybrid_kb.add_path(corpus)
+    rows = [("refund-v2", "退款政策", "购买后十四天内可以无理由退款。"), FAQ[1]]
+    (corpus / "faq.jsonl").write_text(faq_jsonl(rows), encoding="utf-8")
+    ollama.reset()
+    report = hybrid_kb.add_path(corpus)
+    assert (report.passages_removed, report.passages_added, report.vectors_added) == (7, 2, 2)
+    assert sorted(embedded_inputs(ollama)) == sorted(f"{t}\n{x}" for _, t, x in rows)
+    assert [row[0] for row in vector_rows(hybrid_kb)] == stored_ids(hybrid_kb)
+    assert len(stored_ids(hybrid_kb)) == 6
+    assert orphan_vectors(hybrid_kb.db_path) == 0
+    assert hybrid_kb.remove_source("faq.jsonl") == 2
+    assert len(vector_rows(hybrid_kb)) == 4
+    assert orphan_vectors(hybrid_kb.db_path) == 0
+
+
+def test_passages_without_vectors_are_embedded_later(
+    tmp_path: Path, corpus: Path, ollama: FakeOllama
+) -> None:
+    db = tmp_path / "kb.sqlite"
+    with EmbeddedKB(db) as lexical:
+        lexical.add_path(corpus)
+    assert ollama.calls("/api/embed") == []
+    with EmbeddedKB(db, embedder=embedder(ollama)) as kb:
+        # Nothing changed on disk, yet the passages lacking vectors get them.
+        report = kb.add_path(corpus)
+        assert (report.unchanged_files, report.vectors_added) == (3, 11)
+        assert kb.reindex_vectors() == 0
+    with EmbeddedKB(db, embedder=embedder(ollama, OTHER_EMBED_MODEL)) as kb:
+        ollama.reset()
+        assert kb.reindex_vectors() == 11
+        assert {call["model"] for call in ollama.calls("/api/embed")} == {OTHER_EMBED_MODEL}
+        assert len(vector_rows(kb)) == 22  # both models' vectors are kept
+        assert ids(kb.search_sync("退款", 1)) == ["refund"]
+    with EmbeddedKB(db) as lexical, pytest.raises(ValueError, match="has no embedder"):
+        lexical.reindex_vectors()
+
+
+def test_embedding_failure_during_ingest_keeps_the_passages(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
+) -> None:
+    ollama.fail_next(Fault.MODEL_NOT_FOUND)
+    with pytest.raises(EmbeddingError, match=f"先运行 ollama pull {EMBED_MODEL}"):
+        hybrid_kb.add_path(corpus)
+    assert hybrid_kb.count() == 11
+    assert vector_rows(hybrid_kb) == []
+    assert ids(hybrid_kb.search_sync("退款", 1)) == ["refund"]
+    assert hybrid_kb.add_path(corpus).vectors_added == 11
+
+
+def test_rrf_fuses_disagreeing_rankings(tmp_path: Path, ollama: FakeOllama) -> None:
+    path = physics_file(tmp_path / "physics")
+    with (
+        EmbeddedKB(tmp_path / "kb.sqlite", embedder=embedder(ollama)) as hybrid,
+        EmbeddedKB(tmp_path / "kb.sqlite") as lexical,
+    ):
+        hybrid.add_path(path)
+        lexical_ranking = ids(lexical.search_sync(PHYSICS_QUERY, 10))
+        query = np.array(embed_text(PHYSICS_QUERY))
+        cosine = {i: float(query @ embed_text(f"{t}\n{x}")) for i, t, x in PHYSICS}
+        dense_ranking = sorted(cosine, key=lambda i: -cosine[i])
+        assert lexical_ranking == ["survey", "lever"]
+        assert dense_ranking == ["chatter", "survey", "lever", "weather"]
+
+        hits = hybrid.search_sync(PHYSICS_QUERY, 4)
+        assert [(p["id"], p["score"]) for p in hits] == [
+            ("survey", round(1 / 61 + 1 / 62, 6)),
+            ("lever", round(1 / 62 + 1 / 63, 6)),
+            ("chatter", round(1 / 61, 6)),
+            ("weather", round(1 / 64, 6)),
+        ]
+        assert hits[2] == {
+            "id": "chatter",
+            "title": "闲谈",
+            "source": "physics.jsonl",
+            "text": PHYSICS[1][2],
+            "score": round(1 / 61, 6),
+            "kb": "default",
+        }
+        assert ids(hybrid.search_sync(PHYSICS_QUERY, 2)) == ["survey", "lever"]
+
+
+def test_reciprocal_rank_fusion() -> None:
+    assert reciprocal_rank_fusion([]) == []
+    assert reciprocal_rank_fusion([[1, 2], [2, 3]], k=1) == [
+        (2, 1 / 3 + 1 / 2),
+        (1, 1 / 2),
+        (3, 1 / 3),
+    ]
+    # Ties keep first-appearance order: the first ranking wins.
+    assert [key for key, _ in reciprocal_rank_fusion([[1], [2]])] == [1, 2]
+
+
+def test_hybrid_search_makes_one_query_embedding(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
+) -> None:
+    hybrid_kb.add_path(corpus)
+    ollama.reset()
+    for question, expected in QUESTIONS:
+        assert ids(hybrid_kb.search_sync(question, 3))[0] == expected
+    assert [call["input"] for call in ollama.calls("/api/embed")] == [[q] for q, _ in QUESTIONS]
+    ollama.reset()
+    assert hybrid_kb.search_sync("😀🎉", 3) == []
+    assert hybrid_kb.search_sync("退款", 0) == []
+    assert ollama.calls("/api/embed") == []
+
+
+def test_hybrid_interrogatives_do_not_dominate(hybrid_kb: EmbeddedKB, corpus: Path) -> None:
+    hybrid_kb.add_path(corpus)
+    question = "请问一下，你们的积分到底是怎么回事呢？是什么规则啊？"
+    assert ids(hybrid_kb.search_sync(question, 1)) == ["points"]
+
+
+def test_search_falls_back_to_lexical_when_ollama_stops(
+    tmp_path: Path, corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "kb.sqlite"
+    with FakeOllama() as own, EmbeddedKB(db, embedder=embedder(own)) as kb:
+        kb.add_path(corpus)
+        own.stop()
+        with caplog.at_level(logging.WARNING, logger="tools.kb"):
+            hits = kb.search_sync("付款后多长时间发货？", 3)
+        with EmbeddedKB(db) as lexical:
+            assert ids(hits) == ids(lexical.search_sync("付款后多长时间发货？", 3))
+        assert [p["score"] for p in hits] == [round(1 / (61 + i), 6) for i in range(len(hits))]
+        assert "dense retrieval unavailable" in caplog.text
+        assert "连不上 Ollama" in caplog.text
+
+
+async def test_failed_query_embedding_backs_off(
+    hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hybrid_kb.add_path(corpus)
+    ollama.reset()
+    monkeypatch.setattr(tools.kb, "DENSE_RETRY_S", 0.0)
+    ollama.fail_next(Fault.HTTP_500)
+    assert ids(await hybrid_kb.search("退款", 1)) == ["refund"]
+    assert ids(await hybrid_kb.search("积分", 1)) == ["points"]
+    assert len(ollama.calls("/api/embed")) == 2  # no back-off: the second search tried again
+    monkeypatch.setattr(tools.kb, "DENSE_RETRY_S", 30.0)
+    ollama.fail_next(Fault.HTTP_500)
+    assert ids(await hybrid_kb.search("退款", 1)) == ["refund"]
+    assert ids(await hybrid_kb.search("发货", 1)) == ["shipping"]
+    assert len(ollama.calls("/api/embed")) == 3  # backing off: the fourth search did not try
+
+
+def test_vector_cache_follows_writes(tmp_path: Path, corpus: Path, ollama: FakeOllama) -> None:
+    db = tmp_path / "kb.sqlite"
+    with (
+        EmbeddedKB(db, embedder=embedder(ollama)) as kb,
+        EmbeddedKB(db, embedder=embedder(ollama)) as other,
+    ):
+        kb.add_path(corpus)
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        kb.add_path(physics_file(corpus / "more"), root=corpus)
+        assert "chatter" in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        # Another instance (or process) writing to the same file is noticed too.
+        other.remove_source("more/physics.jsonl")
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+
+
+def test_embedding_progress_bar(
+    tmp_path: Path, corpus: Path, ollama: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EmbeddedKB(tmp_path / "kb.sqlite", embedder=embedder(ollama)) as kb:
+        kb.add_path(corpus, progress=True)
+    err = capsys.readouterr().err
+    assert f"生成向量 default（{EMBED_MODEL}）" in err
+    assert "11/11" in err
+
+
+class HashEmbedder:
+    """A local `Embedder`: the fake Ollama's hashed-bigram vectors, truncated to `dim`."""
+
+    batch_size = 8
+
+    def __init__(self, model: str, dim: int) -> None:
+        self.model = model
+        self.dim = dim
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([embed_text(text, self.dim) for text in texts], dtype=np.float32)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_sync(texts)
+
+
+def test_model_that_changed_dimension_needs_a_rebuild(
+    tmp_path: Path, corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "kb.sqlite"
+    with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
+        assert kb.add_path(corpus).vectors_added == 11
+    with EmbeddedKB(db, embedder=HashEmbedder("local", 64)) as kb, EmbeddedKB(db) as lexical:
+        with caplog.at_level(logging.WARNING, logger="tools.kb"):
+            hits = kb.search_sync("付款后多长时间发货？", 3)
+        assert ids(hits) == ids(lexical.search_sync("付款后多长时间发货？", 3))
+        assert "local now embeds in 64 dimensions, its stored vectors have 256" in caplog.text
+        assert kb.reindex_vectors() == 0  # nothing is missing, the vectors are stale
+        assert kb.reindex_vectors(rebuild=True) == 11
+        assert {dim for _, _, dim, _ in vector_rows(kb)} == {64}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tools.kb"):
+            # Dense retrieval is back: it finds something where BM25 finds nothing.
+            assert lexical.search_sync(PHYSICS_QUERY, 1) == []
+            assert len(kb.search_sync(PHYSICS_QUERY, 1)) == 1
+            assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
+        assert caplog.text == ""
