@@ -29,7 +29,6 @@ from agent.state import Citation
 from agent.threads import KeyedLocks, thread_id
 from agent.turns import QAGraph, TurnResult, run_turn, stream_turn, turn_config
 from graphs.qa import build
-from tools.kb import EmbeddedKB
 
 log = logging.getLogger("qqrag.server")
 
@@ -98,7 +97,6 @@ class ThreadHistory(BaseModel):
 class AppRuntime:
     settings: Settings
     services: Services
-    kb: EmbeddedKB
     saver: AsyncSqliteSaver
     graph: QAGraph
     locks: KeyedLocks
@@ -109,9 +107,8 @@ class AppRuntime:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     services = services_from_settings(settings)
-    kb = services.knowledge
-    assert isinstance(kb, EmbeddedKB)
-    ensure_default_knowledge(kb, settings)
+    kb = services.embedded[settings.kb_name]
+    await asyncio.to_thread(ensure_default_knowledge, kb, settings)
     async with (
         AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver,
         httpx.AsyncClient(timeout=3.0) as http,
@@ -120,7 +117,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = AppRuntime(
             settings=settings,
             services=services,
-            kb=kb,
             saver=saver,
             graph=build(saver),
             locks=KeyedLocks(),
@@ -131,9 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             set_services(None)
-            kb.close()
-            if services.audit is not None:
-                services.audit.close()
+            services.close()
 
 
 def get_runtime(request: Request) -> AppRuntime:

@@ -14,7 +14,6 @@ from agent.services import ensure_default_knowledge, services_from_settings, set
 from agent.settings import get_settings
 from agent.turns import TurnResult, stream_turn
 from graphs.qa import build
-from tools.kb import EmbeddedKB
 
 
 def _show_node(console: Console, summary: dict[str, Any]) -> None:
@@ -40,8 +39,7 @@ def _show_result(console: Console, result: TurnResult) -> None:
 async def run_chat(thread: str, context: Context, console: Console) -> None:
     settings = get_settings()
     services = services_from_settings(settings)
-    assert isinstance(services.knowledge, EmbeddedKB)
-    ensure_default_knowledge(services.knowledge, settings)
+    ensure_default_knowledge(services.embedded[settings.kb_name], settings)
     set_services(services)
     console.print(
         f"对话 {thread}，模型 {context.chat_model}，Ollama {settings.ollama_url}。"
@@ -68,6 +66,4 @@ async def run_chat(thread: str, context: Context, console: Console) -> None:
                 elif kind == "result":
                     _show_result(console, payload)
     set_services(None)
-    services.knowledge.close()
-    if services.audit is not None:
-        services.audit.close()
+    services.close()

@@ -38,11 +38,12 @@ def serve(
 
 
 def _open_kb(name: str | None) -> Any:
+    from tools.embeddings import embedder_from_settings
     from tools.kb import EmbeddedKB
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return EmbeddedKB(settings.kb_path, name or settings.kb_name)
+    return EmbeddedKB(settings.kb_path, name or settings.kb_name, embedder_from_settings(settings))
 
 
 @kb_app.command("add")
@@ -59,8 +60,33 @@ def kb_add(
                 f"[bold]{path}[/]：新增 {report.added_files} 个文件，替换 {report.replaced_files} 个，"
                 f"未改动 {report.unchanged_files} 个，跳过 {report.skipped_files} 个；"
                 f"写入 {report.passages_added} 段，删除 {report.passages_removed} 段，"
-                f"用时 {report.seconds:.2f} 秒"
+                f"生成向量 {report.vectors_added} 个，用时 {report.seconds:.2f} 秒"
             )
+    finally:
+        base.close()
+
+
+@kb_app.command("reindex")
+def kb_reindex(
+    rebuild: Annotated[bool, typer.Option(help="重算所有向量（换了同名模型时用）")] = False,
+    kb: Annotated[str | None, typer.Option(help="知识库名")] = None,
+) -> None:
+    """为缺少向量的段落生成向量（需要配置 QQRAG_EMBED_MODEL）。"""
+    from tools.embeddings import EmbeddingError
+
+    base = _open_kb(kb)
+    try:
+        if base.embedder is None:
+            console.print(
+                "[red]没有配置向量模型：先设置 QQRAG_EMBED_MODEL，例如 qwen3-embedding:0.6b[/]"
+            )
+            raise typer.Exit(1)
+        try:
+            count = base.reindex_vectors(rebuild=rebuild, progress=True)
+        except EmbeddingError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from exc
+        console.print(f"知识库 {base.name}：生成向量 {count} 个")
     finally:
         base.close()
 

@@ -46,6 +46,10 @@ class Context:
             "qwen3-reranker: P(yes) of a Qwen3-Reranker model; none: retrieval order."
         },
     )
+    knowledge_bases: tuple[str, ...] = field(
+        default_factory=lambda: (get_settings().kb_name,),
+        metadata={"description": "Embedded knowledge bases searched together (MaxKB: its own)."},
+    )
     prompt_variant: str = field(
         default_factory=lambda: get_settings().prompt_variant,
         metadata={"description": "Prompt files NAME.VARIANT.md override NAME.md when present."},

@@ -1,4 +1,4 @@
-"""The long-lived objects nodes use: knowledge backend, rerankers, chat models.
+"""The long-lived objects nodes use: knowledge backends, rerankers, chat models, the audit log.
 
 The graph's `Context` holds only choices (names, numbers); the objects those choices select
 live here, created once per process by the server, the CLI or a test.
@@ -7,6 +7,7 @@ live here, created once per process by the server, the CLI or a test.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,9 @@ from agent.context import Context
 from agent.models import ChatModelFactory, OllamaChatModels
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
-from tools.knowledge import make_search_tool
-from tools.rerank import LexicalReranker, NoReranker, Reranker
+from tools.embeddings import Embedder, EmbeddingError, embedder_from_settings
+from tools.knowledge import MergedKnowledge, make_search_tool
+from tools.rerank import LexicalReranker, NoReranker, Reranker, build_rerankers
 
 if TYPE_CHECKING:
     from tools.kb import EmbeddedKB
@@ -34,14 +36,36 @@ def default_rerankers() -> dict[str, Reranker]:
 class Services:
     settings: Settings
     knowledge: KnowledgeBackend
+    """The default backend: the embedded base named by the settings, or MaxKB."""
     chat_models: ChatModelFactory
     rerankers: dict[str, Reranker] = field(default_factory=default_rerankers)
     audit: AuditLog | None = None
+    embedded: dict[str, EmbeddedKB] = field(default_factory=dict)
+    """Open embedded knowledge bases by name; more open on demand (`knowledge_for`)."""
+    embedder: Embedder | None = None
+    _warned: set[str] = field(default_factory=set)
+
+    def knowledge_for(self, names: Sequence[str]) -> KnowledgeBackend:
+        """The backend for a profile's or tenant's knowledge bases.
+
+        MaxKB carries its own knowledge ids in the settings, so names select embedded bases
+        only; the default backend serves when the names are the default ones.
+        """
+        if not names or list(names) == [self.settings.kb_name] or self.embedded == {}:
+            return self.knowledge
+        bases: list[KnowledgeBackend] = []
+        for name in names:
+            if name not in self.embedded:
+                from tools.kb import EmbeddedKB
+
+                self.embedded[name] = EmbeddedKB(self.settings.kb_path, name, self.embedder)
+            bases.append(self.embedded[name])
+        return bases[0] if len(bases) == 1 else MergedKnowledge(bases)
 
     def search_tool(self, ctx: Context) -> StructuredTool:
         """The follow-up knowledge search the answer model may call, tuned by the run context."""
         return make_search_tool(
-            self.knowledge,
+            self.knowledge_for(ctx.knowledge_bases),
             self.reranker(ctx.reranker),
             top_k=ctx.top_k,
             top_n=ctx.rerank_top_n,
@@ -50,37 +74,71 @@ class Services:
         )
 
     def reranker(self, name: str) -> Reranker:
-        try:
+        """The named strategy; lexical (with one warning) when it is not configured here."""
+        if name in self.rerankers:
             return self.rerankers[name]
-        except KeyError:
-            known = ", ".join(sorted(self.rerankers))
-            raise ValueError(f"unknown reranker {name!r}; known: {known}") from None
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning(
+                "reranker %r is not configured (needs QQRAG_EMBED_MODEL or QQRAG_RERANK_MODEL); "
+                "using lexical",
+                name,
+            )
+        return self.rerankers["lexical"]
+
+    def close(self) -> None:
+        for kb in self.embedded.values():
+            kb.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def services_from_settings(settings: Settings) -> Services:
-    """Production wiring: the embedded knowledge base and Ollama chat models."""
+    """Production wiring: embedded knowledge base (or MaxKB), rerankers, Ollama chat models."""
     from tools.kb import EmbeddedKB
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedder = embedder_from_settings(settings)
+    embedded = EmbeddedKB(settings.kb_path, settings.kb_name, embedder)
+    knowledge: KnowledgeBackend = embedded
+    if settings.knowledge_backend == "maxkb":
+        from tools.maxkb import FallbackKnowledge, MaxKBConfig, MaxKBKnowledge
+
+        maxkb = MaxKBKnowledge(MaxKBConfig.from_settings(settings))
+        knowledge = (
+            FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb
+        )
     return Services(
         settings=settings,
-        knowledge=EmbeddedKB(settings.kb_path, settings.kb_name),
+        knowledge=knowledge,
         chat_models=OllamaChatModels(settings),
+        rerankers=build_rerankers(settings, embedder),
         audit=AuditLog(settings.audit_path),
+        embedded={settings.kb_name: embedded},
+        embedder=embedder,
     )
 
 
 def ensure_default_knowledge(kb: EmbeddedKB, settings: Settings) -> None:
-    """A fresh install answers questions about itself: ingest the user guide into an empty base."""
-    if kb.count() == 0 and settings.default_docs.is_dir():
-        # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
-        report = kb.add_path(settings.default_docs, root=settings.default_docs.parent)
-        log.info(
-            "knowledge base %s was empty: ingested %d passages from %s",
-            kb.name,
-            report.passages_added,
-            settings.default_docs,
-        )
+    """A fresh install answers questions about itself: ingest the user guide into an empty base.
+
+    Vectors are best effort here: without Ollama the passages are still searchable by keyword,
+    and the next ingest (or `qqrag kb reindex`) adds the missing vectors.
+    """
+    try:
+        if kb.count() == 0 and settings.default_docs.is_dir():
+            # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
+            report = kb.add_path(settings.default_docs, root=settings.default_docs.parent)
+            log.info(
+                "knowledge base %s was empty: ingested %d passages from %s",
+                kb.name,
+                report.passages_added,
+                settings.default_docs,
+            )
+        elif kb.embedder is not None:
+            kb.reindex_vectors()
+    except EmbeddingError as exc:
+        log.warning("vectors not built, keyword search only until Ollama answers: %s", exc)
 
 
 _current: Services | None = None

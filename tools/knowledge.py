@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
@@ -53,3 +55,30 @@ def make_search_tool(
         description=prompts.load("search_tool", variant),
         args_schema=SearchArgs,
     )
+
+
+class MergedKnowledge:
+    """Several knowledge bases searched concurrently, as one.
+
+    Merged by reciprocal rank, so bases of different sizes or score scales mix fairly.
+    """
+
+    def __init__(self, bases: list[KnowledgeBackend], rrf_k: int = 60) -> None:
+        self.bases = bases
+        self.name = "+".join(base.name for base in bases)
+        self._rrf_k = rrf_k
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        results = await asyncio.gather(*(base.search(query, k) for base in self.bases))
+        fused: dict[tuple[str, str], tuple[float, Passage]] = {}
+        for passages in results:
+            for rank, passage in enumerate(passages, start=1):
+                key = (passage["kb"], passage["id"])
+                score = fused.get(key, (0.0, passage))[0] + 1.0 / (self._rrf_k + rank)
+                fused[key] = (score, passage)
+        best = sorted(fused.values(), key=lambda item: item[0], reverse=True)[:k]
+        return [Passage(**{**passage, "score": round(score, 6)}) for score, passage in best]
+
+    async def health(self) -> str | None:
+        problems = [p for p in await asyncio.gather(*(b.health() for b in self.bases)) if p]
+        return "；".join(problems) or None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -45,7 +46,7 @@ class Reranker(Protocol):
     name: str
 
     async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
-        """All `passages` with 0..1 scores, best first."""
+        """All `passages` with 0..1 scores, in the strategy's order of preference."""
         ...
 
 
@@ -54,28 +55,30 @@ def _retrieval_scale(passages: list[Passage]) -> float:
     return top if top > 0 else 1.0
 
 
-class LexicalReranker:
-    """Share of the query's topic terms found in the passage, blended with retrieval score.
+@lru_cache(maxsize=8192)
+def _terms(text: str) -> frozenset[str]:
+    # jieba costs about a millisecond per passage; the same passages come back query after query.
+    return frozenset(tokenize(text))
 
-    Coverage answers "does this passage talk about what was asked?" on an absolute scale, which
-    is what a threshold needs; the retrieval score (scaled to the best hit) breaks ties.
+
+class LexicalReranker:
+    """Keeps the retrieval order and scores each passage by query-term coverage.
+
+    Coverage answers "does this passage talk about what was asked?" on an absolute 0..1 scale,
+    which is what the relevance threshold needs. Reordering by it loses to BM25's own ranking
+    (cmrc2018 recall@1 0.986 -> 0.969), so the order stays as retrieved.
     """
 
     name = "lexical"
 
-    def __init__(self, coverage_weight: float = 0.8) -> None:
-        self._weight = coverage_weight
-
     async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
         terms = content_tokens(query) or tokenize(query)
-        scale = _retrieval_scale(passages)
-        scored = []
-        for passage in passages:
-            covered = coverage(terms, tokenize(f"{passage['title']} {passage['text']}"))
-            retrieval = max(passage["score"], 0.0) / scale
-            score = self._weight * covered + (1 - self._weight) * retrieval
-            scored.append(Passage(**{**passage, "score": round(score, 4)}))
-        return sorted(scored, key=lambda p: p["score"], reverse=True)
+        return [
+            Passage(
+                **{**p, "score": round(coverage(terms, _terms(f"{p['title']} {p['text']}")), 4)}
+            )
+            for p in passages
+        ]
 
 
 class NoReranker:

@@ -12,5 +12,7 @@ from agent.state import State
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    candidates = await get_services().knowledge.search(state.query, runtime.context.top_k)
+    ctx = runtime.context
+    knowledge = get_services().knowledge_for(ctx.knowledge_bases)
+    candidates = await knowledge.search(state.query, ctx.top_k)
     return {"candidates": candidates}

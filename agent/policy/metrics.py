@@ -1,0 +1,97 @@
+"""Prometheus metrics of the QA service, in a registry of their own."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+Outcome = Literal["answered", "not_found", "degraded", "blocked", "error"]
+Side = Literal["question", "answer"]
+
+# Nodes range from a dictionary lookup to a thinking model's answer; turns add them up.
+NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+TURN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Every series the service exports; one instance per app, so tests never collide.
+
+    Labels are set where counted, e.g.
+    `metrics.turns.labels(intent="question", profile="default", outcome="answered").inc()`;
+    `metrics.inflight_turns.track_inprogress()` wraps a turn.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.turns = Counter(
+            "qqrag_turns",
+            "Turns finished, by intent, profile and outcome "
+            "(answered, not_found, degraded, blocked, error).",
+            ["intent", "profile", "outcome"],
+            registry=registry,
+        )
+        self.node_seconds = Histogram(
+            "qqrag_node_seconds",
+            "Seconds spent in each graph node.",
+            ["node"],
+            buckets=NODE_BUCKETS,
+            registry=registry,
+        )
+        self.turn_seconds = Histogram(
+            "qqrag_turn_seconds",
+            "Seconds from a question's arrival to its answer.",
+            buckets=TURN_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "qqrag_tokens",
+            "Model tokens as Ollama counts them, by profile and kind (prompt, completion).",
+            ["profile", "kind"],
+            registry=registry,
+        )
+        self.quota_rejections = Counter(
+            "qqrag_quota_rejections",
+            "Requests refused by a quota, by the limit hit "
+            "(user_rpm, group_rpm, user_daily, group_daily).",
+            ["scope"],
+            registry=registry,
+        )
+        self.busy_rejections = Counter(
+            "qqrag_busy_rejections",
+            "Requests refused because the bound on turns in flight was reached.",
+            registry=registry,
+        )
+        self.safety_hits = Counter(
+            "qqrag_safety_hits",
+            "Sensitive-word hits, by side (question, answer) and category.",
+            ["side", "category"],
+            registry=registry,
+        )
+        self.dependency_errors = Counter(
+            "qqrag_dependency_errors",
+            "Failed calls to a dependency (ollama, maxkb, ...).",
+            ["dependency"],
+            registry=registry,
+        )
+        self.inflight_turns = Gauge(
+            "qqrag_inflight_turns", "Turns being answered now.", registry=registry
+        )
+
+    def count_turn(self, *, intent: str, profile: str, outcome: Outcome, seconds: float) -> None:
+        self.turns.labels(intent=intent, profile=profile, outcome=outcome).inc()
+        self.turn_seconds.observe(seconds)
+
+    def count_tokens(self, *, profile: str, prompt: int, completion: int) -> None:
+        self.tokens.labels(profile=profile, kind="prompt").inc(prompt)
+        self.tokens.labels(profile=profile, kind="completion").inc(completion)
+
+    def count_safety_hits(self, side: Side, categories: list[str]) -> None:
+        for category in categories:
+            self.safety_hits.labels(side=side, category=category).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type, for a /metrics response."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

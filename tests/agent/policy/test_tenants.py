@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import pytest
+
+from agent.policy.tenants import KEY_PREFIX, OPEN_PRINCIPAL, Principal, TenantStore, hash_key
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TenantStore:
+    return TenantStore(tmp_path / "tenants.sqlite")
+
+
+def test_issue_authenticate_and_revoke(store: TenantStore):
+    store.create_tenant("acme", ("default", "faq"))
+    key = store.issue_key("acme", label="bot 1")
+
+    assert key.startswith(KEY_PREFIX) and len(key) == len(KEY_PREFIX) + 32
+    principal = Principal(tenant="acme", role="client", key_id=hash_key(key)[:12])
+    assert store.authenticate(key) == principal
+    assert store.authenticate(f"Bearer {key}") == principal
+    assert store.authenticate(f"bearer   {key} ") == principal
+    assert store.authenticate(None) is None
+    assert store.authenticate("") is None
+    assert store.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert store.authenticate("Bearer nonsense") is None
+
+    revoked = store.revoke_key(key)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert store.authenticate(key) is None
+    assert store.revoke_key(key) is None
+
+
+def test_revoke_by_key_id_prefix(store: TenantStore):
+    store.create_tenant("acme")
+    first, second = store.issue_key("acme"), store.issue_key("acme")
+    key_id = store.authenticate(first).key_id  # type: ignore[union-attr]
+
+    with pytest.raises(ValueError, match="6"):
+        store.revoke_key(key_id[:3])
+    revoked = store.revoke_key(key_id[:8])
+
+    assert revoked is not None and revoked.key_id == key_id
+    assert store.authenticate(first) is None
+    assert store.authenticate(second) is not None
+
+
+def test_only_hashes_are_stored(tmp_path: Path):
+    path = tmp_path / "tenants.sqlite"
+    store = TenantStore(path)
+    store.create_tenant("acme")
+    key = store.issue_key("acme", label="secret-free label")
+
+    listed = store.list_keys()
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    store.close()
+
+    assert [k.label for k in listed] == ["secret-free label"]
+    assert key not in repr(listed)
+    assert hash_key(key).encode() in on_disk
+    assert key.encode() not in on_disk
+    assert key.removeprefix(KEY_PREFIX).encode() not in on_disk
+
+
+def test_open_until_the_first_key_and_not_again_after_revoking(store: TenantStore):
+    assert store.is_open()
+    assert OPEN_PRINCIPAL.tenant == "default" and OPEN_PRINCIPAL.is_admin
+
+    store.create_tenant("default")
+    assert store.is_open()
+    key = store.issue_key("default")
+    assert not store.is_open()
+
+    store.revoke_key(key)
+    assert not store.is_open()
+
+
+def test_admin_role(store: TenantStore):
+    store.create_tenant("ops")
+    admin = store.authenticate(store.issue_key("ops", role="admin"))
+    client = store.authenticate(store.issue_key("ops"))
+
+    assert admin is not None and admin.is_admin
+    assert client is not None and not client.is_admin
+    with pytest.raises(ValueError, match="role"):
+        store.issue_key("ops", role="root")  # type: ignore[arg-type]
+
+
+def test_tenants_and_their_knowledge_bases(store: TenantStore):
+    store.create_tenant("b", ("kb1", "kb2", "kb1"))
+    store.create_tenant("a")
+
+    assert [(t.name, t.knowledge_bases) for t in store.list_tenants()] == [
+        ("a", ("default",)),
+        ("b", ("kb1", "kb2")),
+    ]
+    assert store.set_knowledge_bases("a", ("faq",)).knowledge_bases == ("faq",)
+    assert store.tenant("a").knowledge_bases == ("faq",)  # type: ignore[union-attr]
+    assert store.tenant("missing") is None
+    with pytest.raises(ValueError, match="already exists"):
+        store.create_tenant("a")
+    with pytest.raises(ValueError, match="tenant name"):
+        store.create_tenant("bad name")
+    with pytest.raises(ValueError, match="knowledge base"):
+        store.create_tenant("c", ())
+    with pytest.raises(KeyError):
+        store.issue_key("missing")
+    with pytest.raises(KeyError):
+        store.set_knowledge_bases("missing", ("x",))
+
+
+def test_keys_listed_per_tenant_and_seen_by_another_store(tmp_path: Path):
+    path = tmp_path / "tenants.sqlite"
+    first = TenantStore(path)
+    first.create_tenant("a")
+    first.create_tenant("b")
+    key_a = first.issue_key("a", label="A")
+    first.issue_key("b", role="admin", label="B")
+
+    second = TenantStore(path)
+    assert [k.label for k in second.list_keys("a")] == ["A"]
+    assert sorted((k.tenant, k.role) for k in second.list_keys()) == [
+        ("a", "client"),
+        ("b", "admin"),
+    ]
+    assert second.authenticate(key_a) is not None
+
+    second.revoke_key(key_a)
+    assert first.authenticate(key_a) is None
+    assert [k.active for k in first.list_keys("a")] == [False]
+
+
+def test_only_the_exact_key_shape_authenticates(store: TenantStore):
+    store.create_tenant("acme")
+    key = store.issue_key("acme")
+    assert store.authenticate(key + "\n") is not None  # surrounding whitespace is stripped
+    assert store.authenticate(key + "x") is None
+    assert store.authenticate(f"Basic {key}") is None
+    with pytest.raises(ValueError, match="tenant name"):
+        store.create_tenant("acme\n")
