@@ -1,33 +1,38 @@
-"""The HTTP service: QQ front ends post questions here and get cited answers back."""
+"""The HTTP service: QQ front ends post questions here and get cited answers back.
+
+Routes only: authentication, quotas, safety, profiles, audit and metrics live in
+`agent.gateway`; the answering itself in the graph (`graphs/qa.py`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import uuid
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.context import Context
+from agent import gateway
 from agent.evidence import last_exchange
+from agent.gateway import Answer, Gateway, Refusal
 from agent.models import message_text
+from agent.policy.tenants import Principal
 from agent.services import Services, ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings, get_settings
 from agent.state import Citation
-from agent.threads import KeyedLocks, thread_id
-from agent.turns import QAGraph, TurnResult, run_turn, stream_turn, turn_config
+from agent.turns import turn_config
 from graphs.qa import build
 
 log = logging.getLogger("qqrag.server")
@@ -57,6 +62,15 @@ class Speaker(BaseModel):
         if self.scene == "group" and not self.group_id:
             raise ValueError("scene 为 group 时必须提供 group_id")
         return self
+
+    def speaker(self) -> gateway.Speaker:
+        return gateway.Speaker(
+            platform=self.platform,
+            scene=self.scene,
+            user_id=self.user_id,
+            group_id=self.group_id if self.scene == "group" else None,
+            message_id=self.message_id,
+        )
 
 
 class ChatRequest(Speaker):
@@ -93,13 +107,28 @@ class ThreadHistory(BaseModel):
     messages: list[HistoryMessage]
 
 
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = "qqrag"
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    user: StrictStr | None = Field(default=None, max_length=128)
+
+
 @dataclass
 class AppRuntime:
     settings: Settings
     services: Services
     saver: AsyncSqliteSaver
-    graph: QAGraph
-    locks: KeyedLocks
+    gateway: Gateway
     http: httpx.AsyncClient
 
 
@@ -107,26 +136,22 @@ class AppRuntime:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     services = services_from_settings(settings)
-    kb = services.embedded[settings.kb_name]
-    await asyncio.to_thread(ensure_default_knowledge, kb, settings)
+    await asyncio.to_thread(ensure_default_knowledge, services.embedded[settings.kb_name], settings)
     async with (
         AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver,
         httpx.AsyncClient(timeout=3.0) as http,
     ):
         set_services(services)
-        app.state.runtime = AppRuntime(
-            settings=settings,
-            services=services,
-            saver=saver,
-            graph=build(saver),
-            locks=KeyedLocks(),
-            http=http,
-        )
+        gate = Gateway.from_settings(settings, services, build(saver))
+        if gate.tenants.is_open():
+            log.warning("no API key issued: the service is open to anyone (qqrag key issue …)")
+        app.state.runtime = AppRuntime(settings, services, saver, gate, http)
         log.info("qqrag ready: data in %s, Ollama at %s", settings.data_dir, settings.ollama_url)
         try:
             yield
         finally:
             set_services(None)
+            gate.close()
             services.close()
 
 
@@ -138,50 +163,65 @@ def get_runtime(request: Request) -> AppRuntime:
 RuntimeDep = Annotated[AppRuntime, Depends(get_runtime)]
 
 
+def get_principal(
+    rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return rt.gateway.authenticate(authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise Refusal(403, "forbidden", "需要管理员密钥")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
-def _thread_of(body: Speaker, settings: Settings) -> str:
-    return thread_id(
-        body.platform, body.scene, body.user_id, body.group_id, settings.group_thread_scope
-    )
+def _check_length(text: str, settings: Settings) -> None:
+    if len(text) > settings.max_text_chars:
+        raise HTTPException(422, f"text 超过 {settings.max_text_chars} 字的上限（{len(text)} 字）")
 
 
-def _check_length(body: ChatRequest, settings: Settings) -> None:
-    if len(body.text) > settings.max_text_chars:
-        raise HTTPException(
-            422, f"text 超过 {settings.max_text_chars} 字的上限（{len(body.text)} 字）"
-        )
-
-
-def _response(result: TurnResult, thread: str, trace: str) -> ChatResponse:
+def _response(answer: Answer) -> ChatResponse:
     return ChatResponse(
-        answer=result.answer,
-        citations=result.citations,
-        intent=result.intent,
-        thread_id=thread,
-        trace_id=trace,
-        degraded=result.degraded,
+        answer=answer.answer,
+        citations=answer.citations,
+        intent=answer.intent,
+        thread_id=answer.thread_id,
+        trace_id=answer.trace_id,
+        degraded=answer.degraded,
     )
+
+
+def _internal_error(trace: str) -> JSONResponse:
+    return _error(500, "internal_error", "服务内部出错了，请稍后再试。", trace_id=trace)
 
 
 chat = APIRouter(prefix="/v1/chat", tags=["chat"])
 
 
 @chat.post("", response_model=ChatResponse)
-async def post_chat(body: ChatRequest, rt: RuntimeDep) -> ChatResponse | JSONResponse:
-    _check_length(body, rt.settings)
-    thread, trace = _thread_of(body, rt.settings), uuid.uuid4().hex[:16]
+async def post_chat(
+    body: ChatRequest, rt: RuntimeDep, principal: PrincipalDep
+) -> ChatResponse | JSONResponse:
+    _check_length(body.text, rt.settings)
+    turn = await rt.gateway.admit(principal, body.speaker(), body.text)
     try:
-        async with rt.locks.hold(thread):
-            result = await run_turn(
-                rt.graph, thread, body.text, Context(), message_id=body.message_id, trace_id=trace
-            )
+        answer = await rt.gateway.answer(turn)
+    except Refusal:
+        raise
     except Exception:
-        log.exception("turn failed (trace %s, thread %s)", trace, thread)
-        return _error(500, "internal_error", "服务内部出错了，请稍后再试。", trace_id=trace)
-    return _response(result, thread, trace)
+        log.exception("turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
+        return _internal_error(turn.trace_id)
+    return _response(answer)
 
 
 def _sse(event: str, data: Any) -> str:
@@ -189,48 +229,53 @@ def _sse(event: str, data: Any) -> str:
 
 
 @chat.post("/stream")
-async def post_chat_stream(body: ChatRequest, rt: RuntimeDep) -> StreamingResponse:
-    _check_length(body, rt.settings)
-    thread, trace = _thread_of(body, rt.settings), uuid.uuid4().hex[:16]
+async def post_chat_stream(
+    body: ChatRequest, rt: RuntimeDep, principal: PrincipalDep
+) -> StreamingResponse:
+    _check_length(body.text, rt.settings)
+    turn = await rt.gateway.admit(principal, body.speaker(), body.text)
 
     async def events() -> AsyncIterator[str]:
         try:
-            async with rt.locks.hold(thread):
-                async for kind, payload in stream_turn(
-                    rt.graph,
-                    thread,
-                    body.text,
-                    Context(),
-                    message_id=body.message_id,
-                    trace_id=trace,
-                ):
-                    if kind == "result":
-                        yield _sse("result", _response(payload, thread, trace).model_dump())
-                    elif kind == "token":
-                        yield _sse("token", {"text": payload})
-                    else:
-                        yield _sse("node", payload)
+            async for kind, payload in rt.gateway.run(turn):
+                if kind == "answer":
+                    yield _sse("result", _response(payload).model_dump())
+                elif kind == "token":
+                    yield _sse("token", {"text": payload})
+                else:
+                    yield _sse("node", payload)
+        except Refusal as refusal:
+            yield _sse("error", {"code": refusal.code, "message": refusal.message})
         except Exception:
-            log.exception("streamed turn failed (trace %s, thread %s)", trace, thread)
+            log.exception("streamed turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
             yield _sse(
                 "error",
                 {
                     "code": "internal_error",
                     "message": "服务内部出错了，请稍后再试。",
-                    "trace_id": trace,
+                    "trace_id": turn.trace_id,
                 },
             )
 
-    headers = {"X-Trace-Id": trace, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {"X-Trace-Id": turn.trace_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 threads = APIRouter(prefix="/v1/threads", tags=["threads"])
 
 
+def _own_thread(rt: AppRuntime, principal: Principal, thread: str) -> None:
+    # Someone else's thread is reported as missing: its existence is not ours to reveal.
+    if not rt.gateway.may_see(principal, thread):
+        raise Refusal(404, "thread_not_found", f"没有找到对话 {thread}")
+
+
 @threads.get("/{thread}", response_model=ThreadHistory)
-async def get_thread(thread: str, rt: RuntimeDep) -> ThreadHistory | JSONResponse:
-    state = await rt.graph.aget_state(turn_config(thread))
+async def get_thread(
+    thread: str, rt: RuntimeDep, principal: PrincipalDep
+) -> ThreadHistory | JSONResponse:
+    _own_thread(rt, principal, thread)
+    state = await rt.gateway.graph.aget_state(turn_config(thread))
     if not state.values:
         return _error(404, "thread_not_found", f"没有找到对话 {thread}")
     messages = []
@@ -238,13 +283,15 @@ async def get_thread(thread: str, rt: RuntimeDep) -> ThreadHistory | JSONRespons
         if isinstance(message, HumanMessage):
             messages.append(HistoryMessage(role="user", content=message_text(message)))
         elif isinstance(message, AIMessage):
-            messages.append(HistoryMessage(role="assistant", content=message_text(message)))
+            text = rt.gateway.mask(message_text(message))
+            messages.append(HistoryMessage(role="assistant", content=text))
     return ThreadHistory(thread_id=thread, messages=messages)
 
 
 @threads.delete("/{thread}")
-async def delete_thread(thread: str, rt: RuntimeDep) -> dict[str, Any]:
-    async with rt.locks.hold(thread):
+async def delete_thread(thread: str, rt: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+    _own_thread(rt, principal, thread)
+    async with rt.gateway.locks.hold(thread):
         await rt.saver.adelete_thread(thread)
     return {"thread_id": thread, "deleted": True}
 
@@ -253,9 +300,11 @@ feedback = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
 @feedback.post("", response_model=None)
-async def post_feedback(body: FeedbackRequest, rt: RuntimeDep) -> dict[str, Any] | JSONResponse:
-    thread = _thread_of(body, rt.settings)
-    state = await rt.graph.aget_state(turn_config(thread))
+async def post_feedback(
+    body: FeedbackRequest, rt: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any] | JSONResponse:
+    thread = rt.gateway.thread_of(principal, body.speaker())
+    state = await rt.gateway.graph.aget_state(turn_config(thread))
     exchange = last_exchange(state.values.get("messages", [])) if state.values else None
     if exchange is None or rt.services.audit is None:
         return _error(404, "nothing_to_rate", "还没有可以评价的回答")
@@ -272,12 +321,148 @@ async def post_feedback(body: FeedbackRequest, rt: RuntimeDep) -> dict[str, Any]
     return {"ok": True, "thread_id": thread}
 
 
+audit = APIRouter(prefix="/v1", tags=["audit"])
+
+
+@audit.get("/audit")
+async def get_audit(
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """The caller's own turns; an admin may read any tenant's (or all, without `tenant`)."""
+    scope = (
+        (tenant if principal.is_admin else principal.tenant)
+        if tenant or not principal.is_admin
+        else None
+    )
+    rows = (
+        await asyncio.to_thread(rt.services.audit.turns, scope, limit=limit)
+        if rt.services.audit
+        else []
+    )
+    return {"turns": rows}
+
+
+@audit.get("/admin/gaps")
+async def get_gaps(
+    rt: RuntimeDep,
+    principal: AdminDep,
+    days: Annotated[int, Query(ge=1, le=365)] = 7,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """Questions answered with "not found": what the knowledge base is missing."""
+    rows = (
+        await asyncio.to_thread(rt.services.audit.gaps, tenant, days=days)
+        if rt.services.audit
+        else []
+    )
+    return {"days": days, "gaps": rows}
+
+
+openai = APIRouter(prefix="/v1/chat/completions", tags=["openai"])
+
+
+def _completion_text(answer: Answer) -> str:
+    if not answer.citations:
+        return answer.answer
+    sources = "\n".join(f"[{c['index']}] {c['source']} · {c['title']}" for c in answer.citations)
+    return f"{answer.answer}\n\n来源：\n{sources}"
+
+
+@openai.post("", response_model=None)
+async def post_completions(
+    body: CompletionRequest,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    x_qqrag_thread: Annotated[str | None, Header(max_length=128)] = None,
+) -> JSONResponse | StreamingResponse:
+    """OpenAI-compatible chat on the same graph. The conversation lives in the service: only
+    the last user message is used; `user` (or the X-QQRAG-Thread header) picks the thread."""
+    question = next((m for m in reversed(body.messages) if m.role == "user"), None)
+    if question is None or not isinstance(question.content, str) or not question.content.strip():
+        raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
+    _check_length(question.content, rt.settings)
+    who = x_qqrag_thread or body.user or "anonymous"
+    speaker = gateway.Speaker(platform="openai", scene="private", user_id=who)
+    turn = await rt.gateway.admit(principal, speaker, question.content)
+    created = int(time.time())
+    completion_id = f"chatcmpl-{turn.trace_id}"
+    model = turn.context.chat_model
+
+    if not body.stream:
+        try:
+            answer = await rt.gateway.answer(turn)
+        except Refusal:
+            raise
+        except Exception:
+            log.exception("completion failed (trace %s)", turn.trace_id)
+            return _internal_error(turn.trace_id)
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": _completion_text(answer)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "total_tokens": answer.tokens,
+                },
+                "citations": answer.citations,
+                "thread_id": answer.thread_id,
+            }
+        )
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            # The checked answer, not raw model tokens: citation checking may still change it.
+            answer = await rt.gateway.answer(turn)
+            yield chunk({"content": _completion_text(answer)})
+            yield chunk({}, "stop")
+        except Refusal as refusal:
+            yield chunk({"content": refusal.message})
+            yield chunk({}, "stop")
+        except Exception:
+            log.exception("streamed completion failed (trace %s)", turn.trace_id)
+            yield chunk({"content": "服务内部出错了，请稍后再试。"})
+            yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 health = APIRouter(tags=["health"])
 
 
 @health.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@health.get("/metrics")
+async def metrics(rt: RuntimeDep) -> Response:
+    body, content_type = rt.gateway.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 async def _check_ollama(rt: AppRuntime) -> str | None:
@@ -287,6 +472,7 @@ async def _check_ollama(rt: AppRuntime) -> str | None:
         response.raise_for_status()
         names = {m.get("model") or m.get("name") for m in response.json().get("models", [])}
     except (httpx.HTTPError, ValueError) as exc:
+        rt.gateway.metrics.dependency_errors.labels("ollama").inc()
         return f"无法连接 Ollama（{url}）：{exc.__class__.__name__}；回答将使用原文摘录的降级模式"
     wanted = {rt.settings.chat_model, rt.settings.effective_classify_model}
     missing = sorted(m for m in wanted if m not in names and f"{m}:latest" not in names)
@@ -317,10 +503,8 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="qqrag", version="0.1.0", lifespan=lifespan)
-    app.include_router(chat)
-    app.include_router(threads)
-    app.include_router(feedback)
-    app.include_router(health)
+    for router in (chat, openai, threads, feedback, audit, health):
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -337,6 +521,15 @@ def create_app() -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, exc: Refusal) -> JSONResponse:
+        response = _error(exc.status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     return app
 

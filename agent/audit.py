@@ -1,10 +1,11 @@
-"""The audit log: what users said about answers (and, with governance, one row per turn)."""
+"""The audit log: one row per turn, feedback on answers, and the gaps they reveal."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,12 @@ import sqlite_utils
 
 Rating = Literal["good", "bad"]
 RATING_WORDS: dict[str, Rating] = {"好": "good", "good": "good", "差": "bad", "bad": "bad"}
+
+_JSON_COLUMNS = ("candidates", "ranked", "evidence", "cited", "node_seconds", "safety_hits")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class AuditLog:
@@ -38,6 +45,89 @@ class AuditLog:
             if_not_exists=True,
         )
         self._feedback.create_index(["thread_id"], if_not_exists=True)
+        self._turns = self._db.table("turns")
+        self._turns.create(
+            {
+                "id": int,
+                "trace_id": str,
+                "tenant": str,
+                "thread_id": str,
+                "profile": str,
+                "intent": str,
+                "outcome": str,
+                "question": str,
+                "query": str,
+                "answer": str,
+                "answer_chars": int,
+                "candidates": str,
+                "ranked": str,
+                "evidence": str,
+                "cited": str,
+                "supported_ratio": float,
+                "removed_sentences": int,
+                "tokens": int,
+                "model_calls": int,
+                "node_seconds": str,
+                "seconds": float,
+                "degraded": int,
+                "safety_hits": str,
+                "feedback": str,
+                "feedback_comment": str,
+                "created_at": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        self._turns.create_index(["tenant", "created_at"], if_not_exists=True)
+        self._turns.create_index(["thread_id"], if_not_exists=True)
+
+    def record_turn(self, row: dict[str, Any]) -> int:
+        """Store one turn; list and dict values are kept as JSON text."""
+        stored = {
+            k: json.dumps(v, ensure_ascii=False) if k in _JSON_COLUMNS else v
+            for k, v in row.items()
+        }
+        stored.setdefault("created_at", _now())
+        with self._lock:
+            return int(self._turns.insert(stored).last_rowid or 0)
+
+    def turns(
+        self, tenant: str | None = None, *, thread_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Newest first; `tenant` None means every tenant (admins only)."""
+        clauses, args = [], []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            args.append(tenant)
+        if thread_id is not None:
+            clauses.append("thread_id = ?")
+            args.append(thread_id)
+        where = " AND ".join(clauses) or None
+        with self._lock:
+            rows = list(
+                self._turns.rows_where(where, args or None, order_by="id desc", limit=limit)
+            )
+        for row in rows:
+            for column in _JSON_COLUMNS:
+                row[column] = json.loads(row[column]) if row.get(column) else None
+        return rows
+
+    def gaps(self, tenant: str | None = None, *, days: int = 7) -> list[dict[str, Any]]:
+        """Questions the knowledge base could not answer, most asked first."""
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        sql = (
+            "SELECT query, COUNT(*) AS times, MAX(created_at) AS last_asked, "
+            "MIN(question) AS example FROM turns WHERE outcome = 'not_found' AND created_at >= ?"
+        )
+        args: list[Any] = [since]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        sql += " GROUP BY query ORDER BY times DESC, last_asked DESC LIMIT 100"
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
     def record_feedback(
         self,
@@ -49,6 +139,7 @@ class AuditLog:
         answer: str,
         message_id: str | None = None,
     ) -> int:
+        """Store feedback, and mark the thread's latest turn with it."""
         row = {
             "thread_id": thread_id,
             "rating": rating,
@@ -56,9 +147,15 @@ class AuditLog:
             "question": question,
             "answer": answer,
             "message_id": message_id or "",
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": _now(),
         }
         with self._lock:
+            latest = self._db.execute(
+                "SELECT MAX(id) FROM turns WHERE thread_id = ? AND intent != 'command'",
+                [thread_id],
+            ).fetchone()[0]
+            if latest is not None:
+                self._turns.update(latest, {"feedback": rating, "feedback_comment": comment})
             return int(self._feedback.insert(row).last_rowid or 0)
 
     def feedback(self, thread_id: str | None = None) -> list[dict[str, Any]]:

@@ -142,6 +142,14 @@ def chat_command(
 
 
 @app.command()
+def bot() -> None:
+    """启动 QQ 机器人（NoneBot2：官方 QQ 机器人 API 与 OneBot v11，见 bot/README.md）。"""
+    from bot.run import main
+
+    main()
+
+
+@app.command()
 def doctor() -> None:
     """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；有错误时退出码为 1。"""
     from agent.doctor import run_checks

@@ -106,6 +106,25 @@ class Settings(BaseSettings):
         default=True, description="Search the embedded knowledge base while MaxKB is down."
     )
 
+    quota_user_rpm: int = Field(default=20, ge=0, description="Questions per minute per user.")
+    quota_group_rpm: int = Field(default=120, ge=0, description="Questions per minute per group.")
+    quota_user_daily_tokens: int = Field(
+        default=200_000, ge=0, description="Model tokens per user per day (0: unlimited)."
+    )
+    quota_group_daily_tokens: int = Field(
+        default=2_000_000, ge=0, description="Model tokens per group per day (0: unlimited)."
+    )
+    max_inflight_turns: int = Field(
+        default=8, ge=0, description="Turns in flight toward Ollama; past it, a quick busy reply."
+    )
+    sensitive_words_dir: Path | None = Field(
+        default=None,
+        description="Folder of sensitive-word lists (*.txt); default DATA_DIR/sensitive_words.",
+    )
+    profiles_path: Path | None = Field(
+        default=None, description="Gray-release profiles (YAML); default DATA_DIR/profiles.yaml."
+    )
+
     @field_validator("maxkb_knowledge_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -127,6 +146,22 @@ class Settings(BaseSettings):
     @property
     def kb_path(self) -> Path:
         return self.data_dir / "kb.sqlite"
+
+    @property
+    def tenants_path(self) -> Path:
+        return self.data_dir / "tenants.sqlite"
+
+    @property
+    def quota_path(self) -> Path:
+        return self.data_dir / "quota.sqlite"
+
+    @property
+    def effective_sensitive_words_dir(self) -> Path:
+        return self.sensitive_words_dir or self.data_dir / "sensitive_words"
+
+    @property
+    def effective_profiles_path(self) -> Path:
+        return self.profiles_path or self.data_dir / "profiles.yaml"
 
     @property
     def audit_path(self) -> Path:

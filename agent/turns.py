@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -9,6 +10,7 @@ from typing import Any, cast
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StreamMode
 
 from agent.context import Context
 from agent.state import Citation, InputState, State, Verdict
@@ -26,8 +28,12 @@ class TurnResult:
     degraded: bool
     verdict: Verdict | None = None
     evidence: list[Passage] = field(default_factory=list)
+    candidates: list[Passage] = field(default_factory=list)
+    ranked: list[Passage] = field(default_factory=list)
     model_calls: int = 0
     tokens: int = 0
+    node_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time per node, summed when a node ran more than once (answer ⇄ tools)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,7 +52,9 @@ def turn_config(thread_id: str, trace_id: str | None = None) -> RunnableConfig:
     }
 
 
-def result_from_state(values: dict[str, Any]) -> TurnResult:
+def result_from_state(
+    values: dict[str, Any], node_seconds: dict[str, float] | None = None
+) -> TurnResult:
     return TurnResult(
         answer=values.get("answer", ""),
         citations=values.get("citations", []),
@@ -55,8 +63,11 @@ def result_from_state(values: dict[str, Any]) -> TurnResult:
         degraded=values.get("degraded", False),
         verdict=values.get("verdict"),
         evidence=values.get("evidence", []),
+        candidates=values.get("candidates", []),
+        ranked=values.get("ranked", []),
         model_calls=values.get("model_calls", 0),
         tokens=values.get("tokens", 0),
+        node_seconds=node_seconds or {},
     )
 
 
@@ -69,14 +80,13 @@ async def run_turn(
     message_id: str | None = None,
     trace_id: str | None = None,
 ) -> TurnResult:
-    # durability="exit": one checkpoint write per turn, so a turn is stored whole or not at all.
-    values = await graph.ainvoke(
-        turn_input(text, message_id),
-        turn_config(thread, trace_id),
-        context=context,
-        durability="exit",
-    )
-    return result_from_state(values)
+    """One whole turn; the result carries the final state and each node's wall time."""
+    async for kind, payload in stream_turn(
+        graph, thread, text, context, message_id=message_id, trace_id=trace_id, tokens=False
+    ):
+        if kind == "result":
+            result: TurnResult = payload
+    return result
 
 
 class ThinkFilter:
@@ -139,31 +149,43 @@ async def stream_turn(
     *,
     message_id: str | None = None,
     trace_id: str | None = None,
+    tokens: bool = True,
 ) -> AsyncIterator[tuple[str, Any]]:
-    """Yields ("node", summary) after each node, ("token", text) while the answer is written,
-    and finally ("result", TurnResult)."""
-    config = turn_config(thread, trace_id)
+    """Yields ("node", summary) after each node, ("token", text) while the answer is written
+    (when `tokens`), and finally ("result", TurnResult)."""
     visible = ThinkFilter()
+    node_seconds: dict[str, float] = {}
+    final: dict[str, Any] = {}
+    modes: list[StreamMode] = ["updates", "values", "messages"] if tokens else ["updates", "values"]
     # With several stream modes every part is a (mode, payload) pair.
     parts = cast(
         AsyncIterator[tuple[str, Any]],
         graph.astream(
             turn_input(text, message_id),
-            config,
+            turn_config(thread, trace_id),
             context=context,
-            stream_mode=["updates", "messages"],
+            stream_mode=modes,
+            # One checkpoint write per turn, so a turn is stored whole or not at all.
             durability="exit",
         ),
     )
+    started = time.perf_counter()
     async for mode, payload in parts:
         if mode == "updates":
+            # Nodes run one after another, so a node's time is the time since the last update.
+            now = time.perf_counter()
             for node, update in payload.items():
-                yield "node", summarize_update(node, update or {})
+                node_seconds[node] = node_seconds.get(node, 0.0) + now - started
+                summary = summarize_update(node, update or {})
+                summary["seconds"] = round(now - started, 4)
+                yield "node", summary
+            started = now
+        elif mode == "values":
+            final = payload
         elif mode == "messages":
             chunk, meta = payload
             if meta.get("langgraph_node") == "answer" and isinstance(chunk, AIMessageChunk):
                 token = visible.feed(chunk.content if isinstance(chunk.content, str) else "")
                 if token:
                     yield "token", token
-    state = await graph.aget_state(config)
-    yield "result", result_from_state(state.values)
+    yield "result", result_from_state(final, node_seconds)

@@ -52,7 +52,7 @@ def test_follow_up_needs_the_rewrite_and_history_survives_a_restart(
     with ServiceProcess(env, cwd=tmp_path) as service:
         first = ask(service, "月光扫地机器人的续航有多久？")
         assert first["intent"] == "knowledge"
-        assert first["thread_id"] == "qq:group:20002:30003"
+        assert first["thread_id"] == "default:qq:group:20002:30003"
         assert (
             first["answer"]
             == "月光扫地机器人是月光电器出品的家用扫地机器人，续航 150 分钟，适合 120 平方米以内的住宅[1]。"
@@ -84,7 +84,7 @@ def test_follow_up_needs_the_rewrite_and_history_survives_a_restart(
         ]
 
     with ServiceProcess(env, cwd=tmp_path) as service:
-        messages = history(service, "qq:group:20002:30003").json()["messages"]
+        messages = history(service, "default:qq:group:20002:30003").json()["messages"]
         assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
         assert messages[2]["content"] == "那它售价多少？"
         # The restarted service still knows what "它" is.
@@ -93,9 +93,9 @@ def test_follow_up_needs_the_rewrite_and_history_survives_a_restart(
             third["answer"] == "月光扫地机器人的滤网建议每两个月更换一次，边刷每三个月更换一次[1]。"
         )
 
-        deleted = httpx.delete(f"{service.url}/v1/threads/qq:group:20002:30003", timeout=10)
-        assert deleted.json() == {"thread_id": "qq:group:20002:30003", "deleted": True}
-        gone = history(service, "qq:group:20002:30003")
+        deleted = httpx.delete(f"{service.url}/v1/threads/default:qq:group:20002:30003", timeout=10)
+        assert deleted.json() == {"thread_id": "default:qq:group:20002:30003", "deleted": True}
+        gone = history(service, "default:qq:group:20002:30003")
         assert gone.status_code == 404
         assert gone.json()["error"]["code"] == "thread_not_found"
 
@@ -116,10 +116,10 @@ def test_group_members_have_separate_threads_and_private_chat_its_own(
             },
             timeout=30,
         ).json()
-        assert private["thread_id"] == "qq:private:1"
-        assert len(history(service, "qq:group:20002:1").json()["messages"]) == 2
-        assert len(history(service, "qq:group:20002:2").json()["messages"]) == 2
-        assert len(history(service, "qq:private:1").json()["messages"]) == 2
+        assert private["thread_id"] == "default:qq:private:1"
+        assert len(history(service, "default:qq:group:20002:1").json()["messages"]) == 2
+        assert len(history(service, "default:qq:group:20002:2").json()["messages"]) == 2
+        assert len(history(service, "default:qq:private:1").json()["messages"]) == 2
 
 
 async def test_turns_of_one_thread_are_serialised_and_of_different_threads_are_not(
@@ -331,8 +331,8 @@ def test_feedback_is_recorded_against_the_last_answer(
             rated = client.post(
                 "/v1/feedback", json=speaker | {"rating": "bad", "comment": "太短", "message_id": 5}
             )
-            assert rated.json() == {"ok": True, "thread_id": "qq:private:7"}
-    rows = AuditLog(tmp_path / "data" / "audit.sqlite").feedback("qq:private:7")
+            assert rated.json() == {"ok": True, "thread_id": "default:qq:private:7"}
+    rows = AuditLog(tmp_path / "data" / "audit.sqlite").feedback("default:qq:private:7")
     assert [
         (r["rating"], r["comment"], r["question"], r["answer"], r["message_id"]) for r in rows
     ] == [("bad", "太短", "星尘打印机保修多久？", answer["answer"], "5")]
@@ -368,7 +368,7 @@ def test_a_turn_killed_midway_is_cleanly_absent_after_restart(
 
     fake_ollama.latency = LatencyModel()
     with ServiceProcess(env, cwd=tmp_path) as restarted:
-        messages = history(restarted, "qq:group:20002:30003").json()["messages"]
+        messages = history(restarted, "default:qq:group:20002:30003").json()["messages"]
         assert [m["content"] for m in messages if m["role"] == "user"] == ["星尘打印机保修多久？"]
         assert len(messages) == 2
         # The thread goes on normally.

@@ -1,0 +1,347 @@
+"""The governance around each turn: who asks, how often, what may pass, which profile answers,
+and what gets recorded. HTTP routes (`server.py`) call it; it knows nothing of HTTP.
+
+    authenticate → quota → input safety → profile → [thread lock → admission → graph]
+                 → output safety → tokens → audit + metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from agent import prompts
+from agent.context import Context
+from agent.policy.admission import Admission
+from agent.policy.metrics import Metrics, Outcome
+from agent.policy.profiles import GrayRelease
+from agent.policy.quota import QuotaLimits, QuotaStore
+from agent.policy.safety import Hit, SafetyFilter
+from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
+from agent.services import Services
+from agent.settings import Settings
+from agent.state import Citation
+from agent.threads import KeyedLocks, thread_id
+from agent.turns import QAGraph, TurnResult, stream_turn
+
+log = logging.getLogger(__name__)
+
+
+class Refusal(Exception):
+    """A request the platform turns away; `message` is Chinese and showable to users as is."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Speaker:
+    platform: str
+    scene: Literal["group", "private"]
+    user_id: str
+    group_id: str | None = None
+    message_id: str | None = None
+
+
+@dataclass
+class Turn:
+    """A request that passed the gates, ready to run."""
+
+    principal: Principal
+    speaker: Speaker
+    text: str
+    thread: str
+    trace_id: str
+    profile: str
+    context: Context
+    question_hits: list[Hit] = field(default_factory=list)
+    answer_hits: list[Hit] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    """What leaves the service: masked, cited, with the turn's bookkeeping."""
+
+    answer: str
+    citations: list[Citation]
+    intent: str
+    thread_id: str
+    trace_id: str
+    degraded: bool
+    profile: str
+    tokens: int = 0
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        services: Services,
+        graph: QAGraph,
+        *,
+        tenants: TenantStore,
+        quota: QuotaStore,
+        admission: Admission,
+        safety: SafetyFilter,
+        gray: GrayRelease,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.graph = graph
+        self.tenants = tenants
+        self.quota = quota
+        self.admission = admission
+        self.safety = safety
+        self.gray = gray
+        self.metrics = metrics
+        self.locks = KeyedLocks()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, services: Services, graph: QAGraph) -> Gateway:
+        limits = QuotaLimits(
+            user_rpm=settings.quota_user_rpm,
+            group_rpm=settings.quota_group_rpm,
+            user_daily_tokens=settings.quota_user_daily_tokens,
+            group_daily_tokens=settings.quota_group_daily_tokens,
+        )
+        return cls(
+            settings,
+            services,
+            graph,
+            tenants=TenantStore(settings.tenants_path),
+            quota=QuotaStore(settings.quota_path, limits),
+            admission=Admission(settings.max_inflight_turns),
+            safety=SafetyFilter(settings.effective_sensitive_words_dir),
+            gray=GrayRelease(settings.effective_profiles_path),
+            metrics=Metrics(),
+        )
+
+    def close(self) -> None:
+        self.tenants.close()
+        self.quota.close()
+
+    # —— who is asking ——
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self.tenants.is_open():
+            return OPEN_PRINCIPAL
+        principal = self.tenants.authenticate(authorization)
+        if principal is None:
+            raise Refusal(
+                401, "unauthorized", "缺少或无效的 API Key：请在 Authorization 头里带上 Bearer 密钥"
+            )
+        return principal
+
+    def thread_of(self, principal: Principal, speaker: Speaker) -> str:
+        local = thread_id(
+            speaker.platform,
+            speaker.scene,
+            speaker.user_id,
+            speaker.group_id,
+            self.settings.group_thread_scope,
+        )
+        return f"{principal.tenant}:{local}"
+
+    def may_see(self, principal: Principal, thread: str) -> bool:
+        return principal.is_admin or thread.startswith(f"{principal.tenant}:")
+
+    # —— the gates before a turn ——
+
+    async def admit(self, principal: Principal, speaker: Speaker, text: str) -> Turn:
+        """Quota, input safety and profile; raises `Refusal` for quota."""
+        decision = await asyncio.to_thread(
+            self.quota.check_and_take, principal.tenant, speaker.user_id, speaker.group_id
+        )
+        if not decision.allowed:
+            self.metrics.quota_rejections.labels(decision.limit or "unknown").inc()
+            raise Refusal(429, "quota_exceeded", decision.message, retry_after=decision.retry_after)
+
+        assignment = self.gray.assign(principal.tenant, speaker.group_id, speaker.user_id)
+        context = assignment.apply(Context())
+        tenant = self.tenants.tenant(principal.tenant)
+        allowed = list(tenant.knowledge_bases) if tenant else [self.settings.kb_name]
+        wanted = assignment.knowledge_bases or allowed
+        # A profile can narrow a tenant's knowledge bases, never widen them.
+        bases = tuple(kb for kb in wanted if kb in allowed) or tuple(allowed)
+        context = replace(context, knowledge_bases=bases)
+        return Turn(
+            principal=principal,
+            speaker=speaker,
+            text=text,
+            thread=self.thread_of(principal, speaker),
+            trace_id=uuid.uuid4().hex[:16],
+            profile=assignment.profile,
+            context=context,
+            question_hits=self.safety.scan(text),
+        )
+
+    # —— the turn ——
+
+    async def run(self, turn: Turn) -> AsyncIterator[tuple[str, Any]]:
+        """("node", …) and ("token", …) events, then ("answer", Answer). Raises `Refusal` (busy)
+        before the first event."""
+        started = time.perf_counter()
+        if turn.question_hits:
+            answer = self._blocked(turn)
+            self._finish(turn, answer, None, time.perf_counter() - started)
+            yield "answer", answer
+            return
+        async with self.locks.hold(turn.thread):
+            if not self.admission.try_enter():
+                self.metrics.busy_rejections.inc()
+                raise Refusal(503, "busy", "现在提问的人太多了，请稍后再试。", retry_after=5)
+            self.metrics.inflight_turns.inc()
+            try:
+                result: TurnResult | None = None
+                async for kind, payload in stream_turn(
+                    self.graph,
+                    turn.thread,
+                    turn.text,
+                    turn.context,
+                    message_id=turn.speaker.message_id,
+                    trace_id=turn.trace_id,
+                ):
+                    if kind == "result":
+                        result = payload
+                    else:
+                        yield kind, payload
+            except Exception:
+                self.metrics.count_turn(
+                    intent="unknown",
+                    profile=turn.profile,
+                    outcome="error",
+                    seconds=time.perf_counter() - started,
+                )
+                raise
+            finally:
+                self.admission.leave()
+                self.metrics.inflight_turns.dec()
+        assert result is not None
+        answer = self._masked(turn, result)
+        await asyncio.to_thread(
+            self.quota.add_tokens,
+            turn.principal.tenant,
+            turn.speaker.user_id,
+            turn.speaker.group_id,
+            result.tokens,
+        )
+        self._finish(turn, answer, result, time.perf_counter() - started)
+        yield "answer", answer
+
+    async def answer(self, turn: Turn) -> Answer:
+        async for kind, payload in self.run(turn):
+            if kind == "answer":
+                final: Answer = payload
+        return final
+
+    def _blocked(self, turn: Turn) -> Answer:
+        return Answer(
+            answer=prompts.render("blocked", turn.context.prompt_variant),
+            citations=[],
+            intent="blocked",
+            thread_id=turn.thread,
+            trace_id=turn.trace_id,
+            degraded=False,
+            profile=turn.profile,
+        )
+
+    def _masked(self, turn: Turn, result: TurnResult) -> Answer:
+        text, hits = self.safety.mask(result.answer)
+        citations = []
+        for citation in result.citations:
+            snippet, snippet_hits = self.safety.mask(citation["snippet"])
+            hits += snippet_hits
+            citations.append(Citation(**{**citation, "snippet": snippet}))
+        turn.answer_hits = hits
+        return Answer(
+            answer=text,
+            citations=citations,
+            intent=result.intent,
+            thread_id=turn.thread,
+            trace_id=turn.trace_id,
+            degraded=result.degraded,
+            profile=turn.profile,
+            tokens=result.tokens,
+        )
+
+    def mask(self, text: str) -> str:
+        return self.safety.mask(text)[0]
+
+    # —— bookkeeping ——
+
+    def _finish(
+        self, turn: Turn, answer: Answer, result: TurnResult | None, seconds: float
+    ) -> None:
+        question_hits, answer_hits = turn.question_hits, turn.answer_hits
+        outcome = _outcome(answer, result, bool(question_hits))
+        self.metrics.count_turn(
+            intent=answer.intent, profile=turn.profile, outcome=outcome, seconds=seconds
+        )
+        if question_hits:
+            self.metrics.count_safety_hits("question", [h.category for h in question_hits])
+        if answer_hits:
+            self.metrics.count_safety_hits("answer", [h.category for h in answer_hits])
+        if result is not None:
+            for node, node_seconds in result.node_seconds.items():
+                self.metrics.node_seconds.labels(node).observe(node_seconds)
+            self.metrics.tokens.labels(turn.profile, "total").inc(result.tokens)
+        if self.services.audit is None:
+            return
+        hits = [
+            {"side": side, "word": h.word, "category": h.category}
+            for side, group in (("question", question_hits), ("answer", answer_hits))
+            for h in group
+        ]
+        verdict = result.verdict if result else None
+        self.services.audit.record_turn(
+            {
+                "trace_id": turn.trace_id,
+                "tenant": turn.principal.tenant,
+                "thread_id": turn.thread,
+                "profile": turn.profile,
+                "intent": answer.intent,
+                "outcome": outcome,
+                "question": turn.text,
+                "query": result.query if result else "",
+                "answer": answer.answer,
+                "answer_chars": len(answer.answer),
+                "candidates": _scored(result.candidates) if result else [],
+                "ranked": _scored(result.ranked) if result else [],
+                "evidence": _scored(result.evidence) if result else [],
+                "cited": [c["passage_id"] for c in answer.citations],
+                "supported_ratio": verdict["supported_ratio"] if verdict else None,
+                "removed_sentences": len(verdict["removed"]) if verdict else 0,
+                "tokens": result.tokens if result else 0,
+                "model_calls": result.model_calls if result else 0,
+                "node_seconds": result.node_seconds if result else {},
+                "seconds": round(seconds, 4),
+                "degraded": int(answer.degraded),
+                "safety_hits": hits,
+            }
+        )
+
+
+def _scored(passages: list[Any]) -> list[list[Any]]:
+    return [[p["id"], p["score"]] for p in passages]
+
+
+def _outcome(answer: Answer, result: TurnResult | None, blocked: bool) -> Outcome:
+    if blocked or answer.intent == "blocked":
+        return "blocked"
+    if answer.degraded:
+        return "degraded"
+    if answer.intent == "knowledge" and not answer.citations:
+        return "not_found"
+    return "answered"

@@ -1,0 +1,1 @@
+"""NoneBot plugins of the QQ front end."""

@@ -1,0 +1,110 @@
+"""知识库问答: QQ messages in, answers with citations out, through the qqrag HTTP service.
+
+`feedback` takes `/反馈 好|差 [说明]` and calls `/v1/feedback`; `ask` forwards every other
+message addressed to the bot (commands such as `/帮助` included) to `/v1/chat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nonebot import get_plugin_config, on_message
+from nonebot.adapters import Bot, Event
+from nonebot.plugin import PluginMetadata
+from nonebot.rule import Rule
+from nonebot.typing import T_State
+
+from .client import Answer, ServiceClient, ServiceError, Speaker
+from .config import Config
+from .format import FEEDBACK_THANKS, FEEDBACK_USAGE, Feedback, compose_reply, parse_feedback
+from .platforms import Replier, addressed, replier_for
+
+__plugin_meta__ = PluginMetadata(
+    name="知识库问答",
+    description="在 QQ 里回答知识库中的问题并标注出处（对接 qqrag 服务）",
+    usage=(
+        "群聊：@我 后面写问题，或回复我的消息、以我的昵称开头；私聊：直接发问题。\n"
+        "命令：/帮助 查看说明；/重置 清空对话；/原文 n 查看第 n 条引用的全文；"
+        "/反馈 好|差 [说明] 评价上一条回答。"
+    ),
+    type="application",
+    config=Config,
+    supported_adapters={"~onebot.v11", "~qq"},
+)
+
+plugin_config = get_plugin_config(Config)
+service = ServiceClient(
+    plugin_config.qqrag_bot_service_url,
+    api_key=plugin_config.qqrag_bot_api_key.get_secret_value(),
+    timeout=plugin_config.qqrag_bot_timeout,
+)
+
+_SPEAKER = "qqrag_speaker"
+_QUESTION = "qqrag_question"
+_FEEDBACK = "qqrag_feedback"
+
+
+def _is_question(event: Event, state: T_State) -> bool:
+    found = addressed(event, plugin_config.qqrag_bot_nicknames)
+    if found is None:
+        return False
+    state[_SPEAKER], state[_QUESTION] = found
+    return True
+
+
+def _is_feedback(event: Event, state: T_State) -> bool:
+    found = addressed(event, plugin_config.qqrag_bot_nicknames)
+    if found is None or (command := parse_feedback(found[1])) is None:
+        return False
+    state[_SPEAKER], state[_FEEDBACK] = found[0], command
+    return True
+
+
+feedback = on_message(rule=Rule(_is_feedback), priority=10, block=True)
+ask = on_message(rule=Rule(_is_question), priority=99, block=True)
+
+
+@feedback.handle()
+async def rate_last_answer(bot: Bot, event: Event, state: T_State) -> None:
+    replier = replier_for(bot, event, plugin_config)
+    command: Feedback = state[_FEEDBACK]
+    if command.rating is None:
+        await replier.say(FEEDBACK_USAGE)
+        await feedback.finish()
+    try:
+        await service.feedback(state[_SPEAKER], command.rating, command.comment)
+    except ServiceError as exc:
+        await replier.say(exc.user_message)
+        await feedback.finish()
+    await replier.say(FEEDBACK_THANKS)
+    await feedback.finish()
+
+
+@ask.handle()
+async def answer_question(bot: Bot, event: Event, state: T_State) -> None:
+    replier = replier_for(bot, event, plugin_config)
+    question: str = state[_QUESTION]
+    if not question:
+        await replier.say(replier.ask_prompt())
+        await ask.finish()
+    try:
+        answer = await _chat(state[_SPEAKER], question, replier)
+    except ServiceError as exc:
+        await replier.say(exc.user_message)
+        await ask.finish()
+    await replier.answer(compose_reply(answer.answer, answer.citations))
+    await ask.finish()
+
+
+async def _chat(speaker: Speaker, question: str, replier: Replier) -> Answer:
+    """The service's answer; one "please wait" notice if it takes longer than configured."""
+    call = asyncio.create_task(service.chat(speaker, question))
+    try:
+        delay = plugin_config.qqrag_bot_notice_after
+        if delay > 0:
+            done, _ = await asyncio.wait({call}, timeout=delay)
+            if not done:
+                await replier.notice(plugin_config.qqrag_bot_notice_text)
+        return await call
+    finally:
+        call.cancel()

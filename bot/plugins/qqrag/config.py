@@ -1,0 +1,68 @@
+"""The plugin's settings, read from NoneBot's configuration (`.env` and the environment)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+
+AdapterName = Literal["onebot", "qq"]
+
+
+def _as_text(value: Any) -> Any:
+    # NoneBot decodes `.env` values as JSON, so a numeric key or nickname arrives as a number.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _as_list(value: Any) -> Any:
+    value = _as_text(value)
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace("，", ",").split(",") if part.strip()]
+    if isinstance(value, list):
+        return [_as_text(item) for item in value]
+    return value
+
+
+class Config(BaseModel):
+    """Every field carries the `qqrag_bot_` prefix: NoneBot shares one `.env` among plugins."""
+
+    qqrag_bot_service_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL of the qqrag HTTP service."
+    )
+    qqrag_bot_api_key: Annotated[SecretStr, BeforeValidator(_as_text)] = Field(
+        default=SecretStr(""), description="Sent as `Authorization: Bearer` when not empty."
+    )
+    qqrag_bot_timeout: float = Field(
+        default=90.0, gt=0, description="Seconds to wait for one answer from the service."
+    )
+    qqrag_bot_adapters: Annotated[list[AdapterName], BeforeValidator(_as_list)] = Field(
+        default=["onebot", "qq"],
+        description="Adapters `bot.run` registers: onebot, qq, or both (comma-separated).",
+    )
+    qqrag_bot_nicknames: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list,
+        description="Names that address the bot in groups when they start a message.",
+    )
+    qqrag_bot_max_chars: int = Field(
+        default=1000, ge=100, le=4000, description="Longest single message sent."
+    )
+    qqrag_bot_forward_threshold: int = Field(
+        default=600,
+        ge=0,
+        description="OneBot groups: longer replies go out as a merged forward message; 0: never.",
+    )
+    qqrag_bot_forward_name: str = Field(
+        default="知识库助手", description="Sender name shown on merged forward nodes."
+    )
+    qqrag_bot_qq_max_replies: int = Field(
+        default=5, ge=1, le=5, description="Official API: passive replies per message (max 5)."
+    )
+    qqrag_bot_onebot_mask_links: bool = Field(
+        default=False, description="Also mask links on OneBot (the official API always does)."
+    )
+    qqrag_bot_notice_after: float = Field(
+        default=0.0, ge=0, description="Seconds before a single 'please wait' notice; 0: never."
+    )
+    qqrag_bot_notice_text: str = Field(
+        default="正在查找资料，请稍候……", description="The notice sent after notice_after seconds."
+    )
