@@ -15,7 +15,11 @@ from agent.settings import get_settings
 
 app = typer.Typer(help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False)
 kb_app = typer.Typer(help="管理嵌入式知识库", no_args_is_help=True)
+tenant_app = typer.Typer(help="管理租户", no_args_is_help=True)
+key_app = typer.Typer(help="管理 API 密钥", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(key_app, name="key")
 console = Console()
 
 
@@ -165,6 +169,123 @@ def doctor() -> None:
         console.print(f"[red]发现 {errors} 个错误[/]")
         raise typer.Exit(1)
     console.print("[green]一切正常[/]")
+
+
+def _tenants() -> Any:
+    from agent.policy.tenants import TenantStore
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return TenantStore(settings.tenants_path)
+
+
+@tenant_app.command("add")
+def tenant_add(
+    name: Annotated[str, typer.Argument(help="租户名：字母、数字、_ . -")],
+    kb: Annotated[
+        list[str] | None, typer.Option(help="可检索的知识库，可重复；默认 default")
+    ] = None,
+) -> None:
+    """新建租户，并指定它能检索哪些知识库。"""
+    store = _tenants()
+    try:
+        tenant = store.create_tenant(name, kb or [get_settings().kb_name])
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    console.print(f"已创建租户 {tenant.name}，知识库：{', '.join(tenant.knowledge_bases)}")
+
+
+@tenant_app.command("list")
+def tenant_list() -> None:
+    """列出租户。"""
+    store = _tenants()
+    try:
+        table = Table("租户", "知识库", "创建时间")
+        for tenant in store.list_tenants():
+            table.add_row(tenant.name, ", ".join(tenant.knowledge_bases), tenant.created_at)
+        console.print(table)
+    finally:
+        store.close()
+
+
+@key_app.command("issue")
+def key_issue(
+    tenant: Annotated[str, typer.Argument(help="租户名；不存在时自动创建")],
+    admin: Annotated[bool, typer.Option(help="管理员密钥（可读所有租户的审计与知识缺口）")] = False,
+    label: Annotated[str, typer.Option(help="备注，如“官方机器人”")] = "",
+) -> None:
+    """签发 API 密钥。密钥只显示这一次，请立即保存；签发第一个密钥后服务开始要求鉴权。"""
+    store = _tenants()
+    try:
+        if store.tenant(tenant) is None:
+            store.create_tenant(tenant, [get_settings().kb_name])
+            console.print(f"已创建租户 {tenant}")
+        key = store.issue_key(tenant, "admin" if admin else "client", label)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    console.print("新密钥（只显示这一次）：")
+    print(key)
+
+
+@key_app.command("list")
+def key_list(tenant: Annotated[str | None, typer.Option(help="只看这个租户")] = None) -> None:
+    """列出密钥（只显示密钥 ID，不显示密钥本身）。"""
+    store = _tenants()
+    try:
+        table = Table("密钥 ID", "租户", "角色", "备注", "创建时间", "状态")
+        for key in store.list_keys(tenant):
+            state = "有效" if key.active else f"已吊销 {key.revoked_at}"
+            table.add_row(key.key_id, key.tenant, key.role, key.label, key.created_at, state)
+        console.print(table)
+    finally:
+        store.close()
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key: Annotated[str, typer.Argument(help="密钥本身，或密钥 ID 的前 6 位以上")],
+) -> None:
+    """吊销密钥，立即生效。"""
+    store = _tenants()
+    try:
+        revoked = store.revoke_key(key)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    if revoked is None:
+        console.print("[red]没有找到这个有效密钥[/]")
+        raise typer.Exit(1)
+    console.print(f"已吊销密钥 {revoked.key_id}（租户 {revoked.tenant}）")
+
+
+@app.command()
+def gaps(
+    days: Annotated[int, typer.Option(help="最近几天")] = 7,
+    tenant: Annotated[str | None, typer.Option(help="只看这个租户")] = None,
+) -> None:
+    """列出知识库答不上来的问题（回答为“没有找到”的），按次数排序。"""
+    from agent.audit import AuditLog
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = AuditLog(settings.audit_path)
+    try:
+        rows = log.gaps(tenant, days=days)
+    finally:
+        log.close()
+    table = Table("次数", "改写后的问题", "原话示例", "最近一次")
+    for row in rows:
+        table.add_row(str(row["times"]), row["query"], row["example"], row["last_asked"])
+    console.print(table)
+    console.print(f"最近 {days} 天共 {len(rows)} 个知识缺口")
 
 
 @app.command("config")

@@ -261,8 +261,8 @@ class Gateway:
         text, hits = self.safety.mask(result.answer)
         citations = []
         for citation in result.citations:
-            snippet, snippet_hits = self.safety.mask(citation["snippet"])
-            hits += snippet_hits
+            # Snippets quote the knowledge base: masked too, but only the answer's hits count.
+            snippet = self.safety.mask(citation["snippet"])[0]
             citations.append(Citation(**{**citation, "snippet": snippet}))
         turn.answer_hits = hits
         return Answer(

@@ -74,3 +74,39 @@ def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ol
     assert "月光扫地机器人售价 1299 元" in out
     assert "[1] 月光扫地机器人 › 月光扫地机器人的价格 · kb/moonlight.md" in out
     assert "对话已清空" in out
+
+
+def test_tenants_keys_and_gaps(data_dir: Path):
+    from agent.audit import AuditLog
+    from agent.policy.tenants import TenantStore
+
+    added = runner.invoke(app, ["tenant", "add", "acme", "--kb", "docs", "--kb", "faq"])
+    assert added.exit_code == 0 and "知识库：docs, faq" in added.output
+    assert runner.invoke(app, ["tenant", "add", "acme"]).exit_code == 1
+
+    issued = runner.invoke(app, ["key", "issue", "newco", "--label", "机器人"])
+    assert issued.exit_code == 0 and "已创建租户 newco" in issued.output
+    key = issued.output.strip().splitlines()[-1]
+    assert key.startswith("qqrag-")
+    store = TenantStore(data_dir / "tenants.sqlite")
+    assert store.authenticate(key) is not None
+    key_id = store.list_keys("newco")[0].key_id
+    store.close()
+
+    listed = runner.invoke(app, ["key", "list"])
+    assert key_id in listed.output and "机器人" in listed.output and key not in listed.output
+    assert runner.invoke(app, ["key", "revoke", key_id[:8]]).exit_code == 0
+    assert runner.invoke(app, ["key", "revoke", key_id[:8]]).exit_code == 1
+    assert "已吊销" in runner.invoke(app, ["key", "list"]).output
+    assert "acme" in runner.invoke(app, ["tenant", "list"]).output
+
+    log = AuditLog(data_dir / "audit.sqlite")
+    for question in ("量子计算机怎么买？", "量子计算机怎么买？", "火星车多少钱？"):
+        log.record_turn(
+            {"tenant": "acme", "outcome": "not_found", "query": question, "question": question}
+        )
+    log.close()
+    shown = runner.invoke(app, ["gaps"])
+    assert shown.exit_code == 0
+    assert shown.output.index("量子计算机怎么买？") < shown.output.index("火星车多少钱？")
+    assert "共 2 个知识缺口" in shown.output

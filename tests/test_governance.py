@@ -1,0 +1,280 @@
+"""The middle platform through HTTP: keys and tenants, quotas, admission, sensitive words,
+gray release, audit and metrics, and the OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import server
+from agent.audit import AuditLog
+from agent.policy.tenants import TenantStore
+from agent.settings import get_settings
+from evals.fakes.ollama import FakeOllama, LatencyModel
+from evals.harness import ServiceProcess
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server_:
+        yield server_
+
+
+@pytest.fixture
+def data(tmp_path: Path, fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Path:
+    fake.reset()
+    fake.latency = LatencyModel()
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    get_settings.cache_clear()
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data"
+
+
+def app_client() -> TestClient:
+    get_settings.cache_clear()
+    return TestClient(server.create_app())
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def ask(client: TestClient, text: str, key: str | None = None, **who: object) -> httpx.Response:
+    body = {"scene": "group", "group_id": "20002", "user_id": "30003", "text": text} | who
+    return client.post("/v1/chat", json=body, headers=bearer(key) if key else {})
+
+
+def issue(data: Path, tenant: str, kbs: list[str], role: str = "client") -> str:
+    store = TenantStore(data / "tenants.sqlite")
+    try:
+        if store.tenant(tenant) is None:
+            store.create_tenant(tenant, kbs)
+        return store.issue_key(tenant, role)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def test_tenants_see_only_their_own_threads_knowledge_and_audit(data: Path):
+    from tools.kb import EmbeddedKB
+
+    kb = EmbeddedKB(data / "kb.sqlite", "printers")
+    kb.add_path(FIXTURES / "kb" / "stardust.md")
+    kb.close()
+    kb = EmbeddedKB(data / "kb.sqlite", "robots")
+    kb.add_path(FIXTURES / "kb" / "moonlight.md")
+    kb.close()
+    alice = issue(data, "alice", ["printers"])
+    bob = issue(data, "bob", ["robots"])
+    root = issue(data, "ops", ["default"], role="admin")
+
+    with app_client() as client:
+        assert ask(client, "星尘打印机保修多久？").status_code == 401
+        refused = ask(client, "星尘打印机保修多久？", "qqrag-" + "x" * 32)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+        assert refused.json()["error"]["code"] == "unauthorized"
+
+        mine = ask(client, "星尘打印机保修多久？", alice).json()
+        assert mine["thread_id"] == "alice:qq:group:20002:30003"
+        assert mine["citations"][0]["title"] == "星尘打印机 › 保修"
+        # Bob's knowledge base has no printers, and his conversation is his own.
+        theirs = ask(client, "星尘打印机保修多久？", bob).json()
+        assert theirs["thread_id"] == "bob:qq:group:20002:30003"
+        assert theirs["citations"] == [] and theirs["answer"].startswith("知识库里没有找到")
+        assert ask(client, "月光扫地机器人续航多久？", bob).json()["citations"]
+
+        thread = "/v1/threads/alice:qq:group:20002:30003"
+        assert client.get(thread, headers=bearer(bob)).status_code == 404
+        assert client.delete(thread, headers=bearer(bob)).status_code == 404
+        assert len(client.get(thread, headers=bearer(alice)).json()["messages"]) == 2
+        assert len(client.get(thread, headers=bearer(root)).json()["messages"]) == 2
+
+        own = client.get("/v1/audit", headers=bearer(bob)).json()["turns"]
+        assert {row["tenant"] for row in own} == {"bob"} and len(own) == 2
+        peek = client.get("/v1/audit?tenant=alice", headers=bearer(bob)).json()["turns"]
+        assert {row["tenant"] for row in peek} == {"bob"}
+        everyone = client.get("/v1/audit", headers=bearer(root)).json()["turns"]
+        assert {row["tenant"] for row in everyone} == {"alice", "bob"}
+
+        assert client.get("/v1/admin/gaps", headers=bearer(bob)).status_code == 403
+        gaps = client.get("/v1/admin/gaps", headers=bearer(root)).json()["gaps"]
+        assert [(g["query"], g["times"]) for g in gaps] == [("星尘打印机保修多久？", 1)]
+
+        assert client.delete(thread, headers=bearer(alice)).json()["deleted"] is True
+
+
+def test_quota_refuses_with_retry_after_and_survives_a_restart(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QQRAG_QUOTA_USER_RPM", "2")
+    with app_client() as client:
+        assert ask(client, "星尘打印机保修多久？").status_code == 200
+        assert ask(client, "星尘打印机支持哪些耗材？").status_code == 200
+        refused = ask(client, "星尘打印机售价多少？")
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.json()["error"]["code"] == "quota_exceeded"
+        assert "秒后再试" in refused.json()["error"]["message"]
+        # Someone else in the group still gets through.
+        assert ask(client, "星尘打印机售价多少？", user_id="other").status_code == 200
+    with app_client() as restarted:
+        assert ask(restarted, "星尘打印机售价多少？").status_code == 429
+        metrics = restarted.get("/metrics").text
+        assert 'qqrag_quota_rejections_total{scope="user_rpm"} 1.0' in metrics
+
+
+def test_daily_token_budget(data: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("QQRAG_QUOTA_USER_DAILY_TOKENS", "50")
+    with app_client() as client:
+        assert ask(client, "星尘打印机保修多久？").status_code == 200  # spends more than 50
+        refused = ask(client, "星尘打印机支持哪些耗材？")
+        assert refused.status_code == 429
+        assert "今天" in refused.json()["error"]["message"]
+
+
+def test_sensitive_words_block_questions_and_mask_answers_with_audit_rows(data: Path):
+    words = data / "sensitive_words"
+    words.mkdir()
+    (words / "banned.txt").write_text("# 测试词表\n违禁品\n易损件\n", encoding="utf-8")
+    with app_client() as client:
+        blocked = ask(client, "哪里能买到违禁品？").json()
+        assert blocked["intent"] == "blocked"
+        assert blocked["answer"] == "抱歉，这个请求我不能处理。我只回答知识库相关的问题。"
+        masked = ask(client, "星尘打印机保修多久？").json()
+        assert "易损件" not in masked["answer"] and "***" in masked["answer"]
+        history = client.get(f"/v1/threads/{masked['thread_id']}").json()["messages"]
+        assert "易损件" not in history[-1]["content"]
+        assert [m["content"] for m in history if m["role"] == "user"] == ["星尘打印机保修多久？"]
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        hits = {
+            (s.labels["side"], s.labels["category"]): s.value
+            for s in families["qqrag_safety_hits"].samples
+            if s.name == "qqrag_safety_hits_total"
+        }
+        assert hits == {("question", "banned"): 1.0, ("answer", "banned"): 1.0}
+    rows = AuditLog(data / "audit.sqlite").turns()
+    assert [(r["outcome"], r["safety_hits"]) for r in rows] == [
+        ("answered", [{"side": "answer", "word": "易损件", "category": "banned"}]),
+        ("blocked", [{"side": "question", "word": "违禁品", "category": "banned"}]),
+    ]
+
+
+def test_gray_release_assigns_profiles_and_records_them(data: Path, fake: FakeOllama):
+    (data / "profiles.yaml").write_text(
+        "profiles:\n"
+        "  thinker:\n"
+        "    thinking: true\n"
+        "    prompt_variant: concise\n"
+        "rules:\n"
+        "  - profile: thinker\n"
+        "    group_ids: [20002]\n",
+        encoding="utf-8",
+    )
+    with app_client() as client:
+        ask(client, "星尘打印机保修多久？")
+        ask(client, "星尘打印机保修多久？", group_id="99999")
+        turns = client.get("/v1/audit").json()["turns"]
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert [(t["thread_id"], t["profile"]) for t in turns] == [
+        ("default:qq:group:99999:30003", "default"),
+        ("default:qq:group:20002:30003", "thinker"),
+    ]
+    thinks = [c.get("think") for c in fake.calls("/api/chat")]
+    assert thinks == [True, False]
+    profiles = {
+        s.labels["profile"]
+        for s in families["qqrag_turns"].samples
+        if s.name == "qqrag_turns_total"
+    }
+    assert profiles == {"thinker", "default"}
+
+
+def test_audit_row_holds_the_whole_turn_and_feedback(data: Path):
+    with app_client() as client:
+        answer = ask(client, "星尘打印机保修多久？").json()
+        client.post(
+            "/v1/feedback",
+            json={"scene": "group", "group_id": "20002", "user_id": "30003", "rating": "good"},
+        )
+    (row,) = AuditLog(data / "audit.sqlite").turns()
+    assert row["trace_id"] == answer["trace_id"]
+    assert row["intent"] == "knowledge" and row["outcome"] == "answered"
+    assert row["query"] == "星尘打印机保修多久？"
+    assert row["cited"] == [answer["citations"][0]["passage_id"]]
+    assert row["evidence"][0][0] == answer["citations"][0]["passage_id"]
+    assert row["candidates"] and row["ranked"]
+    assert set(row["node_seconds"]) == {"classify", "retrieve", "rerank", "answer", "cite_check"}
+    assert row["tokens"] > 0 and row["model_calls"] == 1 and row["supported_ratio"] == 1.0
+    assert row["feedback"] == "good"
+
+
+def test_openai_client_talks_to_the_same_graph(data: Path):
+    with app_client() as client:
+        api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+        first = api.chat.completions.create(
+            model="qqrag",
+            messages=[{"role": "user", "content": "月光扫地机器人的续航有多久？"}],
+            user="u1",
+        )
+        text = first.choices[0].message.content or ""
+        assert (
+            "续航 150 分钟" in text
+            and "住宅[1]。" in text
+            and "来源：\n[1] kb/moonlight.md · 月光扫地机器人" in text
+        )
+        stream = api.chat.completions.create(
+            model="qqrag",
+            messages=[{"role": "user", "content": "那它售价多少？"}],
+            user="u1",
+            stream=True,
+        )
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert streamed.startswith("月光扫地机器人售价 1299 元")
+        history = client.get("/v1/threads/default:openai:private:u1").json()["messages"]
+        assert len(history) == 4
+        with pytest.raises(openai.UnprocessableEntityError):
+            api.chat.completions.create(
+                model="qqrag", messages=[{"role": "system", "content": "x"}]
+            )
+
+
+async def test_a_burst_past_the_admission_bound_gets_quick_busy_replies(
+    tmp_path: Path, fake: FakeOllama
+):
+    fake.reset()
+    env = {
+        "QQRAG_DATA_DIR": str(tmp_path / "data"),
+        "QQRAG_OLLAMA_URL": fake.url,
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+        "QQRAG_MAX_INFLIGHT_TURNS": "2",
+        "QQRAG_QUOTA_USER_RPM": "0",
+        "QQRAG_QUOTA_GROUP_RPM": "0",
+    }
+    with ServiceProcess(env, cwd=tmp_path) as service:
+        fake.latency = LatencyModel(fixed_s=1.0)
+        try:
+            async with httpx.AsyncClient(base_url=service.url, timeout=20) as client:
+                bodies = [
+                    {"scene": "private", "user_id": f"u{i}", "text": "星尘打印机保修多久？"}
+                    for i in range(8)
+                ]
+                responses = await asyncio.gather(*(client.post("/v1/chat", json=b) for b in bodies))
+        finally:
+            fake.latency = LatencyModel()
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503, 503, 503, 503, 503, 503]
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.json()["error"] == {"code": "busy", "message": "现在提问的人太多了，请稍后再试。"}
+    assert busy.headers["Retry-After"] == "5"
+    # Busy replies came back at once, not after the model's second.
+    assert all(r.elapsed.total_seconds() < 0.9 for r in responses if r.status_code == 503)
