@@ -70,11 +70,12 @@ class Context:
         default=0.6,
         metadata={"description": "Share of a sentence's terms its cited passage must contain."},
     )
-    classify_first_turn: bool = field(
+    classify_always: bool = field(
         default=False,
         metadata={
-            "description": "Ask the model for the intent even without history "
-            "(rules decide otherwise: a first question needs no rewrite)."
+            "description": "Ask the classify model on every turn. By default rules decide "
+            "when a question obviously stands alone (first turn, or no referring word and "
+            "enough topic terms) and the model call is skipped."
         },
     )
     temperature: float = field(

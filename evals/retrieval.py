@@ -178,7 +178,7 @@ async def rewrite_follow_ups(
         classify_model=chat_model,
         history_turns=6,
         prompt_variant="default",
-        classify_first_turn=False,
+        classify_always=False,
     )
     runtime = Runtime(context=context)
     set_services(Services(settings=settings, knowledge=kb, chat_models=OllamaChatModels(settings)))

@@ -20,6 +20,7 @@ from agent.evidence import current_question, last_exchange, recent_history
 from agent.models import DEPENDENCY_ERRORS, usage_tokens
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
+from agent.text import content_tokens
 from tools.base import Passage
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ _INJECTION = re.compile(
     r"|(输出|打印|泄露|告诉我).{0,6}(系统提示词|system\s*prompt)",
     re.IGNORECASE,
 )
+_REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才|同样|还有|另外")
+STANDALONE_MIN_TERMS = 4
+"""A question with this many topic terms and no referring word is taken to stand alone."""
 _CLASSIFY_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, ValueError)
 _COMMANDS = {
     "/帮助": "help",
@@ -58,6 +62,11 @@ class Classification(BaseModel):
     standalone_question: str = Field(description="最后一条消息改写成的独立完整问题")
 
 
+def needs_context(text: str) -> bool:
+    """Whether a question may lean on the conversation: it refers back, or says too little."""
+    return bool(_REFERRING.search(text)) or len(content_tokens(text)) < STANDALONE_MIN_TERMS
+
+
 def rule_intent(text: str, has_history: bool) -> Intent | None:
     """The intent when rules are sure, None when the model must decide."""
     if text.startswith(("/", "／")):
@@ -66,8 +75,9 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
         return "blocked"
     if _GREETING.match(text):
         return "chitchat"
-    # A first question has nothing to refer back to, so it needs no rewrite.
-    return None if has_history else "knowledge"
+    # A first question has nothing to refer back to, and a complete one needs no rewrite:
+    # the model call (and its latency) is spent only where the conversation matters.
+    return None if has_history and needs_context(text) else "knowledge"
 
 
 def _source_reply(argument: str, sources: list[Passage], variant: str) -> str:
@@ -128,7 +138,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update: dict[str, Any] = {**TURN_RESET, "query": question}
 
     intent = rule_intent(question, bool(history))
-    if intent is None or (ctx.classify_first_turn and intent == "knowledge"):
+    if intent is None or (ctx.classify_always and intent == "knowledge"):
         model = get_services().chat_models(ctx.classify_model, reasoning=False, temperature=0.0)
         structured = model.with_structured_output(
             Classification, method="json_schema", include_raw=True
