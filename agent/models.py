@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
 import ollama
 import pydantic
+from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -16,7 +19,18 @@ from langchain_ollama import ChatOllama
 
 from agent.settings import Settings
 
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    httpx.HTTPError,
+    ollama.ResponseError,
+    ollama.RequestError,
+)
+"""Failures that say the dependency itself is down or broken: they trip the circuit breaker.
+A reply that merely does not parse is the model's fault, not an outage."""
+
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    CircuitBreakerError,
     ConnectionError,
     TimeoutError,
     httpx.HTTPError,
@@ -30,6 +44,40 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 Nodes catch these and fall back; anything else is a bug and propagates."""
 
 _THINK_BLOCK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+
+
+def ollama_breaker(failures: int = 3, reset_after: float = 30.0) -> CircuitBreaker:
+    """Opens after `failures` outages in a row; while open, calls fail at once (the turn degrades
+    without waiting for a timeout); after `reset_after` seconds one trial call goes through."""
+    return CircuitBreaker(
+        failure_threshold=failures,
+        recovery_timeout=reset_after,
+        expected_exception=OUTAGE_ERRORS,
+        name="ollama",
+    )
+
+
+async def call_model(
+    runnable: Any,
+    messages: list[BaseMessage],
+    *,
+    breaker: CircuitBreaker,
+    deadline_s: float,
+    on_outage: Callable[[str], None] | None = None,
+) -> Any:
+    """One chat model call under the breaker and a deadline for the whole call (httpx's own
+    timeouts bound each read, not a slow stream as a whole)."""
+    try:
+        # The library checks for an open circuit in its decorators only, not in `with`.
+        if breaker.opened:
+            raise CircuitBreakerError(breaker)
+        with breaker:
+            async with asyncio.timeout(deadline_s):
+                return await runnable.ainvoke(messages)
+    except (CircuitBreakerError, *OUTAGE_ERRORS):
+        if on_outage is not None:
+            on_outage("ollama")
+        raise
 
 
 class ChatModelFactory(Protocol):

@@ -7,15 +7,17 @@ live here, created once per process by the server, the CLI or a test.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from circuitbreaker import CircuitBreaker
+from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 
 from agent.audit import AuditLog
 from agent.context import Context
-from agent.models import ChatModelFactory, OllamaChatModels
+from agent.models import ChatModelFactory, OllamaChatModels, call_model, ollama_breaker
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
 from tools.embeddings import Embedder, EmbeddingError, embedder_from_settings
@@ -43,7 +45,20 @@ class Services:
     embedded: dict[str, EmbeddedKB] = field(default_factory=dict)
     """Open embedded knowledge bases by name; more open on demand (`knowledge_for`)."""
     embedder: Embedder | None = None
+    breaker: CircuitBreaker = field(default_factory=ollama_breaker)
+    """Shared by every chat model call of the process."""
+    on_outage: Callable[[str], None] | None = None
+    """Told the dependency's name when a call fails for an outage (metrics)."""
     _warned: set[str] = field(default_factory=set)
+
+    async def call_model(self, runnable: Any, messages: list[BaseMessage]) -> Any:
+        return await call_model(
+            runnable,
+            messages,
+            breaker=self.breaker,
+            deadline_s=self.settings.ollama_timeout,
+            on_outage=self.on_outage,
+        )
 
     def knowledge_for(self, names: Sequence[str]) -> KnowledgeBackend:
         """The backend for a profile's or tenant's knowledge bases.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import httpx
+from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -668,6 +669,10 @@ class MaxKBKnowledge:
         return f"MaxKB 拒绝了访问（{detail}）：请确认 {_KEY_SETTING} 是该应用有效的 API Key。"
 
 
+def _is_outage(kind: type[BaseException], error: BaseException) -> bool:
+    return issubclass(kind, MaxKBError) and not issubclass(kind, MaxKBConfigError)
+
+
 class FallbackKnowledge:
     """MaxKB first; the embedded knowledge base while MaxKB fails for reasons other than config.
 
@@ -675,18 +680,37 @@ class FallbackKnowledge:
     warning is logged when an outage starts and one when MaxKB answers again.
     """
 
-    def __init__(self, primary: MaxKBKnowledge, fallback: KnowledgeBackend) -> None:
+    def __init__(
+        self,
+        primary: MaxKBKnowledge,
+        fallback: KnowledgeBackend,
+        *,
+        failures: int = 3,
+        reset_after: float = 30.0,
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.name = primary.name
         self._outage = False
+        # After a few failures in a row MaxKB is skipped for a while, so an outage costs each
+        # turn nothing instead of a timeout and retries.
+        self.breaker = CircuitBreaker(
+            failure_threshold=failures,
+            recovery_timeout=reset_after,
+            expected_exception=_is_outage,
+            name="maxkb",
+        )
 
     async def search(self, query: str, k: int) -> list[Passage]:
         try:
-            passages = await self.primary.search(query, k)
+            # The library checks for an open circuit in its decorators only, not in `with`.
+            if self.breaker.opened:
+                raise CircuitBreakerError(self.breaker)
+            with self.breaker:
+                passages = await self.primary.search(query, k)
         except MaxKBConfigError:
             raise
-        except MaxKBError as exc:
+        except (MaxKBError, CircuitBreakerError) as exc:
             if not self._outage:
                 self._outage = True
                 logger.warning("MaxKB 不可用，改用嵌入式知识库“%s”：%s", self.fallback.name, exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -20,12 +19,6 @@ from agent.state import State
 log = logging.getLogger(__name__)
 
 
-async def _call(services: Services, runnable: Any, messages: list[BaseMessage]) -> AIMessage:
-    async with asyncio.timeout(services.settings.ollama_timeout):
-        reply: AIMessage = await runnable.ainvoke(messages)
-    return reply
-
-
 async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str, Any]:
     model = services.chat_models(ctx.chat_model, reasoning=False, temperature=ctx.temperature)
     messages = [
@@ -35,7 +28,7 @@ async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str,
     ]
     update: dict[str, Any] = {}
     try:
-        reply = await _call(services, model, messages)
+        reply = await services.call_model(model, messages)
         text = message_text(reply)
         update |= {
             "model_calls": state.model_calls + 1,
@@ -86,7 +79,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ]
 
     try:
-        reply = await _call(services, runnable, messages)
+        reply = await services.call_model(runnable, messages)
     except DEPENDENCY_ERRORS as exc:
         log.warning("answer fell back to extractive quotes: %s", exc)
         draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any, Literal, cast
@@ -149,8 +148,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             HumanMessage(content=question),
         ]
         try:
-            async with asyncio.timeout(get_services().settings.ollama_timeout):
-                out = cast(dict[str, Any], await structured.ainvoke(messages))
+            out = cast(dict[str, Any], await get_services().call_model(structured, messages))
             update["model_calls"] = 1
             update["tokens"] = usage_tokens(out["raw"])
             if out["parsing_error"] is not None or out["parsed"] is None:

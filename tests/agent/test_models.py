@@ -79,3 +79,25 @@ def test_message_helpers():
     assert message_text(reply) == "答案"
     assert usage_tokens(reply) == 7
     assert usage_tokens(AIMessage(content="")) == 0
+
+
+async def test_breaker_degrades_at_once_during_an_outage_then_recovers(
+    graph: QAGraph, ollama: FakeOllama, services: Services
+):
+    import asyncio
+
+    from agent.models import ollama_breaker
+
+    outages: list[str] = []
+    services.breaker = ollama_breaker(failures=2, reset_after=0.3)
+    services.on_outage = outages.append
+    ollama.fail_next(Fault.HTTP_500, times=2)
+    for turn in range(3):
+        result = await run_turn(graph, f"b{turn}", "星尘打印机保修多久？", Context())
+        assert result.degraded is True
+    # The third turn did not wait for Ollama: the open circuit failed it at once.
+    assert len(ollama.calls("/api/chat")) == 2
+    assert outages == ["ollama", "ollama", "ollama"]
+    await asyncio.sleep(0.35)
+    recovered = await run_turn(graph, "b3", "星尘打印机保修多久？", Context())
+    assert recovered.degraded is False

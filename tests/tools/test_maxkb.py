@@ -1,5 +1,6 @@
 """The MaxKB backend against the fake MaxKB over real HTTP: three modes, errors, retries, fallback."""
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -527,6 +528,28 @@ async def test_fallback_serves_the_embedded_kb_while_maxkb_is_down(
     finally:
         await knowledge.aclose()
         fake.stop()
+
+
+async def test_breaker_skips_maxkb_during_an_outage_and_tries_again_later(fake: FakeMaxKB) -> None:
+    primary = MaxKBKnowledge(
+        MaxKBConfig(
+            url=fake.url, token=fake.user_token, knowledge_ids=(FIXTURE_KNOWLEDGE_ID,), retries=0
+        )
+    )
+    knowledge = FallbackKnowledge(primary, StaticKnowledge(), failures=2, reset_after=0.3)
+    try:
+        fake.reset()
+        fake.fail_next(Fault.HTTP_500, times=5)
+        for _ in range(4):
+            assert (await knowledge.search(QUESTION, 3))[0]["id"] == "local-1"
+        # Two failures opened the breaker: the next two searches never reached MaxKB.
+        assert len(fake.requests) == 2
+        await asyncio.sleep(0.35)
+        fake.reset()
+        assert (await knowledge.search(QUESTION, 3))[0]["id"] == GOLD
+        assert len(fake.requests) == 1
+    finally:
+        await knowledge.aclose()
 
 
 async def test_fallback_also_covers_failing_answers(fake: FakeMaxKB) -> None:
