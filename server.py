@@ -20,11 +20,11 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import gateway
+from agent.checkpoints import Checkpointer, checkpointer_health, open_checkpointer
 from agent.evidence import last_exchange
 from agent.gateway import Answer, Gateway, Refusal
 from agent.models import message_text
@@ -127,7 +127,7 @@ class CompletionRequest(BaseModel):
 class AppRuntime:
     settings: Settings
     services: Services
-    saver: AsyncSqliteSaver
+    saver: Checkpointer
     gateway: Gateway
     http: httpx.AsyncClient
 
@@ -138,11 +138,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = services_from_settings(settings)
     await asyncio.to_thread(ensure_default_knowledge, services.embedded[settings.kb_name], settings)
     async with (
-        AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver,
+        open_checkpointer(settings) as saver,
         httpx.AsyncClient(timeout=3.0) as http,
     ):
         set_services(services)
         gate = Gateway.from_settings(settings, services, build(saver))
+        services.on_outage = lambda dependency: gate.metrics.dependency_errors.labels(
+            dependency
+        ).inc()
         if gate.tenants.is_open():
             log.warning("no API key issued: the service is open to anyone (qqrag key issue …)")
         app.state.runtime = AppRuntime(settings, services, saver, gate, http)
@@ -484,18 +487,15 @@ async def _check_ollama(rt: AppRuntime) -> str | None:
 @health.get("/readyz")
 async def readyz(rt: RuntimeDep) -> JSONResponse:
     checks: dict[str, dict[str, Any]] = {}
-    try:
-        async with rt.saver.conn.execute("SELECT 1") as cursor:
-            await cursor.fetchone()
-        checks["sqlite"] = {"ok": True}
-    except Exception as exc:
-        checks["sqlite"] = {"ok": False, "error": f"检查点数据库不可用：{exc}"}
+    checkpoints = rt.settings.checkpointer
+    problem = await checkpointer_health(rt.saver)
+    checks[checkpoints] = {"ok": problem is None, **({"error": problem} if problem else {})}
     problem = await rt.services.knowledge.health()
     checks["knowledge"] = {"ok": problem is None, **({"error": problem} if problem else {})}
     problem = await _check_ollama(rt)
     checks["ollama"] = {"ok": problem is None, **({"error": problem} if problem else {})}
 
-    if not (checks["sqlite"]["ok"] and checks["knowledge"]["ok"]):
+    if not (checks[checkpoints]["ok"] and checks["knowledge"]["ok"]):
         return JSONResponse({"status": "down", "checks": checks}, status_code=503)
     status = "ok" if checks["ollama"]["ok"] else "degraded"
     return JSONResponse({"status": status, "checks": checks})

@@ -21,6 +21,7 @@ from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
 from agent.policy.profiles import GrayRelease
 from agent.policy.quota import QuotaLimits, QuotaStore
+from agent.policy.redis_store import RedisAdmission, RedisQuotaStore, connect_redis
 from agent.policy.safety import Hit, SafetyFilter
 from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
@@ -91,8 +92,8 @@ class Gateway:
         graph: QAGraph,
         *,
         tenants: TenantStore,
-        quota: QuotaStore,
-        admission: Admission,
+        quota: QuotaStore | RedisQuotaStore,
+        admission: Admission | RedisAdmission,
         safety: SafetyFilter,
         gray: GrayRelease,
         metrics: Metrics,
@@ -116,13 +117,25 @@ class Gateway:
             user_daily_tokens=settings.quota_user_daily_tokens,
             group_daily_tokens=settings.quota_group_daily_tokens,
         )
+        quota: QuotaStore | RedisQuotaStore
+        admission: Admission | RedisAdmission
+        if settings.shared_state == "redis":
+            # One client for both: the quota store closes it at shutdown.
+            client = connect_redis(settings.redis_url)
+            quota = RedisQuotaStore(client, limits, prefix=settings.redis_prefix)
+            admission = RedisAdmission(
+                client, settings.max_inflight_turns, prefix=settings.redis_prefix
+            )
+        else:
+            quota = QuotaStore(settings.quota_path, limits)
+            admission = Admission(settings.max_inflight_turns)
         return cls(
             settings,
             services,
             graph,
             tenants=TenantStore(settings.tenants_path),
-            quota=QuotaStore(settings.quota_path, limits),
-            admission=Admission(settings.max_inflight_turns),
+            quota=quota,
+            admission=admission,
             safety=SafetyFilter(settings.effective_sensitive_words_dir),
             gray=GrayRelease(settings.effective_profiles_path),
             metrics=Metrics(),

@@ -125,6 +125,30 @@ class Settings(BaseSettings):
         default=None, description="Gray-release profiles (YAML); default DATA_DIR/profiles.yaml."
     )
 
+    checkpointer: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="Where conversations are kept: sqlite (DATA_DIR/checkpoints.sqlite, one "
+        "process only) or postgres (POSTGRES_URL, shared by several replicas).",
+    )
+    postgres_url: str = Field(
+        default="",
+        description="PostgreSQL for the postgres checkpointer, e.g. "
+        "postgresql://qqrag:secret@db:5432/qqrag; tables are created on first start.",
+    )
+    shared_state: Literal["local", "redis"] = Field(
+        default="local",
+        description="Where quotas and the in-flight bound live: local (DATA_DIR/quota.sqlite and "
+        "a per-process bound) or redis (REDIS_URL, shared by several replicas).",
+    )
+    redis_url: str = Field(
+        default="", description="Redis for shared_state=redis, e.g. redis://redis:6379/0."
+    )
+    redis_prefix: str = Field(
+        default="qqrag:",
+        min_length=1,
+        description="Prefix of every Redis key, so several deployments can share one Redis.",
+    )
+
     @field_validator("maxkb_knowledge_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

@@ -1,0 +1,272 @@
+"""The Redis quota store and admission against a real Redis: the same quotas as the SQLite store,
+one bound across processes, and leases that free a dead process's slots.
+
+Skipped when Redis is not reachable (QQRAG_TEST_REDIS_URL, default redis://127.0.0.1:6379/0),
+failed instead when QQRAG_REQUIRE_SCALE_OUT=1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from agent.policy.quota import ALLOWED, CHINA_TZ, QuotaLimits
+from agent.policy.redis_store import (
+    RedisAdmission,
+    RedisQuotaStore,
+    SharedStateError,
+    connect_redis,
+)
+from evals.harness import free_port
+
+REDIS_URL = os.environ.get("QQRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRED = os.environ.get("QQRAG_REQUIRE_SCALE_OUT") == "1"
+
+# 10:00 in China: 14 hours before midnight.
+T0 = datetime(2025, 3, 1, 10, 0, tzinfo=CHINA_TZ).timestamp()
+MIDNIGHT = datetime(2025, 3, 2, 0, 0, tzinfo=CHINA_TZ).timestamp()
+
+
+def _redis_problem() -> str | None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        return f"Redis not reachable at {REDIS_URL} ({exc}); set QQRAG_TEST_REDIS_URL"
+    return None
+
+
+REDIS_PROBLEM = _redis_problem()
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[str]:
+    """A key prefix of this run's own; its keys are deleted afterwards."""
+    if REDIS_PROBLEM:
+        (pytest.fail if REQUIRED else pytest.skip)(REDIS_PROBLEM)
+    run = f"qqrag-test-{uuid.uuid4().hex[:12]}:"
+    yield run
+    cleaner = redis.Redis.from_url(REDIS_URL)
+    for key in cleaner.scan_iter(match=f"{run}*"):
+        cleaner.delete(key)
+    cleaner.close()
+
+
+@pytest.fixture
+def connect(prefix: str) -> Iterator[Callable[[], redis.Redis]]:
+    """Clients as the service makes them, one per simulated process, closed afterwards."""
+    clients: list[redis.Redis] = []
+
+    def make() -> redis.Redis:
+        clients.append(connect_redis(REDIS_URL))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def space(prefix: str) -> str:
+    """A prefix per test, so tests never see each other's buckets or slots."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}:"
+
+
+def store(client: redis.Redis, space: str, **limits: int) -> RedisQuotaStore:
+    return RedisQuotaStore(client, QuotaLimits(**limits), prefix=space)
+
+
+def test_user_bucket_exhausts_and_refills_with_time(connect, space):
+    quota = store(connect(), space, user_rpm=3)
+
+    assert [quota.check_and_take("t", "u", None, now=T0).allowed for _ in range(3)] == [True] * 3
+    refused = quota.check_and_take("t", "u", None, now=T0)
+
+    assert (refused.allowed, refused.limit, refused.retry_after) == (False, "user_rpm", 20)
+    assert refused.message == "你提问太频繁了，请 20 秒后再试。"
+    assert quota.check_and_take("t", "u", None, now=T0 + 15).retry_after == 5
+    assert quota.check_and_take("t", "u", None, now=T0 + 19.5).retry_after == 1
+    assert quota.check_and_take("t", "u", None, now=T0 + 20) == ALLOWED
+    assert not quota.check_and_take("t", "u", None, now=T0 + 20).allowed
+    # A long pause refills to the capacity, not beyond.
+    assert [quota.check_and_take("t", "u", None, now=T0 + 3600).allowed for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_users_groups_and_tenants_are_counted_apart(connect, space):
+    quota = store(connect(), space, user_rpm=2, group_rpm=3)
+
+    assert quota.check_and_take("t", "alice", "g1", now=T0).allowed
+    assert quota.check_and_take("t", "alice", "g1", now=T0).allowed
+    alice = quota.check_and_take("t", "alice", "g1", now=T0)
+    assert (alice.allowed, alice.limit) == (False, "user_rpm")
+
+    assert quota.check_and_take("t", "bob", "g1", now=T0).allowed
+    group = quota.check_and_take("t", "carol", "g1", now=T0)
+    assert (group.allowed, group.limit, group.retry_after) == (False, "group_rpm", 20)
+    assert group.message == "本群提问太频繁了，请 20 秒后再试。"
+
+    # Refused requests took nothing: carol's own bucket is full, in another group and in private.
+    assert quota.check_and_take("t", "carol", "g2", now=T0).allowed
+    assert quota.check_and_take("t", "carol", None, now=T0).allowed
+    assert quota.check_and_take("other", "alice", "g1", now=T0).allowed
+    # Ids may hold the key separator without reaching into someone else's bucket.
+    assert quota.check_and_take("t", "rate:user:alice", None, now=T0).allowed
+
+
+def test_the_longer_wait_is_reported_when_both_buckets_are_empty(connect, space):
+    quota = store(connect(), space, user_rpm=1, group_rpm=2)
+    assert quota.check_and_take("t", "u", "g", now=T0).allowed
+    assert quota.check_and_take("t", "v", "g", now=T0).allowed
+
+    decision = quota.check_and_take("t", "u", "g", now=T0 + 10)
+
+    # The user's bucket needs 50 s more, the group's 20 s.
+    assert (decision.limit, decision.retry_after) == ("user_rpm", 50)
+
+
+def test_daily_token_budget_refuses_until_the_next_day(connect, space):
+    quota = store(connect(), space, user_daily_tokens=1000, group_daily_tokens=1500)
+
+    assert quota.check_and_take("t", "u", "g", now=T0).allowed
+    quota.add_tokens("t", "u", "g", 600, now=T0)
+    assert quota.check_and_take("t", "u", "g", now=T0).allowed
+    # The turn that crosses the budget was admitted; the next is refused.
+    quota.add_tokens("t", "u", "g", 600, now=T0)
+    user = quota.check_and_take("t", "u", "g", now=T0 + 60)
+    assert (user.allowed, user.limit) == (False, "user_daily")
+    assert user.message == "你今天的额度已用完，明天再来吧。"
+    assert user.retry_after == int(MIDNIGHT - T0 - 60)
+
+    assert quota.check_and_take("t", "v", "g", now=T0).allowed
+    quota.add_tokens("t", "v", "g", 400, now=T0)
+    group = quota.check_and_take("t", "w", "g", now=T0)
+    assert (group.allowed, group.limit) == (False, "group_daily")
+    assert group.message == "本群今天的额度已用完，明天再来吧。"
+    assert quota.check_and_take("t", "w", None, now=T0).allowed
+
+    assert quota.used_today("t", "user", "u", now=T0) == 1200
+    assert quota.used_today("t", "group", "g", now=T0) == 1600
+    # Midnight in China, not in UTC, starts the next day.
+    assert not quota.check_and_take("t", "u", "g", now=MIDNIGHT - 1).allowed
+    assert quota.check_and_take("t", "u", "g", now=MIDNIGHT).allowed
+    assert quota.used_today("t", "user", "u", now=MIDNIGHT) == 0
+
+
+def test_every_key_expires(connect, space):
+    client = connect()
+    quota = store(client, space, user_rpm=5, group_rpm=5, user_daily_tokens=100)
+    quota.check_and_take("t", "u", "g")
+    quota.add_tokens("t", "u", "g", 10)
+    admission = RedisAdmission(client, 2, prefix=space)
+    assert admission.try_enter()
+
+    ttls = {key: client.ttl(key) for key in client.scan_iter(match=f"{space}*")}
+
+    assert len(ttls) == 5  # user and group buckets and days, the admission slots
+    # Buckets outlive their minute of refill; a day's counter its day; slots their lease.
+    assert all(0 < ttl <= 24 * 3600 + 3600 for ttl in ttls.values()), ttls
+    admission.leave()
+
+
+def test_two_stores_share_one_quota(connect, space):
+    first = store(connect(), space, user_rpm=4)
+    second = store(connect(), space, user_rpm=4)
+
+    results = [
+        (first if i % 2 else second).check_and_take("t", "u", None, now=T0).allowed
+        for i in range(8)
+    ]
+    assert results.count(True) == 4
+    second.add_tokens("t", "u", None, 7, now=T0)
+    assert first.used_today("t", "user", "u", now=T0) == 7
+
+
+def test_admission_bound_holds_across_instances_under_concurrency(connect, space):
+    instances = [RedisAdmission(connect(), 3, prefix=space) for _ in range(2)]
+    start = threading.Barrier(16)
+
+    def enter(i: int) -> bool:
+        start.wait()
+        return instances[i % 2].try_enter()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(enter, range(16)))
+
+    assert results.count(True) == 3
+    assert instances[0].in_flight == instances[1].in_flight == 3
+    for i, entered in enumerate(results):
+        if entered:
+            instances[i % 2].leave()
+    assert instances[0].in_flight == 0
+    assert instances[1].try_enter()
+    instances[1].leave()
+    with pytest.raises(RuntimeError, match="without a matching"):
+        instances[1].leave()
+
+
+_DIES_HOLDING_SLOTS = """
+import os, sys
+from agent.policy.redis_store import RedisAdmission, connect_redis
+admission = RedisAdmission(connect_redis(sys.argv[1]), 2, prefix=sys.argv[2])
+assert admission.try_enter() and admission.try_enter()
+os._exit(0)  # no leave(), no cleanup: as a killed process would
+"""
+
+
+def test_a_dead_process_slots_free_themselves_and_a_live_one_keeps_its_own(connect, space):
+    subprocess.run(
+        [sys.executable, "-c", _DIES_HOLDING_SLOTS, REDIS_URL, space], check=True, timeout=60
+    )
+    survivor = RedisAdmission(connect(), 2, prefix=space, lease_s=0.6)
+    assert not survivor.try_enter()
+    # Injected time ends the dead process's leases (30 s by default); the survivor's own
+    # leases are renewed in real time.
+    assert survivor.try_enter(now=time.time() + 31)
+    assert survivor.try_enter()
+
+    time.sleep(1.0)  # past the lease: only renewal keeps the survivor's slots
+    other = RedisAdmission(connect(), 2, prefix=space, lease_s=0.6)
+    assert not other.try_enter()
+    assert other.in_flight == 2
+    survivor.leave()
+    assert other.try_enter()
+    other.leave()
+    survivor.leave()
+
+
+def test_without_redis_quotas_let_requests_through_and_the_bound_is_per_process():
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    quota = RedisQuotaStore(gone, QuotaLimits(user_rpm=1))
+    assert quota.check_and_take("t", "u", None) == ALLOWED
+    assert quota.check_and_take("t", "u", None) == ALLOWED
+    quota.add_tokens("t", "u", None, 10)
+
+    admission = RedisAdmission(gone, 1)
+    assert admission.try_enter()
+    assert not admission.try_enter()
+    admission.leave()
+    assert admission.try_enter()
+    admission.leave()
+
+
+def test_a_missing_or_unreachable_redis_names_the_setting():
+    with pytest.raises(SharedStateError, match="QQRAG_REDIS_URL"):
+        connect_redis("")
+    with pytest.raises(SharedStateError, match=r"无法连接 Redis（请检查 QQRAG_REDIS_URL）"):
+        connect_redis(f"redis://127.0.0.1:{free_port()}/0")

@@ -1,0 +1,125 @@
+"""Fault injection through the HTTP service: whatever breaks, the user gets a reply within the
+deadline, the service stays up and the conversation stays intact."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import server
+from agent.settings import get_settings
+from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB
+from evals.fakes.maxkb import Fault as MaxKBFault
+from evals.fakes.ollama import FakeOllama, Fault
+from tests.conftest import FIXTURES
+
+DEADLINE_S = 1.5
+FIRST = "星尘打印机保修多久？"
+STANDALONE = "星尘打印机支持哪些耗材？"  # needs no rewrite: the fault hits the answer call
+FOLLOW_UP = "那它售价多少？"  # needs the classify model first
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture
+def env(tmp_path: Path, ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    ollama.reset()
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", ollama.url)
+    monkeypatch.setenv("QQRAG_OLLAMA_TIMEOUT", str(DEADLINE_S))
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    return monkeypatch
+
+
+def client() -> TestClient:
+    get_settings.cache_clear()
+    return TestClient(server.create_app())
+
+
+def ask(api: TestClient, text: str) -> tuple[dict, float]:
+    started = time.perf_counter()
+    response = api.post("/v1/chat", json={"scene": "private", "user_id": "9", "text": text})
+    assert response.status_code == 200, response.text
+    return response.json(), time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    ("fault", "question"),
+    [
+        (Fault.HTTP_500, STANDALONE),
+        (Fault.MODEL_NOT_FOUND, STANDALONE),
+        (Fault.STREAM_CUT, STANDALONE),
+        (Fault.STREAM_ERROR_LINE, STANDALONE),
+        (Fault.SLOW, STANDALONE),
+        (Fault.QUEUE_FULL, STANDALONE),
+        (Fault.MALFORMED_JSON, FOLLOW_UP),
+        (Fault.HTTP_500, FOLLOW_UP),
+    ],
+)
+def test_ollama_faults(env: pytest.MonkeyPatch, ollama: FakeOllama, fault: Fault, question: str):
+    with client() as api:
+        first, _ = ask(api, FIRST)
+        ollama.fail_next(fault)
+        reply, seconds = ask(api, question)
+        assert reply["answer"] and reply["degraded"] is True
+        assert reply["citations"], "a degraded answer still quotes the knowledge base"
+        assert seconds < DEADLINE_S + 1.0
+        history = api.get(f"/v1/threads/{first['thread_id']}").json()["messages"]
+        assert [m["content"] for m in history[:2]] == [FIRST, first["answer"]]
+        assert [m["content"] for m in history if m["role"] == "user"] == [FIRST, question]
+        assert api.get("/healthz").json() == {"status": "ok"}
+        again, _ = ask(api, "星尘打印机售价多少？")
+        assert again["degraded"] is False
+
+
+def test_ollama_down_from_the_start(env: pytest.MonkeyPatch):
+    env.setenv("QQRAG_OLLAMA_URL", "http://127.0.0.1:9")
+    with client() as api:
+        reply, seconds = ask(api, FIRST)
+        follow, _ = ask(api, FOLLOW_UP)
+        assert reply["degraded"] and follow["degraded"]
+        assert "星尘打印机整机保修两年" in reply["answer"]
+        assert seconds < DEADLINE_S + 1.0
+        metrics = api.get("/metrics").text
+        assert 'qqrag_dependency_errors_total{dependency="ollama"}' in metrics
+
+
+@pytest.fixture
+def maxkb(env: pytest.MonkeyPatch) -> Iterator[FakeMaxKB]:
+    with FakeMaxKB() as fake:
+        env.setenv("QQRAG_KNOWLEDGE_BACKEND", "maxkb")
+        env.setenv("QQRAG_MAXKB_URL", fake.url)
+        env.setenv("QQRAG_MAXKB_TOKEN", fake.user_token)
+        env.setenv("QQRAG_MAXKB_KNOWLEDGE_IDS", FIXTURE_KNOWLEDGE_ID)
+        env.setenv("QQRAG_MAXKB_TIMEOUT", "1")
+        env.setenv("QQRAG_MAXKB_RETRIES", "0")
+        yield fake
+
+
+@pytest.mark.parametrize(
+    "fault", [None, MaxKBFault.AUTH_401, MaxKBFault.CODE_500_IN_200, MaxKBFault.SLOW]
+)
+def test_maxkb_faults_fall_back_to_the_embedded_base(maxkb: FakeMaxKB, fault: MaxKBFault | None):
+    with client() as api:
+        served, _ = ask(api, "广三铁路在哪年建成？")
+        assert served["citations"][0]["source"].startswith("MaxKB · ")
+        if fault is None:
+            maxkb.stop()
+        else:
+            maxkb.fail_next(fault)
+        reply, seconds = ask(api, FIRST)
+        assert "星尘打印机整机保修两年" in reply["answer"]
+        assert reply["citations"][0]["source"] == "kb/stardust.md"
+        assert seconds < 1.0 + DEADLINE_S
+        ready = api.get("/readyz").json()
+        if fault is None:
+            assert "已改用嵌入式知识库" in ready["checks"]["knowledge"]["error"]
+        assert api.get("/healthz").json() == {"status": "ok"}
