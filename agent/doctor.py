@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import tempfile
@@ -11,6 +12,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
+from dotenv import dotenv_values
 
 from agent.settings import Settings
 
@@ -189,11 +191,98 @@ def check_knowledge(settings: Settings) -> list[Finding]:
     ]
 
 
-async def run_checks(settings: Settings, *, containerised: bool | None = None) -> list[Finding]:
+async def check_maxkb(settings: Settings) -> list[Finding]:
+    if settings.knowledge_backend != "maxkb":
+        return []
+    from tools.maxkb import MaxKBConfig, MaxKBError, MaxKBKnowledge
+
+    config = MaxKBConfig.from_settings(settings)
+    try:
+        knowledge = MaxKBKnowledge(config)
+    except MaxKBError as exc:
+        return [Finding("MaxKB", "error", str(exc), "按提示修改 QQRAG_MAXKB_* 设置")]
+    try:
+        problem = await knowledge.health()
+    finally:
+        await knowledge.aclose()
+    if problem:
+        fallback = "（QQRAG_MAXKB_FALLBACK_EMBEDDED 开着：先用嵌入式知识库顶上）"
+        note = fallback if settings.maxkb_fallback_embedded else ""
+        return [Finding("MaxKB", "error", problem + note, "按提示修改 QQRAG_MAXKB_* 设置")]
+    return [Finding("MaxKB", "ok", f"{config.url}（{config.mode}）可用，密钥有效")]
+
+
+def check_bot(environ: dict[str, str | None], containerised: bool) -> list[Finding]:
+    """The bot's settings as NoneBot will read them (environment first, then `.env`)."""
+    adapters = {a.strip() for a in (environ.get("QQRAG_BOT_ADAPTERS") or "onebot,qq").split(",")}
+    findings = []
+    if "onebot" in adapters and not environ.get("ONEBOT_ACCESS_TOKEN"):
+        findings.append(
+            Finding(
+                "QQ 机器人 · OneBot",
+                "warn",
+                "没有设置 ONEBOT_ACCESS_TOKEN：任何能连上机器人端口的程序都能冒充协议端",
+                "在 .env 里设置 ONEBOT_ACCESS_TOKEN，并在 NapCat 等协议端填同样的令牌",
+            )
+        )
+    if "qq" in adapters:
+        raw = environ.get("QQ_BOTS") or ""
+        try:
+            bots = json.loads(raw) if raw else []
+            valid = isinstance(bots, list) and all(
+                isinstance(b, dict) and b.get("id") and b.get("secret") for b in bots
+            )
+        except json.JSONDecodeError:
+            valid = False
+        if not valid:
+            findings.append(
+                Finding(
+                    "QQ 机器人 · 官方 API",
+                    "error",
+                    "QQ_BOTS 不是合法的 JSON 列表，或缺少 id / secret",
+                    '写成一行：QQ_BOTS=[{"id":"AppID","token":"","secret":"AppSecret","intent":{"c2c_group_at_messages":true}}]',
+                )
+            )
+        elif not bots:
+            findings.append(
+                Finding(
+                    "QQ 机器人 · 官方 API",
+                    "warn",
+                    "启用了 qq 适配器但没有配置 QQ_BOTS：官方 API 路线收不到消息",
+                    "配置 QQ_BOTS，或把 QQRAG_BOT_ADAPTERS 改成 onebot",
+                )
+            )
+    service = environ.get("QQRAG_BOT_SERVICE_URL") or "http://127.0.0.1:8000"
+    if containerised and (urlsplit(service).hostname or "") in _LOCAL_HOSTS:
+        findings.append(
+            Finding(
+                "QQ 机器人 · 服务地址",
+                "error",
+                f"在容器里运行，但 QQRAG_BOT_SERVICE_URL 是 {service}",
+                "改成 compose 服务名，如 http://service:8000",
+            )
+        )
+    if not findings:
+        findings.append(Finding("QQ 机器人", "ok", f"适配器：{', '.join(sorted(adapters))}"))
+    return findings
+
+
+def bot_environment() -> dict[str, str | None]:
+    return {**dotenv_values(".env"), **os.environ}
+
+
+async def run_checks(
+    settings: Settings,
+    *,
+    containerised: bool | None = None,
+    environ: dict[str, str | None] | None = None,
+) -> list[Finding]:
     containerised = in_container() if containerised is None else containerised
     findings = check_ollama_url(settings, containerised)
     async with httpx.AsyncClient(timeout=5.0) as client:
         findings += await check_ollama(settings, client)
+    findings += await check_maxkb(settings)
+    findings += check_bot(bot_environment() if environ is None else environ, containerised)
     data = check_data_dir(settings)
     findings += data
     if data[0].status == "ok":

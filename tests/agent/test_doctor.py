@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -33,11 +34,17 @@ def by_check(findings: list[Finding]) -> dict[str, tuple[str, str]]:
     return {f.check: (f.status, f.fix) for f in findings}
 
 
+BOT_OK = {"QQRAG_BOT_ADAPTERS": "onebot", "ONEBOT_ACCESS_TOKEN": "secret"}
+
+
 async def test_all_well(tmp_path: Path, fake: FakeOllama):
-    findings = await run_checks(settings_for(tmp_path, fake.url), containerised=False)
+    findings = await run_checks(
+        settings_for(tmp_path, fake.url), containerised=False, environ=BOT_OK
+    )
     assert [(f.check, f.status) for f in findings] == [
         ("Ollama 连接", "ok"),
         ("模型 qwen3:8b", "ok"),
+        ("QQ 机器人", "ok"),
         ("数据目录", "ok"),
         ("嵌入式知识库", "warn"),
     ]
@@ -87,6 +94,7 @@ def test_cli_exit_code_says_whether_all_is_well(
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
     monkeypatch.setattr("agent.doctor.in_container", lambda: False)
+    monkeypatch.setattr("agent.doctor.bot_environment", lambda: BOT_OK)
     get_settings.cache_clear()
     healthy = CliRunner().invoke(app, ["doctor"])
     assert healthy.exit_code == 0, healthy.output
@@ -96,3 +104,40 @@ def test_cli_exit_code_says_whether_all_is_well(
     broken = CliRunner().invoke(app, ["doctor"])
     assert broken.exit_code == 1
     assert "ollama pull llama9:1t" in broken.output
+
+
+def test_bot_settings():
+    from agent.doctor import check_bot
+
+    found = {f.check: f for f in check_bot({}, containerised=True)}
+    assert found["QQ 机器人 · OneBot"].status == "warn"
+    assert found["QQ 机器人 · 官方 API"].status == "warn"
+    assert found["QQ 机器人 · 服务地址"].status == "error"
+    broken = check_bot({"QQRAG_BOT_ADAPTERS": "qq", "QQ_BOTS": '[{"id": "1"}]'}, False)
+    assert [(f.check, f.status) for f in broken] == [("QQ 机器人 · 官方 API", "error")]
+    fine = check_bot(
+        {"QQRAG_BOT_ADAPTERS": "qq", "QQ_BOTS": '[{"id": "1", "secret": "s"}]'}, containerised=False
+    )
+    assert [(f.check, f.status) for f in fine] == [("QQ 机器人", "ok")]
+
+
+async def test_maxkb_reachable_and_key_checked(tmp_path: Path, fake: FakeOllama):
+    from agent.doctor import check_maxkb
+    from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB
+
+    with FakeMaxKB() as maxkb:
+        good = settings_for(
+            tmp_path,
+            fake.url,
+            knowledge_backend="maxkb",
+            maxkb_url=maxkb.url,
+            maxkb_token=maxkb.user_token,
+            maxkb_knowledge_ids=[FIXTURE_KNOWLEDGE_ID],
+        )
+        assert [f.status for f in await check_maxkb(good)] == ["ok"]
+        wrong = good.model_copy(update={"maxkb_token": SecretStr("expired")})
+        (finding,) = await check_maxkb(wrong)
+        assert finding.status == "error" and "QQRAG_MAXKB_TOKEN" in finding.detail
+    missing = settings_for(tmp_path, fake.url, knowledge_backend="maxkb")
+    (finding,) = await check_maxkb(missing)
+    assert finding.status == "error" and "QQRAG_MAXKB_URL" in finding.detail
