@@ -34,6 +34,7 @@ from agent.settings import Settings, get_settings
 from agent.state import Citation
 from agent.turns import turn_config
 from graphs.qa import build
+from tools.maxkb import FALLBACK_NOTE
 
 log = logging.getLogger("qqrag.server")
 
@@ -492,12 +493,14 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     checks[checkpoints] = {"ok": problem is None, **({"error": problem} if problem else {})}
     problem = await rt.services.knowledge.health()
     checks["knowledge"] = {"ok": problem is None, **({"error": problem} if problem else {})}
+    # MaxKB down with the embedded base standing in: answers still come, so degraded, not down.
+    knowledge_serves = problem is None or problem.endswith(FALLBACK_NOTE)
     problem = await _check_ollama(rt)
     checks["ollama"] = {"ok": problem is None, **({"error": problem} if problem else {})}
 
-    if not (checks[checkpoints]["ok"] and checks["knowledge"]["ok"]):
+    if not (checks[checkpoints]["ok"] and knowledge_serves):
         return JSONResponse({"status": "down", "checks": checks}, status_code=503)
-    status = "ok" if checks["ollama"]["ok"] else "degraded"
+    status = "ok" if checks["ollama"]["ok"] and checks["knowledge"]["ok"] else "degraded"
     return JSONResponse({"status": status, "checks": checks})
 
 
