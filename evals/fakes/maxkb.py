@@ -31,13 +31,10 @@ Run it by hand with ``python -m evals.fakes.maxkb --port 8080``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import enum
 import hashlib
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -45,7 +42,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 import uvicorn
@@ -54,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from evals.fakes._server import ThreadedServer
 from evals.fakes.ollama import count_tokens, overlap
 
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "maxkb"
@@ -368,7 +365,7 @@ class _Record:
     fields: dict[str, Any]
 
 
-class FakeMaxKB:
+class FakeMaxKB(ThreadedServer):
     """A fake MaxKB server in a background thread; see the module docstring.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
@@ -377,6 +374,8 @@ class FakeMaxKB:
     knowledge base when ``tests/fixtures/maxkb`` is there; every application answer searches
     all knowledge bases.
     """
+
+    label = "fake MaxKB"
 
     def __init__(
         self,
@@ -393,6 +392,7 @@ class FakeMaxKB:
         access_num: int = DEFAULT_ACCESS_NUM,
         port: int = 0,
     ) -> None:
+        super().__init__(port)
         if knowledge is None:
             found = (FIXTURES_DIR / "admin_knowledge_document_batch_create.json").is_file()
             knowledge = [load_fixture_knowledge()] if found else []
@@ -411,78 +411,15 @@ class FakeMaxKB:
         self.chat_top_n = 3
         self.chat_similarity = 0.0
         self.chat_search_mode = "embedding"
-        self.url = ""
         self.requests: list[dict[str, Any]] = []
-        self._port = port
         self._faults: deque[Fault] = deque()
         self._chats: dict[str, list[str]] = {}
         self._records: dict[str, _Record] = {}
         self._visits: dict[str, int] = {}
         self._lock = threading.Lock()
-        # Created by the server's loop on its first delay; stop() sets it from another thread.
-        self._stop_signal: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> FakeMaxKB:
-        """Serve on 127.0.0.1 (a free port unless one was given); return once it accepts."""
-        if self._thread is not None:
-            raise RuntimeError("this FakeMaxKB is already running")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self._port))
-        port = listener.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self),
-            lifespan="off",
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [listener]},
-            name=f"fake-maxkb-{port}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        self._stop_signal = None
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                listener.close()
-                raise RuntimeError(f"the fake MaxKB did not start on port {port}")
-            time.sleep(0.005)
-        self._port = port  # a restart after stop() comes back on the same address
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (clients then get connection refused); cuts short a SLOW fault."""
-        if self._server is None or self._thread is None:
-            return
-        if self._stop_signal is not None:
-            loop, stopping = self._stop_signal
-            loop.call_soon_threadsafe(stopping.set)
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeMaxKB:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def create_app(self) -> Starlette:
+        return create_app(self)
 
     def fail_next(self, fault: Fault, times: int = 1) -> None:
         """Make the next ``times`` requests, whatever their route, fail with ``fault``."""
@@ -534,13 +471,6 @@ class FakeMaxKB:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep on the server's loop, waking early when :meth:`stop` is called."""
-        if self._stop_signal is None:
-            self._stop_signal = (asyncio.get_running_loop(), asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_signal[1].wait(), seconds)
-
 
 _Handler = Callable[[Request, dict[str, str], Any], Awaitable[Response]]
 
@@ -582,7 +512,7 @@ class _Api:
 
     async def fault_response(self, fault: Fault | None) -> Response | None:
         if fault is Fault.SLOW:
-            await self.fake._sleep(SLOW_FAULT_S)
+            await self.fake.sleep(SLOW_FAULT_S)
         elif fault is Fault.HTTP_500:
             return _envelope(500, "Internal Server Error", status=500)
         elif fault is Fault.HTTP_502:

@@ -23,28 +23,26 @@ Run it by hand with ``python -m evals.fakes.ollama --port 11434``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import enum
 import hashlib
 import json
 import logging
 import math
 import re
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Self
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from evals.fakes._server import ThreadedServer
 
 OLLAMA_VERSION = "0.12.11"
 DEFAULT_MODELS = ("qwen3:8b", "qwen3-embedding:0.6b", "dengcao/Qwen3-Reranker-0.6B:Q8_0")
@@ -761,13 +759,15 @@ def _model_request(body: Any) -> tuple[dict[str, Any], Response | None]:
 # --------------------------------------------------------------------------- the server
 
 
-class FakeOllama:
+class FakeOllama(ThreadedServer):
     """A fake Ollama server in a background thread; see the module docstring.
 
-        Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
-        every request received as ``{"path", "method", "json", "at"}`` (``at``: ``time.monotonic()``
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
+    every request received as ``{"path", "method", "json", "at"}`` (``at``: ``time.monotonic()``
     on arrival, so tests can tell whether two requests overlapped).
     """
+
+    label = "fake Ollama"
 
     def __init__(
         self,
@@ -776,78 +776,20 @@ class FakeOllama:
         latency: LatencyModel | None = None,
         port: int = 0,
     ) -> None:
+        super().__init__(port)
         self.models = tuple(models)
         self.latency = latency or LatencyModel()
-        self.url = ""
         self.requests: list[dict[str, Any]] = []
-        self._port = port
         self._cards = [_model_card(name) for name in self.models]
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
-        # Created by the server's loop on its first delay; stop() sets it from another thread.
-        self._stop_signal: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> FakeOllama:
-        """Serve on 127.0.0.1 (a free port unless one was given); return once it accepts."""
-        if self._thread is not None:
-            raise RuntimeError("this FakeOllama is already running")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self._port))
-        port = listener.getsockname()[1]
+    def create_app(self) -> Starlette:
+        return create_app(self)
+
+    def start(self) -> Self:
         _hide_stream_cuts_in_logs()
-        config = uvicorn.Config(
-            create_app(self),
-            lifespan="off",
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [listener]},
-            name=f"fake-ollama-{port}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        self._stop_signal = None
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                listener.close()
-                raise RuntimeError(f"the fake Ollama did not start on port {port}")
-            time.sleep(0.005)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; cuts short any SLOW fault or latency delay still sleeping."""
-        if self._server is None or self._thread is None:
-            return
-        if self._stop_signal is not None:
-            loop, stopping = self._stop_signal
-            loop.call_soon_threadsafe(stopping.set)
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeOllama:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return super().start()
 
     def fail_next(self, fault: Fault, times: int = 1) -> None:
         """Make the next ``times`` model requests (chat, generate, embed) fail with ``fault``.
@@ -892,15 +834,6 @@ class FakeOllama:
                 and isinstance(request["json"], dict)
                 and isinstance(request["json"].get("model"), str)
             }
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep on the server's loop, waking early when :meth:`stop` is called."""
-        if seconds <= 0:
-            return
-        if self._stop_signal is None:
-            self._stop_signal = (asyncio.get_running_loop(), asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_signal[1].wait(), seconds)
 
 
 _Handler = Callable[[Any], Awaitable[Response]]
@@ -962,7 +895,7 @@ class _Api:
 
     async def _fault_response(self, fault: Fault | None, model: str) -> Response | None:
         if fault is Fault.SLOW:
-            await self.fake._sleep(SLOW_FAULT_S)
+            await self.fake.sleep(SLOW_FAULT_S)
         elif fault is Fault.HTTP_500:
             return _error(500, _HTTP_500_MESSAGE)
         elif fault is Fault.MODEL_NOT_FOUND:
@@ -1046,8 +979,8 @@ class _Api:
         started = time.perf_counter()
         chunks = job.chunks()
         latency = self.fake.latency
-        await self.fake._sleep(latency.prefill_s(job.prompt_tokens))
-        await self.fake._sleep(sum(latency.decode_s(chunk.tokens) for chunk in chunks))
+        await self.fake.sleep(latency.prefill_s(job.prompt_tokens))
+        await self.fake.sleep(sum(latency.decode_s(chunk.tokens) for chunk in chunks))
         if job.fault is Fault.STREAM_ERROR_LINE:
             return _error(500, _STREAM_ERROR_MESSAGE)
         reply = job.reply
@@ -1063,7 +996,7 @@ class _Api:
         chunks = job.chunks()
         # Faults that break a stream strike halfway, after at least one chunk.
         break_at = max(1, len(chunks) // 2)
-        await self.fake._sleep(self.fake.latency.prefill_s(job.prompt_tokens))
+        await self.fake.sleep(self.fake.latency.prefill_s(job.prompt_tokens))
         for index, chunk in enumerate([*chunks, None]):
             if index == break_at and job.fault is Fault.STREAM_CUT:
                 raise _StreamCut
@@ -1072,7 +1005,7 @@ class _Api:
                 return
             if chunk is None:
                 break
-            await self.fake._sleep(self.fake.latency.decode_s(chunk.tokens))
+            await self.fake.sleep(self.fake.latency.decode_s(chunk.tokens))
             line = job.line(chunk.payload, done=False)
             if chunk.logprobs is not None:
                 line["logprobs"] = chunk.logprobs
@@ -1126,7 +1059,7 @@ class _Api:
         started = time.perf_counter()
         latency = self.fake.latency
         tokens = max(sum(count_tokens(text) for text in texts), 1)
-        await self.fake._sleep(latency.prefill_s(tokens))
+        await self.fake.sleep(latency.prefill_s(tokens))
         if fault is Fault.STREAM_ERROR_LINE:
             return _error(500, _STREAM_ERROR_MESSAGE)
         load_s = latency.fixed_s or _NOMINAL_LOAD_S
@@ -1150,7 +1083,7 @@ class _Api:
         if self.fake._card(request["model"]) is None:
             return _not_found(request["model"])
         prompt = str(request.get("prompt") or "")
-        await self.fake._sleep(self.fake.latency.prefill_s(count_tokens(prompt)))
+        await self.fake.sleep(self.fake.latency.prefill_s(count_tokens(prompt)))
         if fault is Fault.STREAM_ERROR_LINE:
             return _error(500, _STREAM_ERROR_MESSAGE)
         return _maybe_cut(_dumps({"embedding": embed_text(prompt) if prompt else []}), fault)

@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any
 
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from evals.fakes._server import ThreadedServer
 
 APP_ID = "102000001"
 SECRET = "fake-qq-bot-secret"
@@ -61,77 +60,31 @@ class SentMessage:
     headers: dict[str, str]
 
 
-class FakeQQ:
+class FakeQQ(ThreadedServer):
     """The fake API in a background thread; use it as a context manager or start()/stop()."""
 
+    label = "fake QQ API"
+
     def __init__(self, *, app_id: str = APP_ID, secret: str = SECRET, port: int = 0) -> None:
+        super().__init__(port)
         self.app_id = app_id
         self.secret = secret
         self.access_token = f"fake-token-{uuid.uuid4().hex[:12]}"
-        self.url = ""
         self.sent: list[SentMessage] = []
         self.token_requests = 0
-        self._port = port
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+
+    def create_app(self) -> Starlette:
+        return create_app(self)
+
+    def base_url(self, port: int) -> str:
+        # The adapter joins paths onto the base, so the trailing slash matters.
+        return f"http://127.0.0.1:{port}/"
 
     @property
     def auth_url(self) -> str:
         """What QQ_AUTH_BASE should be."""
         return f"{self.url}app/getAppAccessToken"
-
-    def start(self) -> FakeQQ:
-        """Serve on 127.0.0.1 (a free port unless one was given); return once it accepts."""
-        if self._thread is not None:
-            raise RuntimeError("this FakeQQ is already running")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self._port))
-        port = listener.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self),
-            lifespan="off",
-            log_level="warning",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name=f"fake-qq-{port}", daemon=True
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                listener.close()
-                raise RuntimeError(f"the fake QQ API did not start on port {port}")
-            time.sleep(0.005)
-        # The adapter joins paths onto the base, so the trailing slash matters.
-        self.url = f"http://127.0.0.1:{port}/"
-        return self
-
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeQQ:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Forget the messages sent so far."""

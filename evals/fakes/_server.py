@@ -1,0 +1,106 @@
+"""The part every fake server shares: a Starlette app served by uvicorn in a daemon thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class ThreadedServer:
+    """Start/stop a fake on 127.0.0.1 from synchronous test code; use it as a context manager.
+
+    A stopped fake restarts on the same port, so a client configured with its URL reconnects.
+    """
+
+    label = "fake server"
+
+    def __init__(self, port: int = 0) -> None:
+        self.url = ""
+        self._port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        # Created by the server's loop on its first delay; stop() sets it from another thread.
+        self._stop_signal: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def create_app(self) -> ASGIApp:
+        raise NotImplementedError
+
+    def base_url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def start(self) -> Self:
+        """Serve on 127.0.0.1 (a free port unless one was given); return once it accepts."""
+        if self._thread is not None:
+            raise RuntimeError(f"this {self.label} is already running")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._port))
+        port = listener.getsockname()[1]
+        config = uvicorn.Config(
+            self.create_app(),
+            lifespan="off",
+            log_level="warning",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [listener]},
+            name=f"{self.label.replace(' ', '-')}-{port}",
+            daemon=True,
+        )
+        self._server, self._thread = server, thread
+        self._stop_signal = None
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                listener.close()
+                raise RuntimeError(f"the {self.label} did not start on port {port}")
+            time.sleep(0.005)
+        self._port = port
+        self.url = self.base_url(port)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (clients then get connection refused); cuts short any delay asleep."""
+        if self._server is None or self._thread is None:
+            return
+        if self._stop_signal is not None:
+            loop, stopping = self._stop_signal
+            loop.call_soon_threadsafe(stopping.set)
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the server's loop, waking early when :meth:`stop` is called."""
+        if seconds <= 0:
+            return
+        if self._stop_signal is None:
+            self._stop_signal = (asyncio.get_running_loop(), asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_signal[1].wait(), seconds)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
