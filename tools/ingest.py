@@ -8,8 +8,10 @@ chunks of `MIN_CHARS`..`MAX_CHARS` characters at paragraph, then sentence bounda
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -24,7 +26,9 @@ HARD_LIMIT = 4000
 TITLE_SEPARATOR = " › "
 
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
-SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES | {".txt", ".jsonl"}
+CONVERTED_SUFFIXES = frozenset({".pdf", ".docx"})
+"""Binary formats converted to Markdown first (pages or Word headings become sections)."""
+SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES | CONVERTED_SUFFIXES | {".txt", ".jsonl"}
 
 _HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
 _CLOSING_HASHES_RE = re.compile(r"(?:^|[ \t]+)#+$")
@@ -77,10 +81,74 @@ def chunk_id(source: str, position: int, title: str, text: str) -> str:
     return digest[:16]
 
 
+def read_document(data: bytes, source: str) -> str:
+    """A file's text: UTF-8 as it is, PDF and Word converted to Markdown."""
+    suffix = PurePosixPath(source).suffix.lower()
+    if suffix == ".pdf":
+        return _pdf_markdown(data, source)
+    if suffix == ".docx":
+        return _docx_markdown(data, source)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _pdf_markdown(data: bytes, source: str) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise IngestError(f"{source}: unreadable PDF ({exc})") from None
+    if not pages:
+        raise IngestError(f"{source}: unreadable PDF (no pages found)")
+    if not any(pages):
+        raise IngestError(f"{source}: no text in this PDF (a scan? run OCR first)")
+    title = (reader.metadata.title if reader.metadata else None) or _stem(source)
+    # One section per page: a citation then says which page to open.
+    sections = [f"## 第 {n} 页\n\n{text}" for n, text in enumerate(pages, start=1) if text]
+    return f"# {title}\n\n" + "\n\n".join(sections)
+
+
+def _docx_markdown(data: bytes, source: str) -> str:
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (PackageNotFoundError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+        raise IngestError(f"{source}: unreadable Word file ({exc})") from None
+    lines = []
+    # Body order matters: a table belongs to the heading above it.
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows]
+            lines.append("\n".join(rows))
+            continue
+        text = block.text.strip()
+        if text:
+            style = (block.style.name if block.style is not None else "") or ""
+            level = _heading_level(style)
+            lines.append(f"{'#' * level} {text}" if level else text)
+    return "\n\n".join(lines)
+
+
+def _heading_level(style: str) -> int:
+    """Markdown level of a Word paragraph style: Title → 1, Heading n / 标题 n → n."""
+    if style in ("Title", "标题"):
+        return 1
+    match = re.fullmatch(r"(?:Heading|标题)\s*(\d)", style)
+    return min(int(match.group(1)), 6) if match else 0
+
+
 def chunk_document(content: str, source: str) -> list[Chunk]:
     """Chunks of a document, parsed according to the suffix of `source`."""
     suffix = PurePosixPath(source).suffix.lower()
-    if suffix in MARKDOWN_SUFFIXES:
+    if suffix in MARKDOWN_SUFFIXES or suffix in CONVERTED_SUFFIXES:
         return chunk_markdown(content, source)
     if suffix == ".txt":
         return chunk_text(content, source)

@@ -36,7 +36,7 @@ from rich.progress import MofNCompleteColumn, Progress, track
 from agent.text import content_tokens, tokenize
 from tools.base import Passage
 from tools.embeddings import Embedder, EmbeddingError, passage_text
-from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document
+from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
 
 log = logging.getLogger(__name__)
 
@@ -492,11 +492,7 @@ class EmbeddedKB:
         if known is not None and known["sha256"] == digest:
             report.unchanged_files += 1
             return
-        try:
-            content = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-        chunks = chunk_document(content, source)
+        chunks = chunk_document(read_document(data, source), source)
         tokens = [(" ".join(tokenize(c.title)), " ".join(tokenize(c.text))) for c in chunks]
         with _transaction(conn):
             report.passages_removed += self._delete_source(conn, source)

@@ -212,10 +212,86 @@ def test_chunk_document_dispatches_on_suffix() -> None:
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.MD")] == ["标题"]
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.markdown")] == ["标题"]
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.txt")] == ["a"]
-    with pytest.raises(IngestError, match=r"^a\.pdf: unsupported file type '\.pdf'$"):
-        chunk_document("x", "a.pdf")
+    with pytest.raises(IngestError, match=r"^a\.odt: unsupported file type '\.odt'$"):
+        chunk_document("x", "a.odt")
 
 
 def test_windows_line_endings() -> None:
     chunks = chunk_markdown("# 标题\r\n\r\n## 节\r\n第一段。\r\n\r\n第二段。\r\n", "w.md")
     assert titles_and_texts(chunks) == [("标题 › 节", "第一段。\n\n第二段。")]
+
+
+def minimal_pdf(pages: list[str]) -> bytes:
+    """A valid PDF whose pages show ASCII text in Helvetica (enough to test extraction)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", ""]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        page_no = len(objects) + 1
+        kids.append(f"{page_no} 0 R")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 {page_no + 2} 0 R >> >> /Contents {page_no + 1} 0 R >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
+
+
+def test_pdf_pages_become_sections() -> None:
+    from tools.ingest import read_document
+
+    data = minimal_pdf(["Install with pip install qqrag.", "The default port is 8000."])
+    chunks = chunk_document(read_document(data, "manual.pdf"), "manual.pdf")
+    assert [(c.title, c.text) for c in chunks] == [
+        ("manual › 第 1 页", "Install with pip install qqrag."),
+        ("manual › 第 2 页", "The default port is 8000."),
+    ]
+
+
+def test_pdf_without_text_and_broken_files_get_clear_errors() -> None:
+    from tools.ingest import read_document
+
+    with pytest.raises(IngestError, match=r"scan\.pdf: no text in this PDF"):
+        read_document(minimal_pdf([""]), "scan.pdf")
+    with pytest.raises(IngestError, match=r"broken\.pdf: unreadable PDF"):
+        read_document(b"%PDF-1.4 nonsense", "broken.pdf")
+    with pytest.raises(IngestError, match=r"broken\.docx: unreadable Word file"):
+        read_document(b"not a zip", "broken.docx")
+
+
+def test_docx_headings_and_tables_become_markdown_sections() -> None:
+    import io
+
+    import docx
+
+    from tools.ingest import read_document
+
+    document = docx.Document()
+    document.add_heading("星尘打印机手册", level=0)
+    document.add_heading("保修", level=1)
+    document.add_paragraph("整机保修两年，喷头保修六个月。")
+    document.add_heading("价格", level=1)
+    table = document.add_table(rows=2, cols=2)
+    for row, values in zip(table.rows, [("版本", "售价"), ("标准版", "1999 元")], strict=True):
+        for cell, value in zip(row.cells, values, strict=True):
+            cell.text = value
+    buffer = io.BytesIO()
+    document.save(buffer)
+    chunks = chunk_document(read_document(buffer.getvalue(), "手册.docx"), "手册.docx")
+    assert [(c.title, c.text) for c in chunks] == [
+        ("星尘打印机手册 › 保修", "整机保修两年，喷头保修六个月。"),
+        ("星尘打印机手册 › 价格", "版本 | 售价\n标准版 | 1999 元"),
+    ]
