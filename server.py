@@ -336,11 +336,7 @@ async def get_audit(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     """The caller's own turns; an admin may read any tenant's (or all, without `tenant`)."""
-    scope = (
-        (tenant if principal.is_admin else principal.tenant)
-        if tenant or not principal.is_admin
-        else None
-    )
+    scope = tenant if principal.is_admin else principal.tenant
     rows = (
         await asyncio.to_thread(rt.services.audit.turns, scope, limit=limit)
         if rt.services.audit

@@ -153,6 +153,21 @@ def bot() -> None:
     main()
 
 
+@app.command(
+    "eval",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def eval_command(ctx: typer.Context) -> None:
+    """回归评测：qqrag eval SUITE [--profile P] [--baseline FILE] [--update-baseline]（见 evals/README.md）。"""
+    from evals.__main__ import main
+
+    raise typer.Exit(main(ctx.args, prog="qqrag eval"))
+
+
 @app.command()
 def doctor() -> None:
     """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；有错误时退出码为 1。"""

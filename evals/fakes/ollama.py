@@ -246,10 +246,15 @@ def find_passages(messages: Sequence[Message]) -> list[_Passage]:
 
 
 def best_evidence(passages: Sequence[_Passage], question: str) -> _Evidence | None:
-    """The sentence with the highest bigram overlap; ties go to the lowest n, then earliest."""
+    """The sentence with the highest bigram overlap; ties go to the lowest n, then earliest.
+
+    A passage's first line is its header (title and source) when a body follows: a model
+    answers from the body, not by quoting the header.
+    """
     best: _Evidence | None = None
     for passage in sorted(passages, key=lambda p: p.number):
-        for sentence in _SENTENCE_END_RE.split(passage.text):
+        header, _, body = passage.text.partition("\n")
+        for sentence in _SENTENCE_END_RE.split(body if body.strip() else header):
             sentence = sentence.strip()
             if not sentence:
                 continue

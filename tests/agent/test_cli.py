@@ -110,3 +110,10 @@ def test_tenants_keys_and_gaps(data_dir: Path):
     assert shown.exit_code == 0
     assert shown.output.index("量子计算机怎么买？") < shown.output.index("火星车多少钱？")
     assert "共 2 个知识缺口" in shown.output
+
+
+def test_eval_runs_a_suite_against_its_baseline(data_dir: Path, tmp_path: Path):
+    result = runner.invoke(app, ["eval", "smoke", "--no-progress", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "没有回归" in result.output
+    assert (tmp_path / "r" / "smoke.default.html").is_file()
