@@ -5,7 +5,10 @@ over the bundled user guide (`docs/`, the knowledge base of a fresh install): a 
 then follow-ups, some leaning on the previous turn (它/那…), some standalone, the odd thanks or
 command. Each user waits for an answer before asking again; users run concurrently. The service
 is the real `qqrag serve` in a child process (uvicorn, SQLite checkpoints, audit, quotas); the
-fake Ollama (and, with `--backend maxkb`, the fake MaxKB) run in this process.
+fake Ollama (and, with `--backend maxkb`, the fake MaxKB) run in this process. The bench sets
+the data folder, the fakes' addresses, the knowledge base, SQLite checkpoints, and lifts quotas
+and the in-flight bound; other QQRAG_* variables of the environment reach the service and the
+naive pipeline alike (QQRAG_EMBED_MODEL=qwen3-embedding:0.6b measures hybrid retrieval).
 
 Two settings:
 
@@ -54,6 +57,7 @@ from evals.fakes.maxkb import FakeMaxKB
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess
 from tools.base import KnowledgeBackend
+from tools.embeddings import embedder_from_settings
 from tools.ingest import chunk_document
 from tools.kb import EmbeddedKB
 from tools.maxkb import MaxKBConfig, MaxKBKnowledge
@@ -120,11 +124,17 @@ NOTES = (
     "假 Ollama（和假 MaxKB）与压测客户端在同一进程里，和服务进程共用这台机器的 CPU；"
     "这部分开销见 JSON 的 bench_cpu_s。other_cpu_s 是同一时段机器上其他进程用掉的 CPU 秒数，"
     "明显大于 0 时说明有别的负载，数字偏慢。",
-    "延迟模型只按 token 数计时，不模拟 GPU 排队：32 个用户时每个请求各自计时，"
+    "延迟模型只按 token 数计时，不模拟 GPU 排队：多个用户并发时每个请求各自计时，"
     "反映的是服务自身的开销，不是一块 GPU 上真实的排队时间。",
     "调用次数和 tokens 来自假 Ollama 的规则模型：何时调用工具、何时重新生成由它的规则决定，"
     "换成真实的 qwen3:8b 比例会不同。",
     "压测时配额（QQRAG_QUOTA_*）和并发上限（QQRAG_MAX_INFLIGHT_TURNS）都设为 0（不限）。",
+    "节点耗时从上一个节点结束算起：classify 含读取检查点，并发时还含等待事件循环的时间。",
+)
+
+MAXKB_NOTE = (
+    "假 MaxKB 在本进程里给每次检索的全部段落打分（字符二元组），零延迟时它自己就要占不少 CPU"
+    "（见 bench_cpu_s），所以 maxkb 后端的零延迟数字偏慢，不全是服务的开销。"
 )
 
 
@@ -469,6 +479,7 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
         with service:
             asyncio.run(drive(service.url, [WARMUP_USER]))
             first_request = len(ollama.requests)
+            first_search = len(maxkb.requests) if maxkb is not None else 0
             cpu_before, bench_before = service.cpu_seconds(), time.process_time()
             busy_before = machine_busy_seconds()
             samples, wall = asyncio.run(drive(service.url, users))
@@ -510,6 +521,9 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
             "bench_cpu_s": round(bench_cpu, 2),
             "other_cpu_s": round(other_cpu, 2),
         }
+        if maxkb is not None:
+            searches = len(maxkb.requests) - first_search
+            report["maxkb_requests_per_turn"] = round(searches / len(ok), 2)
         if spec.setting == "model":
             console.print(f"  朴素流水线：{spec.users} 个用户 × {spec.turns} 轮…")
             naive, naive_wall = asyncio.run(run_naive(users, root / "data", ollama, maxkb))
@@ -534,7 +548,8 @@ async def run_naive(
         settings.chat_model, reasoning=settings.thinking, temperature=Context().temperature
     )
     if maxkb is None:
-        with EmbeddedKB(settings.kb_path, settings.kb_name) as kb:
+        embedder = embedder_from_settings(settings)
+        with EmbeddedKB(settings.kb_path, settings.kb_name, embedder) as kb:
             return await drive_naive(users, kb, model, settings.rerank_top_n)
     remote = MaxKBKnowledge(
         MaxKBConfig(url=maxkb.url, token=maxkb.user_token, knowledge_ids=(MAXKB_KNOWLEDGE_ID,))
@@ -636,80 +651,84 @@ def run_benchmark(
         "seed": SEED,
         "runs": runs,
         "targets": targets(runs),
-        "notes": list(NOTES),
+        "notes": [*NOTES, MAXKB_NOTE] if backend == "maxkb" else list(NOTES),
     }
 
 
-def _setting_label(run: Mapping[str, Any]) -> str:
-    return "零延迟" if run["setting"] == "zero" else "模型延迟"
+CALL_LABELS = {
+    "classify": "分类",
+    "answer": "回答",
+    "answer_after_tool": "工具后回答",
+    "answer_regenerate": "重新生成",
+    "chitchat": "闲聊",
+}
+
+
+def _run_label(run: Mapping[str, Any]) -> str:
+    setting = "零延迟" if run["setting"] == "zero" else "模型延迟"
+    return f"{setting} · {run['users']} 用户"
+
+
+def _rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One run's figures as (label, value) rows, in table order; "" labels a section break."""
+    latency = run["latency_ms"]
+    calls = run["calls_per_turn"]
+    times = run["time_split"]
+    rows = [
+        ("轮次（HTTP 200）", f"{run['turns']}（{run['status'].get('200', 0)}）"),
+        ("吞吐（轮/秒）", str(run["turns_per_s"])),
+        ("延迟 p50 / p95 / p99（ms）", f"{latency['p50']} / {latency['p95']} / {latency['p99']}"),
+        ("模型调用（次/轮）", str(run["model_calls_per_turn"])),
+        (" · ".join(CALL_LABELS.values()), " · ".join(str(calls[kind]) for kind in CALL_LABELS)),
+        ("tokens/轮", str(run["tokens_per_turn"])),
+        ("服务 CPU（ms/轮）", str(run["service"]["cpu_ms_per_turn"])),
+        ("服务峰值内存（MiB）", str(run["service"].get("peak_rss_mib", "-"))),
+        ("其他进程 CPU（秒）", str(run["other_cpu_s"])),
+        ("", ""),
+        *((f"节点 {node}（ms/轮）", str(times["nodes_ms"][node])) for node in NODES),
+        ("图内其他：检查点等（ms/轮）", str(times["turn_outside_nodes_ms"])),
+        ("图外：HTTP、网关、审计（ms/轮）", str(times["outside_turn_ms"])),
+    ]
+    if naive := run.get("naive"):
+        versus = run["vs_naive"]
+        rows += [
+            ("", ""),
+            (
+                "朴素流水线 p50 / p95（ms）",
+                f"{naive['latency_ms']['p50']} / {naive['latency_ms']['p95']}",
+            ),
+            ("朴素流水线 tokens/轮", str(naive["tokens_per_turn"])),
+            ("延迟比 p50 / p95（对朴素流水线）", f"{versus['ratio_p50']} / {versus['ratio_p95']}"),
+        ]
+    return rows
 
 
 def print_report(report: Mapping[str, Any], console: Console) -> None:
-    """The figures as two tables (totals, then where a turn's time and calls go), then the
-    targets and notes."""
+    """A table with one column per run, then the targets and the notes."""
     host = report["machine"]
     kb = report["knowledge_base"]
-    title = (
-        f"qqrag 服务压测（{host['nproc']} 核 {host['cpu']}，Python {host['python']}；"
-        f"知识库 {kb['passages']} 段，检索后端 {report['backend']}）"
+    table = Table(
+        title=f"qqrag 服务压测：{host['nproc']} 核 {host['cpu']}，Python {host['python']}，"
+        f"知识库 {kb['passages']} 段，检索后端 {report['backend']}"
     )
-    table = Table(title=title)
-    for column in ("设置", "并发用户", "轮次（HTTP 200）", "吞吐（轮/秒）"):
-        table.add_column(column, justify="right")
-    for column in ("延迟 p50 / p95 / p99（ms）", "模型调用/轮", "tokens/轮"):
-        table.add_column(column, justify="right")
-    for column in ("服务 CPU（ms/轮）", "服务峰值内存（MiB）", "朴素流水线 p50 / p95（ms）"):
-        table.add_column(column, justify="right")
-    table.add_column("延迟比 p50 / p95", justify="right")
-    for run in report["runs"]:
-        latency = run["latency_ms"]
-        naive = run.get("naive")
-        versus = run.get("vs_naive")
-        table.add_row(
-            _setting_label(run),
-            str(run["users"]),
-            f"{run['turns']}（{run['status'].get('200', 0)}）",
-            str(run["turns_per_s"]),
-            f"{latency['p50']} / {latency['p95']} / {latency['p99']}",
-            str(run["model_calls_per_turn"]),
-            str(run["tokens_per_turn"]),
-            str(run["service"]["cpu_ms_per_turn"]),
-            str(run["service"].get("peak_rss_mib", "-")),
-            f"{naive['latency_ms']['p50']} / {naive['latency_ms']['p95']}" if naive else "-",
-            f"{versus['ratio_p50']} / {versus['ratio_p95']}" if versus else "-",
-        )
+    table.add_column("指标")
+    runs = report["runs"]
+    for run in runs:
+        table.add_column(_run_label(run), justify="right")
+    columns = [dict(_rows(run)) for run in runs]
+    # Runs with a naive comparison have every row the others have, and more.
+    for label, _ in max((_rows(run) for run in runs), key=len):
+        if not label:
+            table.add_section()
+        else:
+            table.add_row(label, *(column.get(label, "-") for column in columns))
     console.print(table)
-
-    split = Table(title="每轮平均时间（ms）与模型调用次数")
-    split.add_column("设置")
-    split.add_column("并发用户", justify="right")
-    for node in NODES:
-        split.add_column(node, justify="right")
-    split.add_column("图内其他（检查点等）", justify="right")
-    split.add_column("图外（HTTP、网关、审计）", justify="right")
-    for label in ("分类", "回答", "工具后回答", "重新生成", "闲聊"):
-        split.add_column(f"{label}调用", justify="right")
-    for run in report["runs"]:
-        times = run["time_split"]
-        calls = run["calls_per_turn"]
-        split.add_row(
-            _setting_label(run),
-            str(run["users"]),
-            *(str(times["nodes_ms"][node]) for node in NODES),
-            str(times["turn_outside_nodes_ms"]),
-            str(times["outside_turn_ms"]),
-            *(
-                str(calls[kind])
-                for kind in (
-                    "classify",
-                    "answer",
-                    "answer_after_tool",
-                    "answer_regenerate",
-                    "chitchat",
-                )
-            ),
+    for model in {json.dumps(run["latency_model"]) for run in runs if run["latency_model"]}:
+        speeds = json.loads(model)
+        console.print(
+            f"模型延迟：预填充 {speeds['prefill_tokens_per_s']:g} tokens/秒，"
+            f"解码 {speeds['decode_tokens_per_s']:g} tokens/秒"
         )
-    console.print(split)
     for target in report["targets"]:
         verdict = "达标" if target["met"] else "未达标"
         console.print(
@@ -737,7 +756,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--decode", type=float, default=DEFAULT_DECODE_TPS, help="解码速度（tokens/秒）"
     )
-    parser.add_argument("--backend", choices=("embedded", "maxkb"), default="embedded")
+    parser.add_argument(
+        "--backend",
+        choices=("embedded", "maxkb"),
+        default="embedded",
+        help="检索后端：embedded（内嵌 SQLite，默认）或 maxkb（假 MaxKB）",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="把报告写成 JSON")
     args = parser.parse_args(argv)
     if (args.users is not None and args.users < 1) or args.turns < 1:

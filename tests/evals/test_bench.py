@@ -1,0 +1,128 @@
+"""The service benchmark on tiny runs: report structure and counts, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from evals.bench import (
+    CALL_KINDS,
+    CONVERSATIONS,
+    MAXKB_NOTE,
+    NODES,
+    call_kind,
+    main,
+    make_users,
+    run_benchmark,
+)
+
+USERS = 2
+TURNS = 2
+
+
+def check_run(run: dict[str, Any], setting: str) -> None:
+    assert run["setting"] == setting
+    assert run["users"] == USERS and run["turns_per_user"] == TURNS
+    assert run["turns"] == USERS * TURNS
+    assert run["status"] == {"200": USERS * TURNS}
+    assert run["wall_s"] > 0 and run["turns_per_s"] > 0
+    latency = run["latency_ms"]
+    assert set(latency) == {"mean", "p50", "p95", "p99", "max"}
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    # Every user's first question is a knowledge question: at least one answer call each.
+    assert run["model_calls_per_turn"] > 0 and run["tokens_per_turn"] > 0
+    assert set(run["calls_per_turn"]) == set(CALL_KINDS)
+    assert run["calls_per_turn"]["answer"] > 0
+    assert sum(run["outcomes"].values()) == USERS * TURNS
+    split = run["time_split"]
+    assert set(split["nodes_ms"]) == set(NODES)
+    assert split["nodes_ms"]["classify"] > 0 and split["outside_turn_ms"] > 0
+    service = run["service"]
+    assert service["peak_rss_mib"] >= service["rss_mib"] > 0
+    assert service["cpu_s"] > 0 and service["cpu_ms_per_turn"] > 0
+    assert run["bench_cpu_s"] > 0
+
+
+def test_zero_latency_run_writes_the_report_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "bench.json"
+    report = main(
+        ["--users", str(USERS), "--turns", str(TURNS), "--latency", "zero", "--json", str(path)]
+    )
+    assert json.loads(path.read_text(encoding="utf-8")) == report
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
+    assert report["knowledge_base"]["passages"] > 0
+    assert report["backend"] == "embedded"
+    [run] = report["runs"]
+    check_run(run, "zero")
+    assert run["latency_model"] is None and "naive" not in run
+    assert [target["name"] for target in report["targets"]] == []
+    assert report["notes"]
+
+
+def test_latency_model_run_compares_with_the_naive_pipeline_through_maxkb() -> None:
+    report = run_benchmark(
+        settings=("model",),
+        users=(USERS,),
+        turns=TURNS,
+        prefill=50_000,
+        decode=5_000,
+        backend="maxkb",
+        console=Console(quiet=True),
+    )
+    assert report["backend"] == "maxkb"
+    [run] = report["runs"]
+    check_run(run, "model")
+    assert run["maxkb_requests_per_turn"] > 0
+    assert run["latency_model"] == {
+        "fixed_s": 0.0,
+        "prefill_tokens_per_s": 50_000,
+        "decode_tokens_per_s": 5_000,
+    }
+    naive = run["naive"]
+    assert naive["model_calls_per_turn"] == 1.0 and naive["tokens_per_turn"] > 0
+    assert naive["latency_ms"]["p50"] > 0
+    versus = run["vs_naive"]
+    assert versus["ratio_p50"] > 0 and versus["ratio_p95"] > 0 and versus["ratio_mean"] > 0
+    assert sum(group["turns"] for group in versus["by_model_calls"].values()) == USERS * TURNS
+    [target] = report["targets"]
+    assert target["value"] == versus["ratio_p50"] and isinstance(target["met"], bool)
+    assert report["notes"][-1] == MAXKB_NOTE
+
+
+def test_users_are_deterministic_mixed_and_start_with_a_conversation() -> None:
+    users = make_users(8, 5)
+    assert users == make_users(8, 5)
+    assert {user.scene for user in users} == {"group", "private"}
+    openings = {conversation[0] for conversation in CONVERSATIONS}
+    for user in users:
+        assert len(user.texts) == 5 and user.texts[0] in openings
+        body = user.request(1)
+        assert body["text"] == user.texts[1]
+        assert ("group_id" in body) == (user.scene == "group")
+    # More turns than the script holds: users start over instead of running dry.
+    assert len(make_users(1, 100)[0].texts) == 100
+
+
+def test_model_requests_are_told_apart_by_purpose() -> None:
+    system = {"role": "system", "content": "…"}
+    asked = {"role": "user", "content": "<context>\n[1] 资料\n</context>\n\n问题：端口？"}
+    assert call_kind("/api/chat", {"format": {"type": "object"}, "messages": [system]}) == (
+        "classify"
+    )
+    assert call_kind("/api/chat", {"messages": [system, {"role": "user", "content": "谢谢"}]}) == (
+        "chitchat"
+    )
+    assert call_kind("/api/chat", {"messages": [system, asked]}) == "answer"
+    tool = [{"role": "assistant", "content": ""}, {"role": "tool", "content": "[2] 更多"}]
+    assert call_kind("/api/chat", {"messages": [system, asked, *tool]}) == "answer_after_tool"
+    # The regeneration request mentions <context> too, but never closes the fence.
+    again = [
+        {"role": "assistant", "content": "草稿[1]。"},
+        {"role": "user", "content": "请只依据 <context> 中的资料重新回答"},
+    ]
+    assert call_kind("/api/chat", {"messages": [system, asked, *again]}) == "answer_regenerate"
+    assert call_kind("/api/embed", {"input": ["x"]}) == "embed"
+    assert call_kind("/api/tags", None) is None
