@@ -241,7 +241,7 @@ async def post_chat_stream(
 
     async def events() -> AsyncIterator[str]:
         try:
-            async for kind, payload in rt.gateway.run(turn):
+            async for kind, payload in rt.gateway.run(turn, tokens=True):
                 if kind == "answer":
                     yield _sse("result", _response(payload).model_dump())
                 elif kind == "token":

@@ -60,7 +60,7 @@ async def run_chat(thread: str, context: Context, console: Console) -> None:
                 continue
             if not text:
                 continue
-            async for kind, payload in stream_turn(graph, thread, text, context):
+            async for kind, payload in stream_turn(graph, thread, text, context, tokens=False):
                 if kind == "node":
                     _show_node(console, payload)
                 elif kind == "result":

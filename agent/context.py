@@ -58,6 +58,10 @@ class Context:
         default_factory=lambda: get_settings().history_turns,
         metadata={"description": "Earlier question/answer pairs shown to the models."},
     )
+    keep_turns: int = field(
+        default=20,
+        metadata={"description": "Question/answer pairs a conversation keeps; older ones go."},
+    )
     max_tool_rounds: int = field(
         default=2,
         metadata={"description": "Follow-up knowledge searches the answer model may make."},
@@ -76,6 +80,13 @@ class Context:
             "description": "Ask the classify model on every turn. By default rules decide "
             "when a question obviously stands alone (first turn, or no referring word and "
             "enough topic terms) and the model call is skipped."
+        },
+    )
+    stream_tokens: bool = field(
+        default=False,
+        metadata={
+            "description": "Stream the answer model's tokens (for a live preview); off, each "
+            "reply comes back whole, which costs less when nobody watches."
         },
     )
     temperature: float = field(

@@ -202,9 +202,9 @@ class Gateway:
 
     # —— the turn ——
 
-    async def run(self, turn: Turn) -> AsyncIterator[tuple[str, Any]]:
-        """("node", …) and ("token", …) events, then ("answer", Answer). Raises `Refusal` (busy)
-        before the first event."""
+    async def run(self, turn: Turn, *, tokens: bool = False) -> AsyncIterator[tuple[str, Any]]:
+        """("node", …) events (and ("token", …) with `tokens`), then ("answer", Answer).
+        Raises `Refusal` (busy) before the first event."""
         started = time.perf_counter()
         if turn.question_hits:
             answer = self._blocked(turn)
@@ -222,9 +222,10 @@ class Gateway:
                     self.graph,
                     turn.thread,
                     turn.text,
-                    turn.context,
+                    replace(turn.context, stream_tokens=tokens),
                     message_id=turn.speaker.message_id,
                     trace_id=turn.trace_id,
+                    tokens=tokens,
                 ):
                     if kind == "result":
                         result = payload

@@ -64,6 +64,7 @@ async def call_model(
     breaker: CircuitBreaker,
     deadline_s: float,
     on_outage: Callable[[str], None] | None = None,
+    stream: bool = False,
 ) -> Any:
     """One chat model call under the breaker and a deadline for the whole call (httpx's own
     timeouts bound each read, not a slow stream as a whole)."""
@@ -73,7 +74,9 @@ async def call_model(
             raise CircuitBreakerError(breaker)
         with breaker:
             async with asyncio.timeout(deadline_s):
-                return await runnable.ainvoke(messages)
+                # Ollama streams unless told otherwise; a whole reply in one response is cheaper
+                # when nobody watches the tokens.
+                return await runnable.ainvoke(messages, stream=stream)
     except (CircuitBreakerError, *OUTAGE_ERRORS):
         if on_outage is not None:
             on_outage("ollama")

@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _tool_key(ctx: Context) -> tuple[Any, ...]:
+    return (
+        ctx.knowledge_bases,
+        ctx.reranker,
+        ctx.top_k,
+        ctx.rerank_top_n,
+        ctx.relevance_threshold,
+        ctx.prompt_variant,
+    )
+
+
 def default_rerankers() -> dict[str, Reranker]:
     return {"lexical": LexicalReranker(), "none": NoReranker()}
 
@@ -51,14 +62,40 @@ class Services:
     """Told the dependency's name when a call fails for an outage (metrics)."""
     _warned: set[str] = field(default_factory=set)
 
-    async def call_model(self, runnable: Any, messages: list[BaseMessage]) -> Any:
+    _bound: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    async def call_model(
+        self, runnable: Any, messages: list[BaseMessage], *, stream: bool = False
+    ) -> Any:
         return await call_model(
             runnable,
             messages,
             breaker=self.breaker,
             deadline_s=self.settings.ollama_timeout,
             on_outage=self.on_outage,
+            stream=stream,
         )
+
+    def answer_model(self, ctx: Context, *, with_tools: bool) -> Any:
+        """The answer model, with the search tool bound when allowed; built once per setup
+        (binding converts the tool schema, a cost not worth paying every turn)."""
+        key = ("answer", ctx.chat_model, ctx.thinking, ctx.temperature, with_tools, *_tool_key(ctx))
+        if key not in self._bound:
+            model = self.chat_models(
+                ctx.chat_model, reasoning=ctx.thinking, temperature=ctx.temperature
+            )
+            self._bound[key] = model.bind_tools([self.search_tool(ctx)]) if with_tools else model
+        return self._bound[key]
+
+    def classifier(self, ctx: Context, schema: type) -> Any:
+        """The classify model with its structured output, built once per model."""
+        key = ("classify", ctx.classify_model, schema)
+        if key not in self._bound:
+            model = self.chat_models(ctx.classify_model, reasoning=False, temperature=0.0)
+            self._bound[key] = model.with_structured_output(
+                schema, method="json_schema", include_raw=True
+            )
+        return self._bound[key]
 
     def knowledge_for(self, names: Sequence[str]) -> KnowledgeBackend:
         """The backend for a profile's or tenant's knowledge bases.

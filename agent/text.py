@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 import jieba
 
@@ -39,8 +40,15 @@ def tokenize(text: str, *, search: bool = True) -> list[str]:
     Search mode (the default) also yields the sub-words of long compounds, which suits an
     index; precise mode yields each word once, which suits a query against that index.
     """
+    return list(_tokens(text, search))
+
+
+@lru_cache(maxsize=16384)
+def _tokens(text: str, search: bool) -> tuple[str, ...]:
+    # A turn tokenizes the same passages in rerank, cite_check and the snippets, and the same
+    # passages come back turn after turn: jieba's millisecond per passage adds up.
     words = jieba.lcut_for_search(text) if search else jieba.lcut(text)
-    return [t.lower() for t in words if _TOKEN_RE.search(t)]
+    return tuple(t.lower() for t in words if _TOKEN_RE.search(t))
 
 
 def content_tokens(text: str, *, search: bool = True) -> list[str]:

@@ -59,7 +59,7 @@ class ScriptedChatModel(BaseChatModel):
     def with_structured_output(  # type: ignore[override]
         self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[LanguageModelInput, Any]:
-        def parse(messages: list[BaseMessage]) -> dict[str, Any]:
+        def parse(messages: list[BaseMessage], **kwargs: Any) -> dict[str, Any]:
             raw = self._next(messages)
             try:
                 return {

@@ -28,7 +28,7 @@ async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str,
     ]
     update: dict[str, Any] = {}
     try:
-        reply = await services.call_model(model, messages)
+        reply = await services.call_model(model, messages, stream=ctx.stream_tokens)
         text = message_text(reply)
         update |= {
             "model_calls": state.model_calls + 1,
@@ -52,12 +52,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         draft = prompts.render("not_found", ctx.prompt_variant, question=state.query)
         return {"draft": draft, "draft_source": "not_found", "attempts": attempts}
 
-    model = services.chat_models(
-        ctx.chat_model, reasoning=ctx.thinking, temperature=ctx.temperature
-    )
-    runnable: Any = model
-    if state.tool_rounds < ctx.max_tool_rounds:
-        runnable = model.bind_tools([services.search_tool(ctx)])
+    runnable = services.answer_model(ctx, with_tools=state.tool_rounds < ctx.max_tool_rounds)
     question = prompts.render(
         "answer_user",
         ctx.prompt_variant,
@@ -79,7 +74,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ]
 
     try:
-        reply = await services.call_model(runnable, messages)
+        reply = await services.call_model(runnable, messages, stream=ctx.stream_tokens)
     except DEPENDENCY_ERRORS as exc:
         log.warning("answer fell back to extractive quotes: %s", exc)
         draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)

@@ -135,13 +135,14 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     question = current_question(state.messages)
     history = recent_history(state.messages, ctx.history_turns)
     update: dict[str, Any] = {**TURN_RESET, "query": question}
+    # The stored conversation is bounded: older messages only cost checkpoint space and time.
+    excess = len(state.messages) - 2 * ctx.keep_turns - 1
+    if excess > 0:
+        update["messages"] = [RemoveMessage(id=m.id) for m in state.messages[:excess] if m.id]
 
     intent = rule_intent(question, bool(history))
     if intent is None or (ctx.classify_always and intent == "knowledge"):
-        model = get_services().chat_models(ctx.classify_model, reasoning=False, temperature=0.0)
-        structured = model.with_structured_output(
-            Classification, method="json_schema", include_raw=True
-        )
+        structured = get_services().classifier(ctx, Classification)
         messages = [
             SystemMessage(content=prompts.render("classify", ctx.prompt_variant)),
             *history,
@@ -165,8 +166,10 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
     update["intent"] = intent
     if intent == "command":
-        update |= _command_reply(state, question, ctx.prompt_variant)
+        reply = _command_reply(state, question, ctx.prompt_variant)
     elif intent == "blocked":
-        reply = prompts.render("blocked", ctx.prompt_variant)
-        update |= {"answer": reply, "messages": [AIMessage(content=reply)]}
-    return update
+        text = prompts.render("blocked", ctx.prompt_variant)
+        reply = {"answer": text, "messages": [AIMessage(content=text)]}
+    else:
+        return update
+    return update | reply | {"messages": [*update.get("messages", []), *reply["messages"]]}

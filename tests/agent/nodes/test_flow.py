@@ -283,3 +283,15 @@ async def test_classify_always_asks_the_model_even_for_a_complete_question(
     result = await run_turn(graph, "t19", "星尘打印机售价多少？", Context(classify_always=True))
     assert result.intent == "chitchat" and result.answer == "好的！"
     assert len(models.calls) == 2
+
+
+async def test_stored_conversation_keeps_only_the_last_turns(
+    graph: QAGraph, models: ScriptedModels
+):
+    context = Context(keep_turns=1)
+    for question in ("/帮助", "你好", "谢谢"):
+        if question != "/帮助":
+            models.say("好的！")
+        await run_turn(graph, "t20", question, context)
+    stored = (await graph.aget_state(turn_config("t20"))).values["messages"]
+    assert [m.content for m in stored] == ["你好", "好的！", "谢谢", "好的！"]
