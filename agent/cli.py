@@ -168,6 +168,21 @@ def eval_command(ctx: typer.Context) -> None:
     raise typer.Exit(main(ctx.args, prog="qqrag eval"))
 
 
+@app.command(
+    "bench",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def bench_command(ctx: typer.Context) -> None:
+    """压测：模拟 QQ 用户对 HTTP 服务多轮提问（参数同 python -m evals.bench）。"""
+    from evals.bench import main
+
+    main(ctx.args)
+
+
 @app.command()
 def doctor() -> None:
     """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；有错误时退出码为 1。"""
