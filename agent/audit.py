@@ -28,6 +28,7 @@ class AuditLog:
         # Writes come from worker threads; the lock below keeps them one at a time.
         self._db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
         self._db.conn.execute("PRAGMA journal_mode=WAL")
+        self._db.conn.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
         self._feedback = self._db.table("feedback")
         self._feedback.create(

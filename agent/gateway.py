@@ -208,7 +208,7 @@ class Gateway:
         started = time.perf_counter()
         if turn.question_hits:
             answer = self._blocked(turn)
-            self._finish(turn, answer, None, time.perf_counter() - started)
+            await self._finish(turn, answer, None, time.perf_counter() - started)
             yield "answer", answer
             return
         async with self.locks.hold(turn.thread):
@@ -251,7 +251,7 @@ class Gateway:
             turn.speaker.group_id,
             result.tokens,
         )
-        self._finish(turn, answer, result, time.perf_counter() - started)
+        await self._finish(turn, answer, result, time.perf_counter() - started)
         yield "answer", answer
 
     async def answer(self, turn: Turn) -> Answer:
@@ -295,7 +295,7 @@ class Gateway:
 
     # —— bookkeeping ——
 
-    def _finish(
+    async def _finish(
         self, turn: Turn, answer: Answer, result: TurnResult | None, seconds: float
     ) -> None:
         question_hits, answer_hits = turn.question_hits, turn.answer_hits
@@ -319,7 +319,9 @@ class Gateway:
             for h in group
         ]
         verdict = result.verdict if result else None
-        self.services.audit.record_turn(
+        # Off the event loop: a SQLite write must not stall every other conversation.
+        await asyncio.to_thread(
+            self.services.audit.record_turn,
             {
                 "trace_id": turn.trace_id,
                 "tenant": turn.principal.tenant,
@@ -343,7 +345,7 @@ class Gateway:
                 "seconds": round(seconds, 4),
                 "degraded": int(answer.degraded),
                 "safety_hits": hits,
-            }
+            },
         )
 
 

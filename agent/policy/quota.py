@@ -97,6 +97,7 @@ class QuotaStore:
             path, isolation_level=None, check_same_thread=False, timeout=10
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._last_sweep = -math.inf

@@ -84,6 +84,7 @@ class TenantStore:
     def __init__(self, path: Path | str) -> None:
         self._db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False, timeout=10))
         self._db.conn.execute("PRAGMA journal_mode=WAL")
+        self._db.conn.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
         self._tenants = self._db.table("tenants")
         self._tenants.create(
