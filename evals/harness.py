@@ -1,4 +1,4 @@
-"""Running the real HTTP service in a child process, for end-to-end tests and benchmarks."""
+"""Running the real service (or the bot) in a child process, for end-to-end tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -20,37 +21,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServiceProcess:
-    """`qqrag serve` in a child process with its own environment; `url` once it answers."""
+class ChildProcess:
+    """A program of this project in a child process, logging to a file; `ready()` says when
+    it serves. Use it as a context manager, or `start()` and `stop()`."""
 
-    def __init__(self, env: dict[str, str], *, cwd: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = cwd / f"service-{self.port}.log"
-        self._env = {**os.environ, **env, "QQRAG_HOST": "127.0.0.1", "QQRAG_PORT": str(self.port)}
+    label = "child process"
+
+    def __init__(self, argv: list[str], env: dict[str, str], *, cwd: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._argv = argv
+        self._env = env
         self._cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "serve"],
-            cwd=self._cwd,
-            env=self._env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> Self:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._argv, cwd=self._cwd, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"service exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
+                raise RuntimeError(f"the {self.label} exited early:\n{self.log()}")
+            if self.ready():
+                return self
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"service did not become healthy in {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"the {self.label} was not ready in {timeout} s:\n{self.log()}")
 
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM (graceful) or SIGKILL (a crash), then wait for the process to end."""
@@ -68,7 +68,7 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def __enter__(self) -> ServiceProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -78,3 +78,25 @@ class ServiceProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ServiceProcess(ChildProcess):
+    """`qqrag serve` in a child process with its own environment; `url` once it answers."""
+
+    label = "service"
+
+    def __init__(self, env: dict[str, str], *, cwd: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, "-m", "agent.cli", "serve"],
+            {**os.environ, **env, "QQRAG_HOST": "127.0.0.1", "QQRAG_PORT": str(self.port)},
+            cwd=cwd,
+            log_path=cwd / f"service-{self.port}.log",
+        )
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from evals.fakes import qq as fake_qq
-from evals.harness import free_port
+from evals.harness import ChildProcess, free_port
 
 SELF_ID = 10001
 GROUP_ID = 20002
@@ -225,53 +224,27 @@ def qq_c2c_event(content: str, *, message_id: str = "ROBOT1.0_c2c1") -> C2CMessa
 # --------------------------------------------------------------------------- a real bot process
 
 
-class BotProcess:
+class BotProcess(ChildProcess):
     """`python -m bot` in a child process, configured through environment variables only."""
+
+    label = "bot"
 
     def __init__(self, env: dict[str, str], *, cwd: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = cwd / f"bot-{self.port}.log"
         inherited = {
             name: value
             for name, value in os.environ.items()
             if not name.upper().startswith(("QQRAG_", "QQ_", "ONEBOT_"))
             and name.upper() not in {"HOST", "PORT", "DRIVER", "ENVIRONMENT"}
         }
-        self._env = {**inherited, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
-        self._cwd = cwd
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            [sys.executable, "-m", "bot"],
+            {**inherited, **env, "HOST": "127.0.0.1", "PORT": str(self.port)},
+            cwd=cwd,
+            log_path=cwd / f"bot-{self.port}.log",
+        )
 
-    def start(self, timeout: float = 30.0) -> BotProcess:
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "bot"],
-                cwd=self._cwd,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"the bot exited early:\n{self.log()}")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the bot did not listen within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+    def ready(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
