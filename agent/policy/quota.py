@@ -87,12 +87,53 @@ class _Subject:
     daily_limit: LimitName
 
 
-class QuotaStore:
+class QuotaRules:
+    """What both quota stores (SQLite here, Redis for replicas) count against, and when a day
+    ends: the limits, the subjects of a request, the local calendar day."""
+
+    def __init__(self, limits: QuotaLimits, day_tz: tzinfo) -> None:
+        self.limits = limits
+        self._day_tz = day_tz
+
+    def _subjects(self, user_id: str, group_id: str | None) -> list[_Subject]:
+        limits = self.limits
+        subjects = [
+            _Subject(
+                "user",
+                user_id,
+                limits.user_rpm,
+                limits.user_daily_tokens,
+                "user_rpm",
+                "user_daily",
+            )
+        ]
+        if group_id:
+            subjects.append(
+                _Subject(
+                    "group",
+                    group_id,
+                    limits.group_rpm,
+                    limits.group_daily_tokens,
+                    "group_rpm",
+                    "group_daily",
+                )
+            )
+        return subjects
+
+    def _day(self, now: float) -> str:
+        return datetime.fromtimestamp(now, self._day_tz).date().isoformat()
+
+    def _seconds_to_midnight(self, now: float) -> int:
+        today = datetime.fromtimestamp(now, self._day_tz).date()
+        midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), self._day_tz)
+        return max(1, math.ceil(midnight.timestamp() - now))
+
+
+class QuotaStore(QuotaRules):
     """Quota state in one SQLite file; safe from several threads and processes."""
 
     def __init__(self, path: Path | str, limits: QuotaLimits, *, day_tz: tzinfo = CHINA_TZ) -> None:
-        self.limits = limits
-        self._day_tz = day_tz
+        super().__init__(limits, day_tz)
         self._conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=10
         )
@@ -179,31 +220,6 @@ class QuotaStore:
     def close(self) -> None:
         self._conn.close()
 
-    def _subjects(self, user_id: str, group_id: str | None) -> list[_Subject]:
-        limits = self.limits
-        subjects = [
-            _Subject(
-                "user",
-                user_id,
-                limits.user_rpm,
-                limits.user_daily_tokens,
-                "user_rpm",
-                "user_daily",
-            )
-        ]
-        if group_id:
-            subjects.append(
-                _Subject(
-                    "group",
-                    group_id,
-                    limits.group_rpm,
-                    limits.group_daily_tokens,
-                    "group_rpm",
-                    "group_daily",
-                )
-            )
-        return subjects
-
     @contextmanager
     def _transaction(self, now: float) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the file's write lock before reading, so a read-modify-write
@@ -226,14 +242,6 @@ class QuotaStore:
         self._conn.execute(
             "DELETE FROM rate_buckets WHERE updated_at < ?", (now - _BUCKET_FULL_AFTER_S,)
         )
-
-    def _day(self, now: float) -> str:
-        return datetime.fromtimestamp(now, self._day_tz).date().isoformat()
-
-    def _seconds_to_midnight(self, now: float) -> int:
-        today = datetime.fromtimestamp(now, self._day_tz).date()
-        midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), self._day_tz)
-        return max(1, math.ceil(midnight.timestamp() - now))
 
 
 def _used(conn: sqlite3.Connection, tenant: str, subject: _Subject, day: str) -> int:

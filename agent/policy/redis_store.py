@@ -16,7 +16,7 @@ import math
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, tzinfo
+from datetime import tzinfo
 
 import redis
 from redis.backoff import NoBackoff
@@ -28,9 +28,9 @@ from agent.policy.quota import (
     CHINA_TZ,
     QuotaDecision,
     QuotaLimits,
+    QuotaRules,
     Scope,
     _refusal,
-    _Subject,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def connect_redis(url: str) -> redis.Redis:
     return client
 
 
-class RedisQuotaStore:
+class RedisQuotaStore(QuotaRules):
     """`QuotaStore`'s quotas in Redis: one quota for every process sharing the Redis."""
 
     def __init__(
@@ -135,10 +135,9 @@ class RedisQuotaStore:
         prefix: str = "qqrag:",
         day_tz: tzinfo = CHINA_TZ,
     ) -> None:
-        self.limits = limits
+        super().__init__(limits, day_tz)
         self._client = client
         self._prefix = f"{prefix}quota:"
-        self._day_tz = day_tz
         self._take = client.register_script(_TAKE)
 
     def check_and_take(
@@ -207,40 +206,11 @@ class RedisQuotaStore:
         """Close the Redis client, shared with the service's `RedisAdmission` (done by then)."""
         self._client.close()
 
-    def _subjects(self, user_id: str, group_id: str | None) -> list[_Subject]:
-        limits = self.limits
-        subjects = [
-            _Subject(
-                "user", user_id, limits.user_rpm, limits.user_daily_tokens, "user_rpm", "user_daily"
-            )
-        ]
-        if group_id:
-            subjects.append(
-                _Subject(
-                    "group",
-                    group_id,
-                    limits.group_rpm,
-                    limits.group_daily_tokens,
-                    "group_rpm",
-                    "group_daily",
-                )
-            )
-        return subjects
-
-    # Tenant names cannot hold ":" and the subject id comes last, so keys never collide.
     def _bucket_key(self, tenant: str, scope: Scope, subject_id: str) -> str:
         return f"{self._prefix}{tenant}:rate:{scope}:{subject_id}"
 
     def _daily_key(self, tenant: str, day: str, scope: Scope, subject_id: str) -> str:
         return f"{self._prefix}{tenant}:daily:{day}:{scope}:{subject_id}"
-
-    def _day(self, now: float) -> str:
-        return datetime.fromtimestamp(now, self._day_tz).date().isoformat()
-
-    def _seconds_to_midnight(self, now: float) -> int:
-        today = datetime.fromtimestamp(now, self._day_tz).date()
-        midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), self._day_tz)
-        return max(1, math.ceil(midnight.timestamp() - now))
 
 
 class RedisAdmission:
