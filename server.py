@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -32,6 +32,7 @@ from agent.policy.tenants import Principal
 from agent.services import Services, ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings, get_settings
 from agent.state import Citation
+from agent.threads import one_process_at_a_time
 from agent.turns import turn_config
 from graphs.qa import build
 from tools.maxkb import FALLBACK_NOTE
@@ -136,14 +137,20 @@ class AppRuntime:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    services = services_from_settings(settings)
-    await asyncio.to_thread(ensure_default_knowledge, services.embedded[settings.kb_name], settings)
-    async with (
-        open_checkpointer(settings) as saver,
-        httpx.AsyncClient(timeout=3.0) as http,
-    ):
+    async with AsyncExitStack() as stack:
+        # Worker processes (QQRAG_WORKERS) start together: creating the tables and filling the
+        # default knowledge base go one process at a time, the later ones find them done.
+        async with one_process_at_a_time(settings.data_dir / "startup.lock"):
+            services = services_from_settings(settings)
+            stack.callback(services.close)
+            kb = services.embedded[settings.kb_name]
+            await asyncio.to_thread(ensure_default_knowledge, kb, settings)
+            saver = await stack.enter_async_context(open_checkpointer(settings))
+            gate = Gateway.from_settings(settings, services, build(saver))
+            stack.callback(gate.close)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=3.0))
         set_services(services)
-        gate = Gateway.from_settings(settings, services, build(saver))
+        stack.callback(set_services, None)
         services.on_outage = lambda dependency: gate.metrics.dependency_errors.labels(
             dependency
         ).inc()
@@ -151,12 +158,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("no API key issued: the service is open to anyone (qqrag key issue …)")
         app.state.runtime = AppRuntime(settings, services, saver, gate, http)
         log.info("qqrag ready: data in %s, Ollama at %s", settings.data_dir, settings.ollama_url)
-        try:
-            yield
-        finally:
-            set_services(None)
-            gate.close()
-            services.close()
+        yield
 
 
 def get_runtime(request: Request) -> AppRuntime:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from rich.console import Console
 from rich.markup import escape
 
+from agent.checkpoints import open_checkpointer
 from agent.context import Context
 from agent.services import ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import get_settings
@@ -45,7 +45,7 @@ async def run_chat(thread: str, context: Context, console: Console) -> None:
         f"对话 {thread}，模型 {context.chat_model}，Ollama {settings.ollama_url}。"
         "输入 /reset 清空对话，/quit 退出。"
     )
-    async with AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver:
+    async with open_checkpointer(settings) as saver:
         graph = build(saver)
         while True:
             try:

@@ -1,26 +1,135 @@
-"""Where conversations (LangGraph checkpoints) are kept: a SQLite file for one process, or
-PostgreSQL shared by several replicas.
+"""Where conversations (LangGraph checkpoints) are kept: a SQLite file for the processes of one
+machine, or PostgreSQL shared by replicas on several.
 
-Several processes writing one SQLite checkpoint file fail with "database is locked", so a
-deployment with more than one replica needs `QQRAG_CHECKPOINTER=postgres`.
+Worker processes on one machine share the SQLite file (WAL mode; `FileKeyedLocks` keeps each
+conversation to one turn at a time). SQLite's locks do not hold across machines or on network
+filesystems, so replicas need `QQRAG_CHECKPOINTER=postgres`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.settings import Settings
 
-Checkpointer = AsyncSqliteSaver | AsyncPostgresSaver
+
+class LoopSqliteSaver(SqliteSaver):
+    """SQLite checkpoints written from the event loop's own thread.
+
+    `AsyncSqliteSaver` sends every statement, fetch and cursor close to a worker thread and
+    back; with a few statements per turn those hand-offs (and the GIL traffic they cause) cost
+    more CPU than the statements: a turn reads one checkpoint and writes one (durability
+    "exit"), each well under a millisecond on a local file in WAL mode with synchronous=NORMAL,
+    which commits without an fsync. The occasional WAL checkpoint does fsync; that stall is the
+    price, paid about once per thousand pages written.
+    """
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[LoopSqliteSaver]:
+        # check_same_thread=False: the saver's own lock serialises use, and `qqrag chat` or a
+        # test may close it from another thread than the one that opened it.
+        with closing(sqlite3.connect(str(path), check_same_thread=False)) as conn:
+            saver = cls(conn)
+            saver.setup()
+            # WAL with synchronous=NORMAL still commits each turn atomically (whole or absent
+            # after a crash); it skips an fsync per commit, which serialised writes under load.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield saver
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.get_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in self.list(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self.put(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self.put_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        self.delete_thread(thread_id)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """`keep_latest`: each thread's newest checkpoint (per namespace) and its writes stay,
+        older ones go; `delete`: the threads go. Like `PostgresSaver.prune`."""
+        if isinstance(thread_ids, str):
+            raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"Unknown prune strategy: {strategy!r}")
+        with self.cursor() as cur:
+            for thread in map(str, thread_ids):
+                if strategy == "delete":
+                    cur.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread,))
+                    cur.execute("DELETE FROM writes WHERE thread_id = ?", (thread,))
+                    continue
+                # Checkpoint ids are time-ordered (uuid6): the greatest is the newest.
+                cur.execute(
+                    "DELETE FROM checkpoints WHERE thread_id = ?1 AND checkpoint_id < ("
+                    " SELECT max(newest.checkpoint_id) FROM checkpoints AS newest"
+                    " WHERE newest.thread_id = ?1"
+                    " AND newest.checkpoint_ns = checkpoints.checkpoint_ns)",
+                    (thread,),
+                )
+                cur.execute(
+                    "DELETE FROM writes WHERE thread_id = ?1 AND NOT EXISTS ("
+                    " SELECT 1 FROM checkpoints AS kept WHERE kept.thread_id = ?1"
+                    " AND kept.checkpoint_ns = writes.checkpoint_ns"
+                    " AND kept.checkpoint_id = writes.checkpoint_id)",
+                    (thread,),
+                )
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self.prune(thread_ids, strategy=strategy)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self.get_delta_channel_history(config=config, channels=channels)
+
+
+Checkpointer = LoopSqliteSaver | AsyncPostgresSaver
 
 # What AsyncPostgresSaver needs of every connection: it commits nothing itself, reads rows as
 # dicts, and prepared statements break behind transaction-pooling proxies (PgBouncer).
@@ -47,11 +156,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[Checkpointer]:
     Raises `CheckpointerError` when PostgreSQL is chosen but not configured or not reachable.
     """
     if settings.checkpointer == "sqlite":
-        async with AsyncSqliteSaver.from_conn_string(str(settings.checkpoint_path)) as saver:
-            await saver.setup()
-            # WAL with synchronous=NORMAL still commits each turn atomically (whole or absent
-            # after a crash); it skips an fsync per commit, which serialised writes under load.
-            await saver.conn.execute("PRAGMA synchronous=NORMAL")
+        async with LoopSqliteSaver.open(settings.checkpoint_path) as saver:
             yield saver
         return
     url = settings.postgres_url.strip()
@@ -115,9 +220,9 @@ async def _lock_setup(conn: psycopg.AsyncConnection[DictRow]) -> None:
 async def checkpointer_health(saver: Checkpointer) -> str | None:
     """None when the checkpoint database answers, else a Chinese reason for /readyz."""
     try:
-        if isinstance(saver, AsyncSqliteSaver):
-            async with saver.conn.execute("SELECT 1") as cursor:
-                await cursor.fetchone()
+        if isinstance(saver, LoopSqliteSaver):
+            with saver.cursor(transaction=False) as cursor:
+                cursor.execute("SELECT 1").fetchone()
         elif isinstance(saver.conn, AsyncConnectionPool):
             async with saver.conn.connection(timeout=_HEALTH_TIMEOUT_S) as conn:
                 await conn.execute("SELECT 1")

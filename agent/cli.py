@@ -31,13 +31,18 @@ def serve(
     """启动 HTTP 服务。"""
     import uvicorn
 
+    from agent.policy.metrics import share_between_processes
+
     settings = get_settings()
+    if settings.workers > 1:
+        share_between_processes(settings.data_dir / "metrics")
     uvicorn.run(
         "server:app",
         host=host or settings.host,
         port=port or settings.port,
         log_level="info",
         proxy_headers=True,
+        workers=settings.workers,
     )
 
 

@@ -21,13 +21,18 @@ from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
 from agent.policy.profiles import GrayRelease
 from agent.policy.quota import QuotaLimits, QuotaStore
-from agent.policy.redis_store import RedisAdmission, RedisQuotaStore, connect_redis
+from agent.policy.redis_store import (
+    RedisAdmission,
+    RedisQuotaStore,
+    RedisThreadLocks,
+    connect_redis,
+)
 from agent.policy.safety import Hit, SafetyFilter
 from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.state import Citation
-from agent.threads import KeyedLocks, thread_id
+from agent.threads import FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
 from agent.turns import QAGraph, TurnResult, stream_turn
 
 log = logging.getLogger(__name__)
@@ -97,6 +102,7 @@ class Gateway:
         safety: SafetyFilter,
         gray: GrayRelease,
         metrics: Metrics,
+        locks: ThreadLocks | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -107,7 +113,7 @@ class Gateway:
         self.safety = safety
         self.gray = gray
         self.metrics = metrics
-        self.locks = KeyedLocks()
+        self.locks = locks or KeyedLocks()
 
     @classmethod
     def from_settings(cls, settings: Settings, services: Services, graph: QAGraph) -> Gateway:
@@ -119,16 +125,19 @@ class Gateway:
         )
         quota: QuotaStore | RedisQuotaStore
         admission: Admission | RedisAdmission
+        locks: ThreadLocks
         if settings.shared_state == "redis":
-            # One client for both: the quota store closes it at shutdown.
+            # One client for all three: the quota store closes it at shutdown.
             client = connect_redis(settings.redis_url)
-            quota = RedisQuotaStore(client, limits, prefix=settings.redis_prefix)
-            admission = RedisAdmission(
-                client, settings.max_inflight_turns, prefix=settings.redis_prefix
-            )
+            prefix = settings.redis_prefix
+            quota = RedisQuotaStore(client, limits, prefix=prefix)
+            admission = RedisAdmission(client, settings.max_inflight_turns, prefix=prefix)
+            locks = RedisThreadLocks(client, prefix=prefix)
         else:
             quota = QuotaStore(settings.quota_path, limits)
-            admission = Admission(settings.max_inflight_turns)
+            # Each worker process counts its own turns: together they keep the configured bound.
+            admission = Admission(-(-settings.max_inflight_turns // settings.workers))
+            locks = FileKeyedLocks(settings.data_dir / "threads.lock")
         return cls(
             settings,
             services,
@@ -139,11 +148,14 @@ class Gateway:
             safety=SafetyFilter(settings.effective_sensitive_words_dir),
             gray=GrayRelease(settings.effective_profiles_path),
             metrics=Metrics(),
+            locks=locks,
         )
 
     def close(self) -> None:
         self.tenants.close()
         self.quota.close()
+        if isinstance(self.locks, FileKeyedLocks):
+            self.locks.close()
 
     # —— who is asking ——
 

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default=None, description="Folder searched for prompt files before the bundled ones."
     )
     history_turns: int = Field(default=6, ge=0, description="Earlier turns shown to the models.")
+    rewrite: Literal["model", "history"] = Field(
+        default="model",
+        description="Follow-ups: model rewrites them with the classify model (one more call); "
+        "history searches with the earlier questions and lets the answer model resolve them.",
+    )
 
     embed_model: str = Field(
         default="",
@@ -117,6 +122,13 @@ class Settings(BaseSettings):
     max_inflight_turns: int = Field(
         default=8, ge=0, description="Turns in flight toward Ollama; past it, a quick busy reply."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Service processes on this machine (qqrag serve); more than one uses more "
+        "CPU cores. They share the data folder; conversations stay one turn at a time.",
+    )
     sensitive_words_dir: Path | None = Field(
         default=None,
         description="Folder of sensitive-word lists (*.txt); default DATA_DIR/sensitive_words.",
@@ -127,8 +139,9 @@ class Settings(BaseSettings):
 
     checkpointer: Literal["sqlite", "postgres"] = Field(
         default="sqlite",
-        description="Where conversations are kept: sqlite (DATA_DIR/checkpoints.sqlite, one "
-        "process only) or postgres (POSTGRES_URL, shared by several replicas).",
+        description="Where conversations are kept: sqlite (DATA_DIR/checkpoints.sqlite, the "
+        "worker processes of one machine) or postgres (POSTGRES_URL, shared by replicas on "
+        "several machines).",
     )
     postgres_url: str = Field(
         default="",
@@ -137,8 +150,9 @@ class Settings(BaseSettings):
     )
     shared_state: Literal["local", "redis"] = Field(
         default="local",
-        description="Where quotas and the in-flight bound live: local (DATA_DIR/quota.sqlite and "
-        "a per-process bound) or redis (REDIS_URL, shared by several replicas).",
+        description="Where quotas, the in-flight bound and conversation locks live: local "
+        "(DATA_DIR, for the worker processes of one machine) or redis (REDIS_URL, shared by "
+        "replicas on several machines).",
     )
     redis_url: str = Field(
         default="", description="Redis for shared_state=redis, e.g. redis://redis:6379/0."

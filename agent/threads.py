@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import zlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Literal
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Literal, Protocol
 
 
 def thread_id(
@@ -45,3 +49,69 @@ class KeyedLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+@asynccontextmanager
+async def one_process_at_a_time(path: Path) -> AsyncIterator[None]:
+    """Held by one process at a time on this machine (flock on `path`), released on exit or
+    when the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        await asyncio.to_thread(fcntl.flock, file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+class ThreadLocks(Protocol):
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class FileKeyedLocks:
+    """One turn at a time per key across every process on this machine that shares `path`.
+
+    Worker processes of one service (`QQRAG_WORKERS`) share a data folder, and two messages of
+    one conversation may reach two workers: each would read the same checkpoint and the later
+    write would drop the other's turn. Each key hashes to one byte of a lock file, locked with
+    fcntl; the operating system drops the lock of a process that dies, so a crash never leaves a
+    conversation stuck. fcntl locks belong to a process, not a task, so tasks of one process take
+    an asyncio lock per byte first. Unrelated keys sharing a byte only wait for each other.
+    """
+
+    SLOTS = 1 << 20
+    _FIRST_WAIT_S = 0.002
+    _LONGEST_WAIT_S = 0.05
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._local = KeyedLocks()
+
+    def slot(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self.SLOTS
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        slot = self.slot(key)
+        async with self._local.hold(str(slot)):
+            wait = self._FIRST_WAIT_S
+            # Polled rather than blocking: a blocked fcntl call would stall the event loop, and
+            # the same conversation in two processes at once is rare and brief.
+            while not self._try_lock(slot):
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self._LONGEST_WAIT_S)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot)
+
+    def _try_lock(self, slot: int) -> bool:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+        except (BlockingIOError, PermissionError):
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -9,12 +10,15 @@ from typing import Any, cast
 
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StreamMode
 
 from agent.context import Context
 from agent.state import Citation, InputState, State, Verdict
 from tools.base import Passage
+
+log = logging.getLogger(__name__)
 
 QAGraph = CompiledStateGraph[State, Context, InputState, State]
 
@@ -188,4 +192,20 @@ async def stream_turn(
                 token = visible.feed(chunk.content if isinstance(chunk.content, str) else "")
                 if token:
                     yield "token", token
+    await _prune(graph, thread)
     yield "result", result_from_state(final, node_seconds)
+
+
+async def _prune(graph: QAGraph, thread: str) -> None:
+    """Keep only the thread's newest checkpoint: it holds the whole (bounded) conversation,
+    and older ones would grow the database by a conversation's size every turn."""
+    saver = graph.checkpointer
+    if not isinstance(saver, BaseCheckpointSaver):
+        return
+    try:
+        await saver.aprune([thread], strategy="keep_latest")
+    except NotImplementedError:
+        return
+    except Exception as exc:
+        # The turn is stored already; the old checkpoints go with the next turn's prune.
+        log.warning("old checkpoints of %s not pruned: %s", thread, exc)

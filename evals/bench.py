@@ -163,8 +163,13 @@ class SimUser:
         return body
 
 
-WARMUP_USER = SimUser("bench-warmup", "private", None, CONVERSATIONS[0][:2])
-"""Asks before the measured users, so first-call costs (imports, caches) stay out of the run."""
+def warmup_users(workers: int) -> list[SimUser]:
+    """Ask before the measured users, so first-call costs (imports, caches) stay out of the run:
+    two per worker process, at once, so that every worker gets some of them."""
+    return [
+        SimUser(f"bench-warmup-{n}", "private", None, CONVERSATIONS[0][:2])
+        for n in range(2 * workers)
+    ]
 
 
 def make_users(count: int, turns: int, seed: int = SEED) -> list[SimUser]:
@@ -248,7 +253,8 @@ async def drive_naive(
 
 
 class MeasuredService(ServiceProcess):
-    """`ServiceProcess` plus the child's CPU time and memory, read from /proc."""
+    """`ServiceProcess` plus the CPU time and memory of its processes (with QQRAG_WORKERS > 1,
+    uvicorn's supervisor and its workers), read from /proc."""
 
     @property
     def pid(self) -> int:
@@ -256,23 +262,45 @@ class MeasuredService(ServiceProcess):
             raise RuntimeError("the service is not running")
         return self._process.pid
 
+    def processes(self) -> list[int]:
+        """The service's process and its descendants."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
+
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of the service process, all its threads."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text(encoding="ascii")
-        # Fields after the parenthesised command name start at field 3 (state); utime and
-        # stime are fields 14 and 15 of proc(5).
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time of the service's processes, all their threads."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+                # Fields after the parenthesised command name start at field 3 (state); utime
+                # and stime are fields 14 and 15 of proc(5).
+                fields = stat.rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def memory_mib(self) -> dict[str, float]:
-        """Peak (VmHWM) and current (VmRSS) resident memory."""
+        """Peak (VmHWM) and current (VmRSS) resident memory, summed over the processes: the
+        sum of peaks bounds the peak of the sum from above."""
         wanted = {"VmHWM": "peak_rss_mib", "VmRSS": "rss_mib"}
-        found = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text(encoding="ascii").splitlines():
-            key, _, value = line.partition(":")
-            if key in wanted:
-                found[wanted[key]] = round(int(value.split()[0]) / 1024, 1)
-        return found
+        found = dict.fromkeys(wanted.values(), 0.0)
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+                for line in status.splitlines():
+                    key, _, value = line.partition(":")
+                    if key in wanted:
+                        found[wanted[key]] += int(value.split()[0]) / 1024
+        return {key: round(value, 1) for key, value in found.items()}
 
 
 def machine_busy_seconds() -> float:
@@ -298,9 +326,10 @@ def doc_rows(docs: Path) -> list[dict[str, str]]:
     return rows
 
 
-def service_env(data_dir: Path, ollama_url: str, docs: Path) -> dict[str, str]:
+def service_env(data_dir: Path, ollama_url: str, docs: Path, workers: int) -> dict[str, str]:
     return {
         "QQRAG_DATA_DIR": str(data_dir),
+        "QQRAG_WORKERS": str(workers),
         "QQRAG_OLLAMA_URL": ollama_url,
         "QQRAG_DEFAULT_DOCS": str(docs),
         "QQRAG_QUOTA_USER_RPM": "0",
@@ -449,6 +478,7 @@ class RunSpec:
     turns: int
     backend: Backend
     latency: LatencyModel
+    workers: int
 
 
 def latency_model(setting: Setting, prefill: float, decode: float) -> LatencyModel:
@@ -471,13 +501,15 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qqrag-bench-")))
         ollama = stack.enter_context(FakeOllama(latency=spec.latency))
-        env = service_env(root / "data", ollama.url, docs)
+        env = service_env(root / "data", ollama.url, docs, spec.workers)
         maxkb = stack.enter_context(fake_maxkb(docs)) if spec.backend == "maxkb" else None
         if maxkb is not None:
             env |= maxkb_env(maxkb)
         service = MeasuredService(env, cwd=root)
         with service:
-            asyncio.run(drive(service.url, [WARMUP_USER]))
+            service.wait_workers(spec.workers)
+            warmup = warmup_users(spec.workers)
+            asyncio.run(drive(service.url, warmup))
             first_request = len(ollama.requests)
             first_search = len(maxkb.requests) if maxkb is not None else 0
             cpu_before, bench_before = service.cpu_seconds(), time.process_time()
@@ -491,7 +523,7 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
         ok = [sample for sample in samples if sample.status == 200]
         if not ok:
             raise RuntimeError(f"no turn answered (HTTP {Counter(s.status for s in samples)})")
-        limit = len(samples) + len(WARMUP_USER.texts)
+        limit = len(samples) + sum(len(user.texts) for user in warmup)
         rows = read_audit(root / "data" / "audit.sqlite", {s.trace_id for s in ok}, limit)
         calls = call_counts(requests)
         report: dict[str, Any] = {
@@ -499,6 +531,7 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
             "backend": spec.backend,
             "latency_model": None if spec.setting == "zero" else asdict(spec.latency),
             "users": spec.users,
+            "workers": spec.workers,
             "turns_per_user": spec.turns,
             "turns": len(samples),
             "status": {
@@ -626,6 +659,7 @@ def run_benchmark(
     prefill: float = DEFAULT_PREFILL_TPS,
     decode: float = DEFAULT_DECODE_TPS,
     backend: Backend = "embedded",
+    workers: int = 1,
     console: Console | None = None,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
@@ -636,7 +670,8 @@ def run_benchmark(
                 "零延迟" if setting == "zero" else f"模型延迟（{prefill:g}/{decode:g} tokens/秒）"
             )
             console.print(f"运行：{label}，{count} 个用户 × {turns} 轮…")
-            spec = RunSpec(setting, count, turns, backend, latency_model(setting, prefill, decode))
+            speeds = latency_model(setting, prefill, decode)
+            spec = RunSpec(setting, count, turns, backend, speeds, workers)
             runs.append(run_once(spec, console))
     docs = docs_dir()
     return {
@@ -666,7 +701,7 @@ CALL_LABELS = {
 
 def _run_label(run: Mapping[str, Any]) -> str:
     setting = "零延迟" if run["setting"] == "zero" else "模型延迟"
-    return f"{setting} · {run['users']} 用户"
+    return f"{setting} · {run['users']} 用户 · {run['workers']} 进程"
 
 
 def _rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -762,10 +797,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default="embedded",
         help="检索后端：embedded（内嵌 SQLite，默认）或 maxkb（假 MaxKB）",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="服务进程数 QQRAG_WORKERS（默认本机核数）",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="把报告写成 JSON")
     args = parser.parse_args(argv)
-    if (args.users is not None and args.users < 1) or args.turns < 1:
-        parser.error("--users 和 --turns 至少为 1")
+    if (args.users is not None and args.users < 1) or args.turns < 1 or args.workers < 1:
+        parser.error("--users、--turns 和 --workers 至少为 1")
     if args.prefill <= 0 or args.decode <= 0:
         parser.error("--prefill 和 --decode 必须大于 0")
     report = run_benchmark(
@@ -775,6 +816,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prefill=args.prefill,
         decode=args.decode,
         backend=args.backend,
+        workers=args.workers,
     )
     print_report(report, Console())
     if args.json:

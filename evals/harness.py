@@ -100,3 +100,12 @@ class ServiceProcess(ChildProcess):
             return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
+
+    def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` workers have started (uvicorn logs each one's startup): the first one
+        answering /healthz does not mean the others are up."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Application startup complete") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers not ready in {timeout} s:\n{self.log()}")
+            time.sleep(0.1)

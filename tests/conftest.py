@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.checkpoints import LoopSqliteSaver
 from agent.services import Services, set_services
 from agent.settings import Settings, get_settings
 from agent.turns import QAGraph
@@ -93,14 +94,18 @@ class ScriptedModels:
         return self.model.calls
 
 
-@pytest.fixture(autouse=True)
-def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No developer's `.env` or exported QQRAG_* variable leaks into a test."""
-    import os
-
+def drop_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every exported QQRAG_* (and OLLAMA_HOST); child processes started meanwhile
+    inherit none of them."""
     for name in list(os.environ):
         if name.startswith("QQRAG_") or name == "OLLAMA_HOST":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No developer's `.env` or exported QQRAG_* variable leaks into a test."""
+    drop_developer_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
     yield
@@ -135,5 +140,5 @@ def services(settings: Settings, kb: EmbeddedKB, models: ScriptedModels) -> Iter
 
 @pytest.fixture
 async def graph(services: Services, tmp_path: Path) -> AsyncIterator[QAGraph]:
-    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "checkpoints.sqlite")) as saver:
+    async with LoopSqliteSaver.open(tmp_path / "checkpoints.sqlite") as saver:
         yield build(saver)

@@ -27,7 +27,7 @@ from agent.checkpoints import CheckpointerError, open_checkpointer
 from agent.settings import Settings
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess, free_port
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, drop_developer_settings
 
 POSTGRES_URL = os.environ.get(
     "QQRAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -105,9 +105,7 @@ def replicas(
     }
     with pytest.MonkeyPatch.context() as env:
         # The children inherit this process's environment: no developer's QQRAG_* leaks in.
-        for name in list(os.environ):
-            if name.startswith("QQRAG_") or name == "OLLAMA_HOST":
-                env.delenv(name)
+        drop_developer_settings(env)
         a, b = (
             ServiceProcess(shared | {"QQRAG_DATA_DIR": str(root / name)}, cwd=root)
             for name in ("a", "b")
@@ -129,7 +127,7 @@ def ask(service: ServiceProcess, text: str, user: str = "30003", **who: str) -> 
     return httpx.post(f"{service.url}/v1/chat", json=body, timeout=30)
 
 
-def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas):
+def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas, postgres_url):
     a, b = replicas
     first = ask(a, "月光扫地机器人的续航有多久？")
     assert first.status_code == 200, first.text
@@ -143,6 +141,10 @@ def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas):
     assert second["answer"] == "月光扫地机器人售价 1299 元，旗舰版带自动集尘座，售价 1799 元[1]。"
     history = httpx.get(f"{a.url}/v1/threads/{THREAD}", timeout=10).json()["messages"]
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    # Each turn prunes the checkpoints before it: one row holds the whole conversation.
+    with psycopg.connect(postgres_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = %s", (THREAD,))
+        assert stored.fetchone() == (1,)
 
     ready = httpx.get(f"{b.url}/readyz", timeout=10).json()
     assert ready["checks"]["postgres"] == {"ok": True}

@@ -1,11 +1,21 @@
-"""Prometheus metrics of the QA service, in a registry of their own."""
+"""Prometheus metrics of the QA service, in a registry of their own.
+
+With several worker processes (`qqrag serve` with QQRAG_WORKERS > 1) each worker writes its
+values to files in `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multiprocess mode, chosen when
+the variable is set before the library is imported), and /metrics adds them up, whichever worker
+answers the scrape.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 Outcome = Literal["answered", "not_found", "degraded", "blocked", "error"]
 Side = Literal["question", "answer"]
@@ -77,7 +87,10 @@ class Metrics:
             registry=registry,
         )
         self.inflight_turns = Gauge(
-            "qqrag_inflight_turns", "Turns being answered now.", registry=registry
+            "qqrag_inflight_turns",
+            "Turns being answered now.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
     def count_turn(self, *, intent: str, profile: str, outcome: Outcome, seconds: float) -> None:
@@ -94,4 +107,20 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for a /metrics response."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        shared = os.environ.get(MULTIPROCESS_ENV)
+        if not shared:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=shared)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_processes(folder: Path) -> None:
+    """Make worker processes started after this call (they inherit the environment) write
+    their metrics to `folder`, emptied first: files of an earlier run would add old counts."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(folder)

@@ -2,7 +2,8 @@
 
 `RedisQuotaStore` keeps the token buckets and daily budgets of `QuotaStore` (same limits, same
 decisions, same Chinese messages); `RedisAdmission` bounds turns in flight across processes the
-way `Admission` does within one. Every read-modify-write is one Lua script, so it is atomic
+way `Admission` does within one; `RedisThreadLocks` keeps each conversation to one turn at a
+time across them. Every read-modify-write is one Lua script, so it is atomic
 however many processes share the Redis, and every key carries a TTL, so nothing grows forever.
 
 While Redis is unreachable the service keeps answering: quotas let requests through and the
@@ -11,15 +12,20 @@ in-flight bound falls back to a per-process one, each with a logged warning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import tzinfo
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import LockError
+from redis.lock import Lock
 from redis.retry import Retry
 
 from agent.policy.admission import Admission
@@ -32,6 +38,7 @@ from agent.policy.quota import (
     Scope,
     _refusal,
 )
+from agent.threads import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +309,66 @@ class RedisAdmission:
                     pipe.execute()
             except redis.RedisError:
                 log.warning("Redis unreachable: leases not renewed", exc_info=True)
+
+
+class RedisThreadLocks:
+    """One turn at a time per conversation across every process sharing the Redis.
+
+    Two replicas answering two messages of one conversation at once would each read the same
+    checkpoint, and the later write would drop the other's turn. A conversation's lock is a
+    redis-py `Lock` (a key with a token, released only by its owner) whose lease this process
+    renews while the turn runs, so a process that dies frees its conversations after `lease_s`.
+    Tasks of one process queue on a local asyncio lock first and poll Redis only to take turns
+    with other processes. While Redis is unreachable, conversations are serialised per process
+    only, with a logged warning, as the admission bound is.
+    """
+
+    _FIRST_WAIT_S = 0.002
+    _LONGEST_WAIT_S = 0.05
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "qqrag:", lease_s: float = 30.0):
+        self.lease_s = lease_s
+        self._client = client
+        self._prefix = f"{prefix}thread:"
+        self._local = KeyedLocks()
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        async with self._local.hold(key):
+            lock = self._client.lock(
+                f"{self._prefix}{key}", timeout=self.lease_s, thread_local=False
+            )
+            if not await self._acquire(lock):
+                yield
+                return
+            renewer = asyncio.create_task(self._renew(lock))
+            try:
+                yield
+            finally:
+                renewer.cancel()
+                try:
+                    lock.release()
+                except (redis.RedisError, LockError) as exc:
+                    # The lease runs out by itself: the conversation waits at most lease_s.
+                    log.warning("conversation lock %s not released: %s", key, exc)
+
+    async def _acquire(self, lock: Lock) -> bool:
+        """True once this process holds `lock`; False when Redis could not be asked."""
+        wait = self._FIRST_WAIT_S
+        while True:
+            try:
+                if lock.acquire(blocking=False):
+                    return True
+            except redis.RedisError as exc:
+                log.warning("Redis unavailable, conversations serialised per process: %s", exc)
+                return False
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self._LONGEST_WAIT_S)
+
+    async def _renew(self, lock: Lock) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                lock.reacquire()
+            except (redis.RedisError, LockError) as exc:
+                log.warning("conversation lock lease not renewed: %s", exc)

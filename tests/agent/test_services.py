@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from agent.checkpoints import LoopSqliteSaver
 from agent.context import Context
 from agent.services import ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings
@@ -54,7 +54,7 @@ async def test_maxkb_backend_answers_and_falls_back_to_the_embedded_base(
         ensure_default_knowledge(services.embedded["default"], settings)
         set_services(services)
         try:
-            async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "c.sqlite")) as saver:
+            async with LoopSqliteSaver.open(tmp_path / "c.sqlite") as saver:
                 graph = build(saver)
                 result = await run_turn(graph, "mk", "广三铁路在哪年建成？", Context())
                 assert result.citations[0]["source"].startswith("MaxKB · ")

@@ -46,17 +46,17 @@ def check_run(run: dict[str, Any], setting: str) -> None:
     assert run["bench_cpu_s"] > 0
 
 
-def test_zero_latency_run_writes_the_report_as_json(tmp_path: Path) -> None:
+def test_zero_latency_run_on_two_workers_writes_the_report_as_json(tmp_path: Path) -> None:
     path = tmp_path / "out" / "bench.json"
-    report = main(
-        ["--users", str(USERS), "--turns", str(TURNS), "--latency", "zero", "--json", str(path)]
-    )
+    argv = ["--users", str(USERS), "--turns", str(TURNS), "--latency", "zero", "--workers", "2"]
+    report = main([*argv, "--json", str(path)])
     assert json.loads(path.read_text(encoding="utf-8")) == report
     assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
     assert report["knowledge_base"]["passages"] > 0
     assert report["backend"] == "embedded"
     [run] = report["runs"]
     check_run(run, "zero")
+    assert run["workers"] == 2
     assert run["latency_model"] is None and "naive" not in run
     assert [target["name"] for target in report["targets"]] == []
     assert report["notes"]

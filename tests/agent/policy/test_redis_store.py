@@ -7,6 +7,7 @@ failed instead when QQRAG_REQUIRE_SCALE_OUT=1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from agent.policy.quota import ALLOWED, CHINA_TZ, QuotaLimits
 from agent.policy.redis_store import (
     RedisAdmission,
     RedisQuotaStore,
+    RedisThreadLocks,
     SharedStateError,
     connect_redis,
 )
@@ -270,3 +272,56 @@ def test_a_missing_or_unreachable_redis_names_the_setting():
         connect_redis("")
     with pytest.raises(SharedStateError, match=r"无法连接 Redis（请检查 QQRAG_REDIS_URL）"):
         connect_redis(f"redis://127.0.0.1:{free_port()}/0")
+
+
+async def test_thread_locks_serialise_a_conversation_across_processes(connect, space):
+    # Two instances with their own clients stand for two replicas.
+    first, second = (RedisThreadLocks(connect(), prefix=space) for _ in range(2))
+    order: list[str] = []
+
+    async def turn(locks: RedisThreadLocks, key: str, name: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.05)
+            order.append(f"{name}-")
+
+    await asyncio.gather(
+        turn(first, "qq:private:1", "a"),
+        turn(second, "qq:private:1", "b"),
+        turn(second, "qq:private:2", "c"),
+    )
+    assert order.index("a-") < order.index("b+") or order.index("b-") < order.index("a+")
+    # Another conversation went ahead at once.
+    assert order.index("c+") < max(order.index("a-"), order.index("b-"))
+
+
+async def test_a_long_turn_keeps_its_lease_and_a_dead_holder_frees_it(connect, space):
+    live = RedisThreadLocks(connect(), prefix=space, lease_s=0.3)
+    other = RedisThreadLocks(connect(), prefix=space, lease_s=0.3)
+    async with live.hold("qq:private:1"):
+        await asyncio.sleep(0.8)  # well past the lease: renewal keeps it
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2), other.hold("qq:private:1"):
+                pass
+
+    # A holder that died mid-turn never released; its lease runs out by itself.
+    dead = connect().lock(f"{space}thread:qq:private:2", timeout=0.3)
+    assert dead.acquire(blocking=False)
+    async with asyncio.timeout(2):
+        async with other.hold("qq:private:2"):
+            pass
+
+
+async def test_without_redis_conversations_are_serialised_per_process():
+    gone = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    locks = RedisThreadLocks(gone)
+    order: list[str] = []
+
+    async def turn(name: str) -> None:
+        async with locks.hold("qq:private:1"):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{name}-")
+
+    await asyncio.gather(turn("a"), turn("b"))
+    assert order == ["a+", "a-", "b+", "b-"]
