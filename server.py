@@ -161,7 +161,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-def get_runtime(request: Request) -> AppRuntime:
+# Dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency
+# in a worker thread, a hand-off that costs more than the dependency itself.
+async def get_runtime(request: Request) -> AppRuntime:
     runtime: AppRuntime = request.app.state.runtime
     return runtime
 
@@ -169,7 +171,7 @@ def get_runtime(request: Request) -> AppRuntime:
 RuntimeDep = Annotated[AppRuntime, Depends(get_runtime)]
 
 
-def get_principal(
+async def get_principal(
     rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     return rt.gateway.authenticate(authorization)
@@ -178,7 +180,7 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Refusal(403, "forbidden", "需要管理员密钥")
     return principal
