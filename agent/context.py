@@ -58,6 +58,17 @@ class Context:
         default_factory=lambda: get_settings().history_turns,
         metadata={"description": "Earlier question/answer pairs shown to the models."},
     )
+    rewrite: Literal["model", "history"] = field(
+        default_factory=lambda: get_settings().rewrite,
+        metadata={
+            "description": "Follow-ups that lean on the conversation (它/那…, or few topic "
+            "terms). model: the classify model rewrites them to stand alone, one more model "
+            "call before the answer. history: no model call; intent by rules (commands, "
+            "greetings, injections, else knowledge), retrieval searches the earlier questions "
+            "too, and the answer model resolves the reference from the conversation it sees. "
+            "classify_always asks the model regardless."
+        },
+    )
     keep_turns: int = field(
         default=20,
         metadata={"description": "Question/answer pairs a conversation keeps; older ones go."},

@@ -63,7 +63,12 @@ class State(InputState):
     intent: Intent = "knowledge"
     """What the user wants this turn."""
     query: str = ""
-    """The question rewritten to stand alone, used for retrieval and answering."""
+    """What retrieval searches for: the question rewritten to stand alone, or, for a follow-up
+    left unrewritten (`Context.rewrite`), the earlier questions it leans on followed by it."""
+    question: str = ""
+    """The question put to the answer model and that the citation check weighs claims against:
+    the standalone rewrite, or the user's own words when the answer model is left to resolve
+    the reference from the conversation (a search string is no question to show)."""
     candidates: list[Passage] = field(default_factory=list)
     """Passages from the knowledge base, in retrieval order."""
     ranked: list[Passage] = field(default_factory=list)

@@ -232,6 +232,7 @@ def base_context(settings: Settings) -> Context:
         knowledge_bases=(settings.kb_name,),
         prompt_variant=settings.prompt_variant,
         history_turns=settings.history_turns,
+        rewrite=settings.rewrite,
     )
 
 

@@ -49,7 +49,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
     attempts = state.attempts + 1
     if not state.evidence:
-        draft = prompts.render("not_found", ctx.prompt_variant, question=state.query)
+        draft = prompts.render("not_found", ctx.prompt_variant, question=state.question)
         return {"draft": draft, "draft_source": "not_found", "attempts": attempts}
 
     runnable = services.answer_model(ctx, with_tools=state.tool_rounds < ctx.max_tool_rounds)
@@ -57,7 +57,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "answer_user",
         ctx.prompt_variant,
         evidence=format_evidence(enumerate(state.evidence, start=1)),
-        question=state.query,
+        question=state.question,
     )
     messages: list[BaseMessage] = [
         SystemMessage(content=prompts.render("answer", ctx.prompt_variant)),

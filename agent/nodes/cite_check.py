@@ -33,14 +33,16 @@ async def cite_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         # Quotes and the not-found reply are built from the passages themselves.
         return _final(state.draft, state.evidence, None)
 
-    check = check_citations(state.draft, state.evidence, ctx.support_threshold, state.query)
+    # Against the question as the model was asked it, never the search string: terms shared
+    # with the question prove nothing, and earlier questions' terms must not be let off too.
+    check = check_citations(state.draft, state.evidence, ctx.support_threshold, state.question)
     if check.needs_retry and state.attempts < ctx.max_attempts and not state.degraded:
         return {"feedback": "\n".join(f"- {p}" for p in check.problems), "verdict": check.verdict}
 
     verdict = check.verdict
     has_support = verdict["supported_ratio"] not in (None, 0.0)
     if not check.text or not (has_support or verdict["refusal"]):
-        text = prompts.render("not_found", ctx.prompt_variant, question=state.query)
+        text = prompts.render("not_found", ctx.prompt_variant, question=state.question)
     elif verdict["removed"]:
         text = f"{check.text}\n{prompts.render('unverified_notice', ctx.prompt_variant)}"
     else:

@@ -16,7 +16,7 @@ from agent import prompts
 from agent.audit import RATING_WORDS
 from agent.context import Context
 from agent.evidence import current_question, last_exchange, recent_history
-from agent.models import DEPENDENCY_ERRORS, usage_tokens
+from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from agent.text import content_tokens
@@ -124,24 +124,32 @@ def _command_reply(state: State, text: str, variant: str) -> dict[str, Any]:
     return {"answer": reply, "messages": [AIMessage(content=reply)]}
 
 
-def _fallback_query(question: str, history: list[Any]) -> str:
-    """Without the model, carry the previous question along so retrieval keeps the subject."""
-    earlier = [m.content for m in history if isinstance(m, HumanMessage)]
-    return f"{earlier[-1]} {question}" if earlier else question
+def history_query(question: str, history: list[Any]) -> str:
+    """The search query without a rewrite: the earlier questions this one leans on, then it.
+
+    Earlier questions go back to the last one that stood alone, so that a chain of follow-ups
+    (它… → 那…呢？) still searches for the subject its first question named.
+    """
+    earlier = [message_text(m) for m in history if isinstance(m, HumanMessage)]
+    start = next((i for i in reversed(range(len(earlier))) if not needs_context(earlier[i])), 0)
+    return " ".join([*earlier[start:], question])
 
 
 async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     question = current_question(state.messages)
     history = recent_history(state.messages, ctx.history_turns)
-    update: dict[str, Any] = {**TURN_RESET, "query": question}
+    update: dict[str, Any] = {**TURN_RESET, "query": question, "question": question}
     # The stored conversation is bounded: older messages only cost checkpoint space and time.
     excess = len(state.messages) - 2 * ctx.keep_turns - 1
     if excess > 0:
         update["messages"] = [RemoveMessage(id=m.id) for m in state.messages[:excess] if m.id]
 
     intent = rule_intent(question, bool(history))
-    if intent is None or (ctx.classify_always and intent == "knowledge"):
+    ask_model = (intent is None and ctx.rewrite == "model") or (
+        ctx.classify_always and intent in (None, "knowledge")
+    )
+    if ask_model:
         structured = get_services().classifier(ctx, Classification)
         messages = [
             SystemMessage(content=prompts.render("classify", ctx.prompt_variant)),
@@ -157,12 +165,18 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             result: Classification = out["parsed"]
             # "command" without a leading slash is a model mistake; treat it as a question.
             intent = "knowledge" if result.intent == "command" else result.intent
-            update["query"] = result.standalone_question.strip() or question
+            update["query"] = update["question"] = result.standalone_question.strip() or question
         except _CLASSIFY_ERRORS as exc:
             log.warning("classify fell back to rules: %s", exc)
             intent = "knowledge"
-            update["query"] = _fallback_query(question, history)
+            update["query"] = history_query(question, history)
             update["degraded"] = True
+    elif intent is None:
+        # rewrite="history": the rules have already caught commands, greetings and injections,
+        # so what is left is a question. Search carries the subject along; the answer model sees
+        # the conversation and resolves the reference itself, saving the classify call.
+        intent = "knowledge"
+        update["query"] = history_query(question, history)
 
     update["intent"] = intent
     if intent == "command":

@@ -40,8 +40,8 @@ async def test_thinking_is_requested_but_never_shown(graph: QAGraph, ollama: Fak
 async def test_classify_asks_for_a_json_schema_with_thinking_off(
     graph: QAGraph, ollama: FakeOllama
 ):
-    await run_turn(graph, "m2", "星尘打印机保修多久？", Context())
-    await run_turn(graph, "m2", "那它支持哪些耗材？", Context())
+    await run_turn(graph, "m2", "星尘打印机保修多久？", Context(rewrite="model"))
+    await run_turn(graph, "m2", "那它支持哪些耗材？", Context(rewrite="model"))
     classify = [c for c in ollama.calls("/api/chat") if c.get("format")]
     assert len(classify) == 1
     assert classify[0]["think"] is False
@@ -63,12 +63,25 @@ async def test_error_line_inside_the_stream_degrades_the_answer(graph: QAGraph, 
 async def test_malformed_classification_falls_back_and_the_turn_still_answers(
     graph: QAGraph, ollama: FakeOllama
 ):
-    await run_turn(graph, "m4", "星尘打印机保修多久？", Context())
+    await run_turn(graph, "m4", "星尘打印机保修多久？", Context(rewrite="model"))
     ollama.fail_next(Fault.MALFORMED_JSON)
-    result = await run_turn(graph, "m4", "那它支持哪些耗材？", Context())
+    result = await run_turn(graph, "m4", "那它支持哪些耗材？", Context(rewrite="model"))
     assert result.degraded is True
     assert result.query == "星尘打印机保修多久？ 那它支持哪些耗材？"
     assert result.citations
+
+
+async def test_history_mode_sends_no_classify_request(graph: QAGraph, ollama: FakeOllama):
+    context = Context(rewrite="history")
+    await run_turn(graph, "m5", "星尘打印机保修多久？", context)
+    result = await run_turn(graph, "m5", "那它支持哪些耗材？", context)
+    chats = ollama.calls("/api/chat")
+    assert [c for c in chats if c.get("format")] == []
+    assert result.query == "星尘打印机保修多久？ 那它支持哪些耗材？"
+    assert result.citations[0]["title"] == "星尘打印机 › 打印材料"
+    follow_up = chats[1]["messages"]
+    assert [m["role"] for m in follow_up] == ["system", "user", "assistant", "user"]
+    assert follow_up[-1]["content"].endswith("问题：那它支持哪些耗材？")
 
 
 def test_message_helpers():

@@ -44,13 +44,14 @@ async def test_knowledge_turn_visits_every_node_and_cites(graph: QAGraph, models
 
 
 async def test_follow_up_is_rewritten_with_the_conversation(graph: QAGraph, models: ScriptedModels):
+    context = Context(rewrite="model")
     models.say("星尘打印机整机保修两年[1]。")
-    await run_turn(graph, "t2", "星尘打印机保修多久？", Context())
+    await run_turn(graph, "t2", "星尘打印机保修多久？", context)
     models.say(
         '{"intent": "knowledge", "standalone_question": "星尘打印机售价多少？"}',
         PRICE,
     )
-    result = await run_turn(graph, "t2", "那它售价多少？", Context())
+    result = await run_turn(graph, "t2", "那它售价多少？", context)
 
     classify_call = models.calls[1]
     assert [m.type for m in classify_call] == ["system", "human", "ai", "human"]
@@ -65,13 +66,16 @@ async def test_follow_up_is_rewritten_with_the_conversation(graph: QAGraph, mode
 async def test_unparsable_classification_falls_back_to_rules(
     graph: QAGraph, models: ScriptedModels
 ):
+    context = Context(rewrite="model")
     models.say("星尘打印机整机保修两年[1]。")
-    await run_turn(graph, "t3", "星尘打印机保修多久？", Context())
+    await run_turn(graph, "t3", "星尘打印机保修多久？", context)
     models.say("not json", PRICE)
-    result = await run_turn(graph, "t3", "价格呢？", Context())
+    result = await run_turn(graph, "t3", "价格呢？", context)
     assert result.query == "星尘打印机保修多久？ 价格呢？"
     assert result.degraded is True
     assert result.answer == PRICE
+    # The search string is not shown as the question: the answer model reads the conversation.
+    assert str(models.calls[-1][-1].content).endswith("问题：价格呢？")
 
 
 async def test_tool_call_adds_numbered_evidence(graph: QAGraph, models: ScriptedModels):
