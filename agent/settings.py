@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     )
     history_turns: int = Field(default=6, ge=0, description="Earlier turns shown to the models.")
     rewrite: Literal["model", "history"] = Field(
-        default="model",
+        default="history",
         description="Follow-ups: model rewrites them with the classify model (one more call); "
         "history searches with the earlier questions and lets the answer model resolve them.",
     )

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from langchain_core.messages import AIMessage, HumanMessage
@@ -166,9 +166,15 @@ def follow_up(question: Question) -> FollowUp | None:
 
 
 async def rewrite_follow_ups(
-    cases: Sequence[FollowUp], kb: EmbeddedKB, *, ollama_url: str, chat_model: str
+    cases: Sequence[FollowUp],
+    kb: EmbeddedKB,
+    *,
+    ollama_url: str,
+    chat_model: str,
+    rewrite: Literal["model", "history"],
 ) -> tuple[list[str], int]:
-    """Each case's turn 2 as the classify node rewrites it; also how many rewrites degraded.
+    """Each case's turn 2 as the classify node turns it into a search query (`rewrite`: by the
+    classify model, or the earlier questions carried along); also how many rewrites degraded.
 
     The node runs as in a graph turn: its services hold a real `ChatOllama` factory and its
     state holds turn 1, a short acknowledgement and turn 2.
@@ -179,6 +185,7 @@ async def rewrite_follow_ups(
         history_turns=6,
         prompt_variant="default",
         classify_always=False,
+        rewrite=rewrite,
     )
     runtime = Runtime(context=context)
     set_services(Services(settings=settings, knowledge=kb, chat_models=OllamaChatModels(settings)))
@@ -305,7 +312,14 @@ def run_benchmark(
         if multi_turn:
             cases = [case for q in questions if (case := follow_up(q)) is not None]
             rewrites, degraded = asyncio.run(
-                rewrite_follow_ups(cases, kb, ollama_url=url, chat_model=chat_model)
+                rewrite_follow_ups(
+                    cases, kb, ollama_url=url, chat_model=chat_model, rewrite="model"
+                )
+            )
+            carried, _ = asyncio.run(
+                rewrite_follow_ups(
+                    cases, kb, ollama_url=url, chat_model=chat_model, rewrite="history"
+                )
             )
 
             def recall_at_5(texts: Sequence[str]) -> float:
@@ -320,6 +334,7 @@ def run_benchmark(
                 "chat_model": chat_model,
                 "raw_recall@5": recall_at_5([c.turn2 for c in cases]),
                 "rewritten_recall@5": recall_at_5(rewrites),
+                "history_recall@5": recall_at_5(carried),
                 "oracle_recall@5": recall_at_5([c.oracle for c in cases]),
                 "degraded_rewrites": degraded,
                 "examples": [
@@ -364,6 +379,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             ("多轮用例数", multi["cases"]),
             ("第二轮原文 recall@5", multi["raw_recall@5"]),
             (f"classify 改写后 recall@5（{multi['chat_model']}）", multi["rewritten_recall@5"]),
+            ("带上前一问检索 recall@5（QQRAG_REWRITE=history）", multi["history_recall@5"]),
             ("指代还原（上限）recall@5", multi["oracle_recall@5"]),
             ("改写降级次数", multi["degraded_rewrites"]),
         ]

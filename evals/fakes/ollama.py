@@ -11,7 +11,9 @@ exact answers:
 2. Tools are offered, no tool has run yet and the evidence is weak: call the first tool that
    takes a string, with the question.
 3. Numbered evidence (``[n] ...`` lines) is present: the best-overlapping sentence, cited, or
-   :data:`NO_ANSWER` when nothing overlaps (also when a tool ran and brought no evidence).
+   :data:`NO_ANSWER` when nothing overlaps (also when a tool ran and brought no evidence). A
+   question with a referring word (它, 这个…) after earlier user turns is understood through
+   them, as the rewrite of rule 1 would put it: a real model reads the conversation too.
 4. Otherwise: a fixed greeting.
 
 Token counts are estimates: one token per CJK character, per ASCII word (letters and digits)
@@ -301,6 +303,16 @@ def rewrite_question(messages: Sequence[Message]) -> str:
     return standalone
 
 
+def understood_question(messages: Sequence[Message]) -> str:
+    """The last question as a model reading the whole conversation takes it: a referring word
+    stands for the earlier subject (see :func:`rewrite_question`); other questions as asked."""
+    question = current_question(messages)
+    earlier = sum(role == "user" for role, _ in messages) > 1
+    if earlier and _REFERRING_RE.search(_LEADING_CONNECTIVE_RE.sub("", question)):
+        return rewrite_question(messages)
+    return question
+
+
 def _is_small_talk(text: str) -> bool:
     if not _SMALL_TALK_RE.search(text):
         return False
@@ -416,6 +428,7 @@ def answer(
     if format_ == "json":
         return Reply("{}", thinking)
     passages = find_passages(messages)
+    question = understood_question(messages)
     evidence = best_evidence(passages, question)
     tool_ran = any(role == "tool" for role, _ in messages)
     weak = evidence is None or evidence.score < TOOL_CALL_THRESHOLD

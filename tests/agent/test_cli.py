@@ -69,7 +69,8 @@ def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ol
     assert result.exit_code == 0, result.output
     out = result.output
     assert "· classify intent=knowledge" in out
-    assert "query=月光扫地机器人售价多少？" in out
+    # No rewrite by default: the search carries the first question along.
+    assert "query=月光扫地机器人的续航有多久？ 那它售价多少？" in out
     assert "· rerank" in out and "· cite_check" in out
     assert "月光扫地机器人售价 1299 元" in out
     assert "[1] 月光扫地机器人 › 月光扫地机器人的价格 · kb/moonlight.md" in out

@@ -62,10 +62,11 @@ def test_lexical_benchmark_with_rerank_and_multi_turn(
     multi = report["multi_turn"]
     assert 0 < multi["cases"] <= 60
     assert multi["degraded_rewrites"] == 0
-    for key in ("raw_recall@5", "rewritten_recall@5", "oracle_recall@5"):
+    for key in ("raw_recall@5", "rewritten_recall@5", "history_recall@5", "oracle_recall@5"):
         assert 0.0 <= multi[key] <= 1.0
     # The fake's rule-based rewrite puts the subject back, so it beats the raw follow-up.
     assert multi["raw_recall@5"] < multi["rewritten_recall@5"] <= multi["oracle_recall@5"]
+    assert multi["raw_recall@5"] < multi["history_recall@5"] <= multi["oracle_recall@5"]
     assert multi["examples"][0]["turn1"] == "我想了解一下战国无双3。"
     assert multi["examples"][0]["turn2"] == "它是由哪两个公司合作开发的？"
 

@@ -103,10 +103,10 @@ def test_history_query_goes_back_to_the_last_question_that_stood_alone():
 
 
 def test_rewrite_defaults_from_the_settings(monkeypatch: pytest.MonkeyPatch):
-    assert Context().rewrite == "model"
-    monkeypatch.setenv("QQRAG_REWRITE", "history")
-    get_settings.cache_clear()
     assert Context().rewrite == "history"
+    monkeypatch.setenv("QQRAG_REWRITE", "model")
+    get_settings.cache_clear()
+    assert Context().rewrite == "model"
 
 
 WARRANTY_PASSAGE = Passage(
