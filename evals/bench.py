@@ -163,12 +163,23 @@ class SimUser:
         return body
 
 
-def warmup_users(workers: int) -> list[SimUser]:
-    """Ask before the measured users, so first-call costs (imports, caches) stay out of the run:
-    two per worker process, at once, so that every worker gets some of them."""
+WARMUP_TURNS = 6
+
+
+def warmup_users(workers: int, titles: Sequence[str]) -> list[SimUser]:
+    """Ask before the measured users, so first-use costs stay out of the run: imports, and the
+    token caches of the guide's passages, which a running service has long filled. Two users
+    per worker process, at once, so that every worker gets some; they ask about the guide's
+    sections, never the measured questions, whose tokens a real service would not have seen."""
+    users = 2 * workers
     return [
-        SimUser(f"bench-warmup-{n}", "private", None, CONVERSATIONS[0][:2])
-        for n in range(2 * workers)
+        SimUser(
+            f"bench-warmup-{n}",
+            "private",
+            None,
+            tuple(f"{title}？" for title in titles[n::users][:WARMUP_TURNS]),
+        )
+        for n in range(users)
     ]
 
 
@@ -508,7 +519,8 @@ def run_once(spec: RunSpec, console: Console) -> dict[str, Any]:
         service = MeasuredService(env, cwd=root)
         with service:
             service.wait_workers(spec.workers)
-            warmup = warmup_users(spec.workers)
+            titles = sorted({row["title"] for row in doc_rows(docs)})
+            warmup = warmup_users(spec.workers, titles)
             asyncio.run(drive(service.url, warmup))
             first_request = len(ollama.requests)
             first_search = len(maxkb.requests) if maxkb is not None else 0

@@ -21,7 +21,9 @@ from agent.state import InputState, State
 from agent.turns import QAGraph
 
 
-def route_intent(state: State) -> Literal["retrieve", "answer", "__end__"]:
+# Routers are `async def` although they never await: LangGraph runs a plain function in a worker
+# thread when the graph runs async, a hand-off per edge that costs more than the routing.
+async def route_intent(state: State) -> Literal["retrieve", "answer", "__end__"]:
     match state.intent:
         case "knowledge":
             return "retrieve"
@@ -32,7 +34,7 @@ def route_intent(state: State) -> Literal["retrieve", "answer", "__end__"]:
     raise ValueError(f"unexpected intent {state.intent!r}")
 
 
-def route_answer(state: State) -> Literal["tools", "cite_check", "__end__"]:
+async def route_answer(state: State) -> Literal["tools", "cite_check", "__end__"]:
     if state.intent == "chitchat":
         return "__end__"
     # The answer node appends to `scratch` only when it asks for a search.
@@ -42,7 +44,7 @@ def route_answer(state: State) -> Literal["tools", "cite_check", "__end__"]:
     return "cite_check"
 
 
-def route_check(state: State) -> Literal["answer", "__end__"]:
+async def route_check(state: State) -> Literal["answer", "__end__"]:
     return "answer" if state.feedback else "__end__"
 
 

@@ -19,23 +19,24 @@ def test_topology_is_pinned():
     ("intent", "route"),
     [("knowledge", "retrieve"), ("chitchat", "answer"), ("command", END), ("blocked", END)],
 )
-def test_route_intent(intent, route):
-    assert route_intent(State(intent=intent)) == route
+async def test_route_intent(intent, route):
+    assert await route_intent(State(intent=intent)) == route
 
 
-def test_route_intent_rejects_unknown():
+async def test_route_intent_rejects_unknown():
     with pytest.raises(ValueError, match="unexpected intent"):
-        route_intent(State(intent="weather"))  # type: ignore[arg-type]
+        await route_intent(State(intent="weather"))  # type: ignore[arg-type]
 
 
-def test_route_answer():
+async def test_route_answer():
     call = AIMessage(content="", tool_calls=[{"name": "search_knowledge", "args": {}, "id": "1"}])
-    assert route_answer(State(scratch=[call])) == "tools"
-    assert route_answer(State(scratch=[call, ToolMessage("r", tool_call_id="1")])) == "cite_check"
-    assert route_answer(State()) == "cite_check"
-    assert route_answer(State(intent="chitchat")) == END
+    assert await route_answer(State(scratch=[call])) == "tools"
+    tool_result = ToolMessage("r", tool_call_id="1")
+    assert await route_answer(State(scratch=[call, tool_result])) == "cite_check"
+    assert await route_answer(State()) == "cite_check"
+    assert await route_answer(State(intent="chitchat")) == END
 
 
-def test_route_check():
-    assert route_check(State(feedback="- 没有出处")) == "answer"
-    assert route_check(State()) == END
+async def test_route_check():
+    assert await route_check(State(feedback="- 没有出处")) == "answer"
+    assert await route_check(State()) == END
