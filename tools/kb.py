@@ -194,6 +194,10 @@ class EmbeddedKB:
 
     async def search(self, query: str, k: int) -> list[Passage]:
         """The `k` best passages for `query`, best first (see `search_sync`)."""
+        # A keyword search is a local SQLite query, cheaper than a hand-off to a worker thread;
+        # a hybrid one waits on Ollama for the query's embedding, so it leaves the event loop.
+        if self.embedder is None:
+            return self.search_sync(query, k)
         return await asyncio.to_thread(self.search_sync, query, k)
 
     def search_sync(self, query: str, k: int) -> list[Passage]:
