@@ -12,7 +12,7 @@ from tools.base import Passage
 
 _FENCE = re.compile(r"</?\s*context\s*>", re.IGNORECASE)
 _LEADING_NUMBER = re.compile(r"^\[(\d+)\]", re.MULTILINE)
-_HISTORY_ANSWER_CHARS = 400
+_HISTORY_ANSWER_CHARS = 200
 
 
 def _fenced(text: str) -> str:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     prompts_dir: Path | None = Field(
         default=None, description="Folder searched for prompt files before the bundled ones."
     )
-    history_turns: int = Field(default=6, ge=0, description="Earlier turns shown to the models.")
+    history_turns: int = Field(default=4, ge=0, description="Earlier turns shown to the models.")
     rewrite: Literal["model", "history"] = Field(
         default="history",
         description="Follow-ups: model rewrites them with the classify model (one more call); "

@@ -182,7 +182,7 @@ async def rewrite_follow_ups(
     settings = Settings(ollama_url=ollama_url, chat_model=chat_model)
     context = Context(
         classify_model=chat_model,
-        history_turns=6,
+        history_turns=4,
         prompt_variant="default",
         classify_always=False,
         rewrite=rewrite,
