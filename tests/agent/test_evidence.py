@@ -33,7 +33,7 @@ def test_recent_history_keeps_the_last_answered_turns():
     long = [HumanMessage(f"问题{i}") if i % 2 == 0 else AIMessage("答" * 1000) for i in range(10)]
     history = recent_history(long, turns=2)
     assert [m.content for m in history if m.type == "human"] == ["问题6", "问题8"]
-    assert len(history[1].content) == 400
+    assert len(history[1].content) == 200
 
 
 def test_format_evidence_numbers_and_fences_passages():
