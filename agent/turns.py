@@ -160,8 +160,11 @@ async def stream_turn(
     visible = ThinkFilter()
     node_seconds: dict[str, float] = {}
     final: dict[str, Any] = {}
-    modes: list[StreamMode] = ["updates", "values", "messages"] if tokens else ["updates", "values"]
-    # With several stream modes every part is a (mode, payload) pair.
+    # The final state is gathered from the nodes' updates rather than streamed ("values" mode
+    # copies the whole state after every step, a tenth of a turn's CPU): classify resets every
+    # per-turn field (TURN_RESET), so the updates of this turn hold all that the result reads.
+    modes: list[StreamMode] = ["updates", "messages"] if tokens else ["updates"]
+    # With a list of stream modes every part is a (mode, payload) pair.
     parts = cast(
         AsyncIterator[tuple[str, Any]],
         graph.astream(
@@ -180,12 +183,11 @@ async def stream_turn(
             now = time.perf_counter()
             for node, update in payload.items():
                 node_seconds[node] = node_seconds.get(node, 0.0) + now - started
+                final.update(update or {})
                 summary = summarize_update(node, update or {})
                 summary["seconds"] = round(now - started, 4)
                 yield "node", summary
             started = now
-        elif mode == "values":
-            final = payload
         elif mode == "messages":
             chunk, meta = payload
             if meta.get("langgraph_node") == "answer" and isinstance(chunk, AIMessageChunk):

@@ -1,6 +1,8 @@
 import pytest
 
-from agent.turns import ThinkFilter, summarize_update
+from agent.context import Context
+from agent.turns import QAGraph, ThinkFilter, run_turn, summarize_update, turn_config
+from tests.conftest import ScriptedModels
 
 
 @pytest.mark.parametrize(
@@ -38,3 +40,20 @@ def test_summarize_update_keeps_what_a_prompt_engineer_looks_at():
         "intent": "knowledge",
         "query": "q",
     }
+
+
+async def test_the_result_is_the_stored_state_of_the_turn(graph: QAGraph, models: ScriptedModels):
+    # A first turn, then one whose draft fails the citation check and is written again: the
+    # result, gathered from the nodes' updates, must match the checkpointed state exactly.
+    models.say("星尘打印机整机保修两年[1]。")
+    await run_turn(graph, "r", "星尘打印机保修多久？", Context())
+    models.say("星尘打印机售价 999 元[1]。", "星尘打印机标准版售价 1999 元[1]。")
+    result = await run_turn(graph, "r", "星尘打印机售价多少？", Context())
+
+    state = (await graph.aget_state(turn_config("r"))).values
+    assert result.answer == "星尘打印机标准版售价 1999 元[1]。"
+    for name in ("answer", "citations", "intent", "query", "degraded", "verdict", "evidence"):
+        assert getattr(result, name) == state[name], name
+    assert (result.candidates, result.ranked) == (state["candidates"], state["ranked"])
+    assert (result.model_calls, result.tokens) == (state["model_calls"], state["tokens"])
+    assert result.model_calls == 2
