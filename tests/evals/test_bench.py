@@ -16,7 +16,9 @@ from evals.bench import (
     call_kind,
     main,
     make_users,
+    median_run,
     run_benchmark,
+    targets,
 )
 
 USERS = 2
@@ -126,3 +128,30 @@ def test_model_requests_are_told_apart_by_purpose() -> None:
     assert call_kind("/api/chat", {"messages": [system, asked, *again]}) == "answer_regenerate"
     assert call_kind("/api/embed", {"input": ["x"]}) == "embed"
     assert call_kind("/api/tags", None) is None
+
+
+def test_repeats_report_the_median_run_and_every_figure() -> None:
+    def run(p50: float) -> dict[str, Any]:
+        return {"setting": "zero", "users": 1, "latency_ms": {"p50": p50}, "turns_per_s": 1.0}
+
+    middle = median_run([run(19.0), run(12.0), run(14.5)])
+    assert middle["latency_ms"]["p50"] == 14.5
+    assert middle["repeats"] == {"count": 3, "latency_ms.p50": [19.0, 12.0, 14.5]}
+    [target] = targets([middle])
+    assert target["value"] == 14.5 and target["met"] is True
+    assert target["repeats"] == [19.0, 12.0, 14.5]
+    # Throughput: more is better, the median is still the middle one.
+    fast = {**run(1.0), "users": 32}
+    assert (
+        median_run([fast | {"turns_per_s": t} for t in (90.0, 130.0, 110.0, 120.0)])["turns_per_s"]
+        == 110.0
+    )
+
+
+def test_a_repeated_run_carries_its_repeats() -> None:
+    report = run_benchmark(
+        settings=("zero",), users=(1,), turns=2, repeat=2, console=Console(quiet=True)
+    )
+    [run] = report["runs"]
+    assert report["repeat"] == 2 and run["repeats"]["count"] == 2
+    assert run["latency_ms"]["p50"] == max(run["repeats"]["latency_ms.p50"])
