@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import NamedTuple
 
 import jieba
 
@@ -69,7 +70,23 @@ def coverage(needle: Iterable[str], haystack: Iterable[str]) -> float:
     wanted = set(needle)
     if not wanted:
         return 0.0
-    return len(wanted & set(haystack)) / len(wanted)
+    found = haystack if isinstance(haystack, (set, frozenset)) else set(haystack)
+    return len(wanted & found) / len(wanted)
+
+
+class _Evidence(NamedTuple):
+    numbers: frozenset[str]
+    tokens: frozenset[str]
+    bigrams: frozenset[str]
+
+
+@lru_cache(maxsize=4096)
+def _evidence(text: str) -> _Evidence:
+    # Every sentence of an answer is weighed against the same few passages, and the same
+    # passages come back turn after turn: their numbers, tokens and bigrams are computed once.
+    return _Evidence(
+        frozenset(_NUMBER_RE.findall(text)), frozenset(tokenize(text)), frozenset(char_ngrams(text))
+    )
 
 
 def support_score(claim: str, evidence: str, given: str = "") -> float:
@@ -80,19 +97,15 @@ def support_score(claim: str, evidence: str, given: str = "") -> float:
     `given` (the question) prove nothing, so the claim's new terms must be covered too; and a
     number the evidence does not contain makes the claim unsupported outright.
     """
-    evidence_numbers = set(_NUMBER_RE.findall(evidence))
-    if any(n not in evidence_numbers for n in _NUMBER_RE.findall(claim)):
+    found = _evidence(evidence)
+    if any(n not in found.numbers for n in _NUMBER_RE.findall(claim)):
         return 0.0
-    evidence_tokens = tokenize(evidence)
-    evidence_bigrams = char_ngrams(evidence)
-    score = max(
-        coverage(content_tokens(claim), evidence_tokens),
-        coverage(char_ngrams(claim), evidence_bigrams),
-    )
+    claim_tokens = content_tokens(claim)
+    score = max(coverage(claim_tokens, found.tokens), coverage(char_ngrams(claim), found.bigrams))
     known = set(tokenize(given))
-    novel = [t for t in content_tokens(claim) if t not in known]
+    novel = [t for t in claim_tokens if t not in known]
     if given and novel:
-        score = min(score, coverage(novel, evidence_tokens))
+        score = min(score, coverage(novel, found.tokens))
     return score
 
 
