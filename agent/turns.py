@@ -29,6 +29,7 @@ class TurnResult:
     citations: list[Citation]
     intent: str
     query: str
+    """What retrieval searched for."""
     degraded: bool
     verdict: Verdict | None = None
     evidence: list[Passage] = field(default_factory=list)
@@ -38,6 +39,8 @@ class TurnResult:
     tokens: int = 0
     node_seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per node, summed when a node ran more than once (answer ⇄ tools)."""
+    question: str = ""
+    """What the answer model was asked and the citation check weighed claims against."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +75,7 @@ def result_from_state(
         model_calls=values.get("model_calls", 0),
         tokens=values.get("tokens", 0),
         node_seconds=node_seconds or {},
+        question=values.get("question", ""),
     )
 
 

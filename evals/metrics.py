@@ -321,7 +321,9 @@ def _citation_precision(
                 continue
             text = f"{passage['title']} {passage['text']}"
             if any(is_gold(passage, ref) for ref in gold) or (
-                support_score(claim, text, result.query) >= support_threshold
+                # Weighed as the citation check weighs it: against the question the model was
+                # asked, not the search string (which may carry earlier questions along).
+                support_score(claim, text, result.question or result.query) >= support_threshold
             ):
                 good += 1
     return good / total if total else None

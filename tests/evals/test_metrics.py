@@ -51,6 +51,7 @@ def result(
     *,
     intent: str = "knowledge",
     query: str = "qqrag 默认端口是多少？",
+    question: str = "",
     citations: list[Citation] | None = None,
     passages: list[Passage] | None = None,
     verdict: Verdict | None = None,
@@ -69,6 +70,7 @@ def result(
         ranked=found,
         model_calls=model_calls,
         tokens=100,
+        question=question,
     )
 
 
@@ -175,6 +177,26 @@ def test_citation_precision_counts_unsupported_and_dangling_markers():
     obs, _ = run(Expect(gold=("g1",)), turn)
     # [1] gold, [2] neither gold nor supporting, [3] names no citation.
     assert obs["citation_precision"] == pytest.approx(0.3333)
+
+
+def test_citation_precision_weighs_claims_against_the_question_not_the_search_string():
+    # A follow-up searched with the earlier question along: "上海" is in the search string, not
+    # in what the user asked now, so the passage about Beijing does not back the claim.
+    turn = result(
+        "上海今天下雨[1]。",
+        query="上海天气怎么样？ 今天下雨吗？",
+        question="今天下雨吗？",
+        citations=[cite(1, OTHER)],
+    )
+    obs, _ = run(Expect(gold=("g1",)), turn)
+    assert obs["citation_precision"] == 0.0
+    obs, _ = run(
+        Expect(gold=("g1",)),
+        result(
+            "上海今天下雨[1]。", query="上海天气怎么样？ 今天下雨吗？", citations=[cite(1, OTHER)]
+        ),
+    )
+    assert obs["citation_precision"] == 1.0
 
 
 def test_zero_division_edges_give_none():
