@@ -316,7 +316,7 @@ def gaps(
         rows = log.gaps(tenant, days=days)
     finally:
         log.close()
-    table = Table("次数", "改写后的问题", "原话示例", "最近一次")
+    table = Table("次数", "检索的问题", "原话示例", "最近一次")
     for row in rows:
         table.add_row(str(row["times"]), row["query"], row["example"], row["last_asked"])
     console.print(table)

@@ -271,9 +271,7 @@ def observe(
     if expect.query_contains:
         missing = [t for t in expect.query_contains if normalize(t) not in normalize(result.query)]
         obs["rewrite_ok"] = not missing
-        checks.append(
-            Check("query_contains", not missing, f"改写后的问题缺少 {'、'.join(missing)}")
-        )
+        checks.append(Check("query_contains", not missing, f"检索的问题缺少 {'、'.join(missing)}"))
     if expect.answers:
         shown = normalize(answer)
         obs["match"] = any(normalize(ref) in shown for ref in expect.answers)

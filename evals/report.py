@@ -472,7 +472,7 @@ def _cases_html(run: Mapping[str, Any]) -> str:
 def _turn_html(number: int, turn: Mapping[str, Any]) -> str:
     facts = [
         ("问题", turn["text"]),
-        ("改写后的问题", turn["query"]),
+        ("检索的问题", turn["query"]),
         ("意图", turn["intent"]),
         ("模型调用 / tokens", f"{turn['model_calls']} / {turn['tokens']}"),
         ("用时", f"{turn['seconds'] * 1000:.0f} ms"),

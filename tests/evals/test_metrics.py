@@ -252,7 +252,7 @@ def test_failed_checks_say_what_was_expected():
     assert failed(checks) == {
         "error": "运行出错：RuntimeError: boom",
         "intent": "意图应为 chitchat，实际 knowledge",
-        "query_contains": "改写后的问题缺少 qqrag",
+        "query_contains": "检索的问题缺少 qqrag",
         "answers": "回答没有包含参考答案：8000",
         "contains": "回答缺少 8000、端口",
         "not_contains": "回答不应包含 没有找到",

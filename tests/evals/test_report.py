@@ -87,7 +87,7 @@ def test_the_page_parses_is_self_contained_and_shows_every_case(outcome: EvalOut
             assert turn.text in text
     assert "发现回归" in text
     # Drill-down: rewritten query, passage scores, the verdict and the blocked question.
-    for detail in ("改写后的问题", "重排分", "引用核对", "敏感词拦截", "代开发票", "金标段落"):
+    for detail in ("检索的问题", "重排分", "引用核对", "敏感词拦截", "代开发票", "金标段落"):
         assert detail in text
 
 
