@@ -161,6 +161,21 @@ def check_data_dir(settings: Settings) -> list[Finding]:
     return findings
 
 
+def check_workers(settings: Settings, cores: int | None = None) -> list[Finding]:
+    """More worker processes than cores only add memory and switching: they share the cores."""
+    cores = cores or len(os.sched_getaffinity(0))
+    if settings.workers > cores:
+        return [
+            Finding(
+                "工作进程",
+                "warn",
+                f"QQRAG_WORKERS={settings.workers}，但本机只有 {cores} 个 CPU 核",
+                f"把 QQRAG_WORKERS 设为不超过 {cores}",
+            )
+        ]
+    return [Finding("工作进程", "ok", f"{settings.workers} 个（本机 {cores} 核）")]
+
+
 def check_knowledge(settings: Settings) -> list[Finding]:
     from tools.kb import EmbeddedKB
 
@@ -283,6 +298,7 @@ async def run_checks(
         findings += await check_ollama(settings, client)
     findings += await check_maxkb(settings)
     findings += check_bot(bot_environment() if environ is None else environ, containerised)
+    findings += check_workers(settings)
     data = check_data_dir(settings)
     findings += data
     if data[0].status == "ok":

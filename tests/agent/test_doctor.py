@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.doctor import Finding, run_checks
+from agent.doctor import Finding, check_workers, run_checks
 from agent.settings import Settings, get_settings
 from evals.fakes.ollama import FakeOllama
 from tests.conftest import FIXTURES
@@ -45,10 +45,18 @@ async def test_all_well(tmp_path: Path, fake: FakeOllama):
         ("Ollama 连接", "ok"),
         ("模型 qwen3:8b", "ok"),
         ("QQ 机器人", "ok"),
+        ("工作进程", "ok"),
         ("数据目录", "ok"),
         ("嵌入式知识库", "warn"),
     ]
     assert "首次启动会自动导入" in findings[-1].detail
+
+
+def test_more_workers_than_cores_is_a_warning(tmp_path: Path):
+    settings = settings_for(tmp_path, "http://127.0.0.1:11434", workers=4)
+    [finding] = check_workers(settings, cores=2)
+    assert (finding.status, finding.fix) == ("warn", "把 QQRAG_WORKERS 设为不超过 2")
+    assert check_workers(settings, cores=4)[0].status == "ok"
 
 
 async def test_missing_model_and_wrong_capability(tmp_path: Path, fake: FakeOllama):
