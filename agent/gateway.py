@@ -153,8 +153,7 @@ class Gateway:
     def close(self) -> None:
         self.tenants.close()
         self.quota.close()
-        if isinstance(self.locks, FileKeyedLocks):
-            self.locks.close()
+        self.locks.close()
 
     # —— who is asking ——
 

@@ -6,7 +6,7 @@ import asyncio
 import fcntl
 import os
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Literal, Protocol
@@ -50,6 +50,9 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def close(self) -> None:
+        """Nothing to release: the locks live in this process only."""
+
 
 @asynccontextmanager
 async def one_process_at_a_time(path: Path) -> AsyncIterator[None]:
@@ -64,8 +67,20 @@ async def one_process_at_a_time(path: Path) -> AsyncIterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
+async def poll(attempt: Callable[[], bool]) -> None:
+    """Until `attempt()` succeeds, waiting 2 ms after the first failure, then twice as long each
+    time up to 50 ms: for locks held by another process, which no event can announce here.
+    Exceptions from `attempt` propagate."""
+    wait = 0.002
+    while not attempt():
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 0.05)
+
+
 class ThreadLocks(Protocol):
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+    def close(self) -> None: ...
 
 
 class FileKeyedLocks:
@@ -80,8 +95,6 @@ class FileKeyedLocks:
     """
 
     SLOTS = 1 << 20
-    _FIRST_WAIT_S = 0.002
-    _LONGEST_WAIT_S = 0.05
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,12 +108,9 @@ class FileKeyedLocks:
     async def hold(self, key: str) -> AsyncIterator[None]:
         slot = self.slot(key)
         async with self._local.hold(str(slot)):
-            wait = self._FIRST_WAIT_S
             # Polled rather than blocking: a blocked fcntl call would stall the event loop, and
             # the same conversation in two processes at once is rare and brief.
-            while not self._try_lock(slot):
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self._LONGEST_WAIT_S)
+            await poll(lambda: self._try_lock(slot))
             try:
                 yield
             finally:

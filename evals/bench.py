@@ -263,6 +263,13 @@ async def drive_naive(
 # --------------------------------------------------------------------------- the service
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: what follows the parenthesised command name,
+    which may itself hold spaces and parentheses."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    return stat.rsplit(")", 1)[1].split()
+
+
 class MeasuredService(ServiceProcess):
     """`ServiceProcess` plus the CPU time and memory of its processes (with QQRAG_WORKERS > 1,
     uvicorn's supervisor and its workers), read from /proc."""
@@ -278,8 +285,8 @@ class MeasuredService(ServiceProcess):
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError):
-                fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+                pid = int(stat.parent.name)
+                children.setdefault(int(_stat_fields(pid)[1]), []).append(pid)
         found, todo = [], [self.pid]
         while todo:
             pid = todo.pop()
@@ -292,10 +299,8 @@ class MeasuredService(ServiceProcess):
         total = 0
         for pid in self.processes():
             with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-                # Fields after the parenthesised command name start at field 3 (state); utime
-                # and stime are fields 14 and 15 of proc(5).
-                fields = stat.rsplit(")", 1)[1].split()
+                # utime and stime are fields 14 and 15 of proc(5).
+                fields = _stat_fields(pid)
                 total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
@@ -655,7 +660,7 @@ def targets(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, for the runs that measure them (with repeats, the median run)."""
     found = []
     for run in runs:
-        _, value, _ = headline(run)
+        figure, value, _ = headline(run)
         if run["setting"] == "zero" and run["users"] == 1:
             name = "单用户 p50 延迟（ms，零延迟）"
             limit = f"< {TARGET_SOLO_P50_MS:g}"
@@ -672,7 +677,7 @@ def targets(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             continue
         target = {"name": name, "value": value, "target": limit, "met": met}
         if repeats := run.get("repeats"):
-            target["repeats"] = next(v for k, v in repeats.items() if k != "count")
+            target["repeats"] = repeats[figure]
         found.append(target)
     return found
 

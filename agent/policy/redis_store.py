@@ -38,7 +38,7 @@ from agent.policy.quota import (
     Scope,
     _refusal,
 )
-from agent.threads import KeyedLocks
+from agent.threads import KeyedLocks, poll
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +323,6 @@ class RedisThreadLocks:
     only, with a logged warning, as the admission bound is.
     """
 
-    _FIRST_WAIT_S = 0.002
-    _LONGEST_WAIT_S = 0.05
-
     def __init__(self, client: redis.Redis, *, prefix: str = "qqrag:", lease_s: float = 30.0):
         self.lease_s = lease_s
         self._client = client
@@ -354,16 +351,15 @@ class RedisThreadLocks:
 
     async def _acquire(self, lock: Lock) -> bool:
         """True once this process holds `lock`; False when Redis could not be asked."""
-        wait = self._FIRST_WAIT_S
-        while True:
-            try:
-                if lock.acquire(blocking=False):
-                    return True
-            except redis.RedisError as exc:
-                log.warning("Redis unavailable, conversations serialised per process: %s", exc)
-                return False
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, self._LONGEST_WAIT_S)
+        try:
+            await poll(lambda: bool(lock.acquire(blocking=False)))
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable, conversations serialised per process: %s", exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to release here: the quota store, which shares the client, closes it."""
 
     async def _renew(self, lock: Lock) -> None:
         while True:

@@ -280,8 +280,13 @@ def _topic(question: str) -> str:
     return _PUNCTUATION_RE.sub("", question)
 
 
+def _refers_back(question: str) -> bool:
+    """A referring word (它, 这个…) beyond a leading 那/那么, which only connects."""
+    return bool(_REFERRING_RE.search(_LEADING_CONNECTIVE_RE.sub("", question)))
+
+
 def _rewrite_follow_up(question: str, topic: str) -> str:
-    if _REFERRING_RE.search(_LEADING_CONNECTIVE_RE.sub("", question)):
+    if _refers_back(question):
         question = _LEADING_CONNECTIVE_RE.sub("", question)
     if referring := _REFERRING_RE.search(question):
         return question[: referring.start()] + topic + question[referring.end() :]
@@ -313,7 +318,7 @@ def understood_question(messages: Sequence[Message]) -> str:
     stands for the earlier subject (see :func:`rewrite_question`); other questions as asked."""
     question = current_question(messages)
     earlier = sum(role == "user" for role, _ in messages) > 1
-    if earlier and _REFERRING_RE.search(_LEADING_CONNECTIVE_RE.sub("", question)):
+    if earlier and _refers_back(question):
         return rewrite_question(messages)
     return question
 
