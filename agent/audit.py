@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -15,6 +16,12 @@ Rating = Literal["good", "bad"]
 RATING_WORDS: dict[str, Rating] = {"好": "good", "good": "good", "差": "bad", "bad": "bad"}
 
 _JSON_COLUMNS = ("candidates", "ranked", "evidence", "cited", "node_seconds", "safety_hits")
+
+
+@functools.cache
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    names = ", ".join(f"[{column}]" for column in columns)
+    return f"INSERT INTO turns ({names}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _now() -> str:
@@ -90,7 +97,11 @@ class AuditLog:
         }
         stored.setdefault("created_at", _now())
         with self._lock:
-            return int(self._turns.insert(stored).last_rowid or 0)
+            # Plain SQL: sqlite-utils' insert re-reads the schema on every call, which cost
+            # more than the write on the per-turn path.
+            cursor = self._db.conn.execute(_insert_sql(tuple(stored)), tuple(stored.values()))
+            self._db.conn.commit()
+            return int(cursor.lastrowid or 0)
 
     def turns(
         self, tenant: str | None = None, *, thread_id: str | None = None, limit: int = 50

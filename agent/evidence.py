@@ -62,16 +62,23 @@ def last_exchange(messages: list[AnyMessage]) -> tuple[str, str] | None:
     return answered[-1] if answered else None
 
 
-def recent_history(messages: list[AnyMessage], turns: int) -> list[BaseMessage]:
-    """Up to `turns` earlier answered question/answer pairs, as messages for a model.
-
-    Answers are shortened: the models need the subject of the conversation, not its details.
-    """
+def recent_exchanges(messages: list[AnyMessage], turns: int) -> list[tuple[str, str]]:
+    """Up to `turns` earlier answered (question, answer) pairs, oldest first."""
     answered = [(q, a) for q, a in exchanges(messages) if a is not None]
+    return answered[-turns:] if turns > 0 else []
+
+
+def history_messages(pairs: list[tuple[str, str]]) -> list[BaseMessage]:
+    """Question/answer pairs as messages for a model."""
     history: list[BaseMessage] = []
-    for question, answer in answered[-turns:] if turns > 0 else []:
+    for question, answer in pairs:
         history += [
             HumanMessage(content=question),
             AIMessage(content=answer[:_HISTORY_ANSWER_CHARS]),
         ]
     return history
+
+
+def recent_history(messages: list[AnyMessage], turns: int) -> list[BaseMessage]:
+    """Up to `turns` earlier answered question/answer pairs, as messages for a model."""
+    return history_messages(recent_exchanges(messages, turns))

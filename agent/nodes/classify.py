@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from agent import prompts
 from agent.audit import RATING_WORDS
 from agent.context import Context
-from agent.evidence import current_question, last_exchange, recent_history
-from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
+from agent.evidence import current_question, history_messages, last_exchange, recent_exchanges
+from agent.models import DEPENDENCY_ERRORS, usage_tokens
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from agent.text import content_tokens
@@ -124,13 +124,12 @@ def _command_reply(state: State, text: str, variant: str) -> dict[str, Any]:
     return {"answer": reply, "messages": [AIMessage(content=reply)]}
 
 
-def history_query(question: str, history: list[Any]) -> str:
+def history_query(question: str, earlier: list[str]) -> str:
     """The search query without a rewrite: the earlier questions this one leans on, then it.
 
     Earlier questions go back to the last one that stood alone, so that a chain of follow-ups
     (它… → 那…呢？) still searches for the subject its first question named.
     """
-    earlier = [message_text(m) for m in history if isinstance(m, HumanMessage)]
     start = next((i for i in reversed(range(len(earlier))) if not needs_context(earlier[i])), 0)
     return " ".join([*earlier[start:], question])
 
@@ -138,7 +137,10 @@ def history_query(question: str, history: list[Any]) -> str:
 async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     question = current_question(state.messages)
-    history = recent_history(state.messages, ctx.history_turns)
+    # Pairs, not messages: messages are built only for a model call, and building them is
+    # a measurable share of a turn that makes none.
+    history = recent_exchanges(state.messages, ctx.history_turns)
+    earlier = [q for q, _ in history]
     update: dict[str, Any] = {**TURN_RESET, "query": question, "question": question}
     # The stored conversation is bounded: older messages only cost checkpoint space and time.
     excess = len(state.messages) - 2 * ctx.keep_turns - 1
@@ -153,7 +155,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         structured = get_services().classifier(ctx, Classification)
         messages = [
             SystemMessage(content=prompts.render("classify", ctx.prompt_variant)),
-            *history,
+            *history_messages(history),
             HumanMessage(content=question),
         ]
         try:
@@ -169,14 +171,14 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         except _CLASSIFY_ERRORS as exc:
             log.warning("classify fell back to rules: %s", exc)
             intent = "knowledge"
-            update["query"] = history_query(question, history)
+            update["query"] = history_query(question, earlier)
             update["degraded"] = True
     elif intent is None:
         # rewrite="history": the rules have already caught commands, greetings and injections,
         # so what is left is a question. Search carries the subject along; the answer model sees
         # the conversation and resolves the reference itself, saving the classify call.
         intent = "knowledge"
-        update["query"] = history_query(question, history)
+        update["query"] = history_query(question, earlier)
 
     update["intent"] = intent
     if intent == "command":

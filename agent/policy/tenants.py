@@ -132,9 +132,8 @@ class TenantStore:
             return _tenant(self._tenants.get(name))
 
     def tenant(self, name: str) -> Tenant | None:
-        with self._lock:
-            rows = list(self._tenants.rows_where("name = ?", [name]))
-        return _tenant(rows[0]) if rows else None
+        row = self._first("SELECT * FROM tenants WHERE name = ?", name)
+        return _tenant(row) if row else None
 
     def list_tenants(self) -> list[Tenant]:
         with self._lock:
@@ -190,13 +189,12 @@ class TenantStore:
         if not _KEY_SHAPE.fullmatch(key):
             return None
         # The lookup is by hash, so timing reveals nothing about the secret.
-        with self._lock:
-            rows = list(
-                self._keys.rows_where("key_hash = ? AND revoked_at IS NULL", [hash_key(key)])
-            )
-        if not rows:
+        row = self._first(
+            "SELECT * FROM keys WHERE key_hash = ? AND revoked_at IS NULL", hash_key(key)
+        )
+        if row is None:
             return None
-        info = _key_info(rows[0])
+        info = _key_info(row)
         return Principal(tenant=info.tenant, role=info.role, key_id=info.key_id)
 
     def list_keys(self, tenant: str | None = None) -> list[KeyInfo]:
@@ -210,8 +208,17 @@ class TenantStore:
 
         Revoked keys count, so revoking the last key locks the service rather than opening it.
         """
+        return self._first("SELECT 1 FROM keys LIMIT 1") is None
+
+    def _first(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        """One row by plain SQL: these lookups run on every request, and sqlite-utils' table
+        helpers re-read the schema each time."""
         with self._lock:
-            return self._keys.count == 0
+            cursor = self._db.conn.execute(sql, args)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
     def close(self) -> None:
         self._db.close()

@@ -1,6 +1,12 @@
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from agent.evidence import exchanges, format_evidence, last_exchange, recent_history
+from agent.evidence import (
+    exchanges,
+    format_evidence,
+    last_exchange,
+    recent_exchanges,
+    recent_history,
+)
 from tools.base import Passage
 
 CONVERSATION = [
@@ -30,6 +36,9 @@ def test_recent_history_keeps_the_last_answered_turns():
         ("ai", "整机保修两年[1]。"),
     ]
     assert recent_history(CONVERSATION, turns=0) == []
+    assert recent_exchanges(CONVERSATION, turns=6) == [
+        ("星尘打印机保修多久？", "整机保修两年[1]。")
+    ]
     long = [HumanMessage(f"问题{i}") if i % 2 == 0 else AIMessage("答" * 1000) for i in range(10)]
     history = recent_history(long, turns=2)
     assert [m.content for m in history if m.type == "human"] == ["问题6", "问题8"]
