@@ -28,6 +28,7 @@ from agent.checkpoints import Checkpointer, checkpointer_health, open_checkpoint
 from agent.evidence import last_exchange
 from agent.gateway import Answer, Gateway, Refusal
 from agent.models import message_text
+from agent.policy.metrics import live_gauges_of_this_process
 from agent.policy.tenants import Principal
 from agent.services import Services, ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings, get_settings
@@ -149,6 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             gate = Gateway.from_settings(settings, services, build(saver))
             stack.callback(gate.close)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=3.0))
+        stack.enter_context(live_gauges_of_this_process())
         set_services(services)
         stack.callback(set_services, None)
         services.on_outage = lambda dependency: gate.metrics.dependency_errors.labels(
@@ -497,10 +499,14 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     knowledge_serves = problem is None or problem.endswith(FALLBACK_NOTE)
     problem = await _check_ollama(rt)
     checks["ollama"] = {"ok": problem is None, **({"error": problem} if problem else {})}
+    if rt.settings.shared_state == "redis":
+        # Turns go on without Redis (quotas unchecked, locks per process): degraded, not down.
+        problem = await rt.gateway.shared_state_health()
+        checks["redis"] = {"ok": problem is None, **({"error": problem} if problem else {})}
 
     if not (checks[checkpoints]["ok"] and knowledge_serves):
         return JSONResponse({"status": "down", "checks": checks}, status_code=503)
-    status = "ok" if checks["ollama"]["ok"] and checks["knowledge"]["ok"] else "degraded"
+    status = "ok" if all(check["ok"] for check in checks.values()) else "degraded"
     return JSONResponse({"status": status, "checks": checks})
 
 

@@ -7,6 +7,7 @@ and what gets recorded. HTTP routes (`server.py`) call it; it knows nothing of H
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -149,6 +150,12 @@ class Gateway:
             metrics=Metrics(),
             locks=locks,
         )
+
+    async def shared_state_health(self) -> str | None:
+        """None when the state shared between replicas (Redis) answers, or none is shared."""
+        if isinstance(self.quota, RedisQuotaStore):
+            return await asyncio.to_thread(self.quota.health)
+        return None
 
     def close(self) -> None:
         self.tenants.close()

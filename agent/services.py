@@ -64,6 +64,10 @@ class Services:
 
     _bound: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
+    def report_outage(self, dependency: str) -> None:
+        if self.on_outage is not None:
+            self.on_outage(dependency)
+
     async def call_model(
         self, runnable: Any, messages: list[BaseMessage], *, stream: bool = False
     ) -> Any:
@@ -153,6 +157,7 @@ def services_from_settings(settings: Settings) -> Services:
     embedder = embedder_from_settings(settings)
     embedded = EmbeddedKB(settings.kb_path, settings.kb_name, embedder)
     knowledge: KnowledgeBackend = embedded
+    maxkb = None
     if settings.knowledge_backend == "maxkb":
         from tools.maxkb import FallbackKnowledge, MaxKBConfig, MaxKBKnowledge
 
@@ -160,7 +165,7 @@ def services_from_settings(settings: Settings) -> Services:
         knowledge = (
             FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb
         )
-    return Services(
+    services = Services(
         settings=settings,
         knowledge=knowledge,
         chat_models=OllamaChatModels(settings),
@@ -169,6 +174,10 @@ def services_from_settings(settings: Settings) -> Services:
         embedded={settings.kb_name: embedded},
         embedder=embedder,
     )
+    if maxkb is not None:
+        # Counted even while the embedded base stands in: the operator should see MaxKB fail.
+        maxkb.on_outage = services.report_outage
+    return services
 
 
 def ensure_default_knowledge(kb: EmbeddedKB, settings: Settings) -> None:

@@ -3,6 +3,7 @@ deadline, the service stays up and the conversation stays intact."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,11 @@ def test_maxkb_faults_fall_back_to_the_embedded_base(maxkb: FakeMaxKB, fault: Ma
         assert "星尘打印机整机保修两年" in reply["answer"]
         assert reply["citations"][0]["source"] == "kb/stardust.md"
         assert seconds < 1.0 + DEADLINE_S
+        # Counted although the user never saw the failure: the operator should.
+        failed = re.search(
+            r'qqrag_dependency_errors_total\{dependency="maxkb"\} (\S+)', api.get("/metrics").text
+        )
+        assert failed is not None and float(failed[1]) >= 1
         ready = api.get("/readyz")
         if fault is None:
             assert ready.status_code == 200 and ready.json()["status"] == "degraded"

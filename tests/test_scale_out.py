@@ -147,7 +147,7 @@ def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas, 
         assert stored.fetchone() == (1,)
 
     ready = httpx.get(f"{b.url}/readyz", timeout=10).json()
-    assert ready["checks"]["postgres"] == {"ok": True}
+    assert ready["checks"]["postgres"] == ready["checks"]["redis"] == {"ok": True}
     assert httpx.delete(f"{b.url}/v1/threads/{THREAD}", timeout=10).json()["deleted"] is True
     assert httpx.get(f"{a.url}/v1/threads/{THREAD}", timeout=10).status_code == 404
 

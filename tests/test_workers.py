@@ -8,14 +8,18 @@ still take its turns one at a time (no turn lost to a concurrent checkpoint writ
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from evals.fakes.ollama import FakeOllama, LatencyModel
+from evals.fakes.ollama import FakeOllama, Fault, LatencyModel
 from evals.harness import ServiceProcess
 from tests.conftest import FIXTURES, drop_developer_settings
 
@@ -30,24 +34,29 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(root: Path) -> Iterator[ServiceProcess]:
+def fake() -> Iterator[FakeOllama]:
     # Each model call takes a while, so turns sent together overlap in both workers.
-    with FakeOllama(latency=LatencyModel(fixed_s=0.03)) as fake:
-        env = {
-            "QQRAG_WORKERS": "2",
-            "QQRAG_DATA_DIR": str(root / "data"),
-            "QQRAG_OLLAMA_URL": fake.url,
-            "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
-            "QQRAG_QUOTA_USER_RPM": "0",
-            "QQRAG_MAX_INFLIGHT_TURNS": "0",
-        }
-        with pytest.MonkeyPatch.context() as patch:
-            # The children inherit this process's environment: no developer's QQRAG_* leaks in.
-            drop_developer_settings(patch)
-            process = ServiceProcess(env, cwd=root)
-        with process:
-            process.wait_workers(2)
-            yield process
+    with FakeOllama(latency=LatencyModel(fixed_s=0.03)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def service(root: Path, fake: FakeOllama) -> Iterator[ServiceProcess]:
+    env = {
+        "QQRAG_WORKERS": "2",
+        "QQRAG_DATA_DIR": str(root / "data"),
+        "QQRAG_OLLAMA_URL": fake.url,
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+        "QQRAG_QUOTA_USER_RPM": "0",
+        "QQRAG_MAX_INFLIGHT_TURNS": "0",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        # The children inherit this process's environment: no developer's QQRAG_* leaks in.
+        drop_developer_settings(patch)
+        process = ServiceProcess(env, cwd=root)
+    with process:
+        process.wait_workers(2)
+        yield process
 
 
 def worker_pids(root: Path) -> set[str]:
@@ -67,13 +76,20 @@ async def ask_together(url: str, texts: list[str]) -> list[httpx.Response]:
     return await asyncio.gather(*(ask(text) for text in texts))
 
 
-def turns_counted(service: ServiceProcess) -> float:
+def metric(service: ServiceProcess, prefix: str) -> float:
+    """The sum of a series' samples, as a scrape of /metrics reports them."""
     body = httpx.get(f"{service.url}/metrics", timeout=5).text
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith("qqrag_turns_total{")
+        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(prefix)
     )
+
+
+def turns_counted(service: ServiceProcess) -> float:
+    return metric(service, "qqrag_turns_total{")
+
+
+def in_flight(service: ServiceProcess) -> float:
+    return metric(service, "qqrag_inflight_turns ")
 
 
 def test_one_conversation_across_two_workers_keeps_every_turn(service: ServiceProcess, root: Path):
@@ -101,3 +117,27 @@ def test_metrics_add_up_the_workers(service: ServiceProcess):
     assert all(r.status_code == 200 for r in responses)
     # Every scrape, whichever worker serves it, counts the turns of both.
     assert [turns_counted(service) for _ in range(4)] == [before + 6] * 4
+
+
+def test_killed_workers_leave_no_turn_in_flight_behind(service: ServiceProcess, fake: FakeOllama):
+    """Runs last: it kills the workers (uvicorn starts new ones)."""
+    fake.fail_next(Fault.SLOW)
+    body = {"scene": "private", "user_id": "40005", "text": "星尘打印机保修多久？"}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{service.url}/v1/chat", json=body, timeout=60)
+        deadline = time.monotonic() + 30
+        while in_flight(service) != 1:
+            assert time.monotonic() < deadline, "the slow turn never started"
+            time.sleep(0.05)
+        workers = [
+            int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", service.log())
+        ]
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(httpx.HTTPError):
+            pending.result()
+
+    service.wait_workers(len(workers) + 2)
+    # The dead worker's count of 1 went with it: the replacements dropped its gauge file.
+    assert [in_flight(service) for _ in range(4)] == [0] * 4
+    fake.reset()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -389,6 +389,8 @@ class MaxKBKnowledge:
         )
         self._chat_id: str | None = None
         self._chat_lock = asyncio.Lock()
+        self.on_outage: Callable[[str], None] | None = None
+        """Told "maxkb" when a search fails (metrics)."""
 
     @property
     def v1_method(self) -> Literal["get", "put"] | None:
@@ -398,6 +400,14 @@ class MaxKBKnowledge:
     async def search(self, query: str, k: int) -> list[Passage]:
         if k <= 0 or not query.strip():
             return []
+        try:
+            return await self._search(query, k)
+        except MaxKBError:
+            if self.on_outage is not None:
+                self.on_outage(self.name)
+            raise
+
+    async def _search(self, query: str, k: int) -> list[Passage]:
         top_number = min(k, MAX_TOP_NUMBER)
         if self.config.mode == "app_hit_test_v1":
             rows = await self._hit_test_v1(query, top_number)

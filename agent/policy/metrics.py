@@ -9,13 +9,16 @@ answers the scrape.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 Outcome = Literal["answered", "not_found", "degraded", "blocked", "error"]
 Side = Literal["question", "answer"]
@@ -124,3 +127,46 @@ def share_between_processes(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ[MULTIPROCESS_ENV] = str(folder)
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_processes(folder: Path) -> list[int]:
+    """Drop the live gauges (turns in flight) of processes that are gone; counters and
+    histograms stay, they are history. Returns the pids dropped."""
+    pids = {
+        int(match[1])
+        for path in folder.glob("gauge_live*.db")
+        if (match := _LIVE_GAUGE_FILE.fullmatch(path.name))
+    }
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        mark_process_dead(pid, str(folder))
+    return dead
+
+
+@contextmanager
+def live_gauges_of_this_process() -> Iterator[None]:
+    """A worker's lifetime in multiprocess mode. A worker that was killed or crashed left its
+    in-flight count behind, and /metrics would keep adding it: the replacement uvicorn starts
+    drops it on its way up. A worker that stops cleanly drops its own on the way out."""
+    shared = os.environ.get(MULTIPROCESS_ENV)
+    if not shared:
+        yield
+        return
+    forget_dead_processes(Path(shared))
+    try:
+        yield
+    finally:
+        mark_process_dead(os.getpid(), shared)

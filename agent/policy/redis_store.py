@@ -209,6 +209,17 @@ class RedisQuotaStore(QuotaRules):
         value = self._client.get(self._daily_key(tenant, self._day(now), scope, subject_id))
         return int(value) if value else 0
 
+    def health(self) -> str | None:
+        """None when Redis answers a PING, else what is wrong and what it costs, in Chinese."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            return (
+                f"无法连接 Redis（请检查 QQRAG_REDIS_URL）：{exc}；问答照常，但暂不检查配额，"
+                "并发上限和会话锁改由各进程各自把关"
+            )
+        return None
+
     def close(self) -> None:
         """Close the Redis client, shared with the service's `RedisAdmission` (done by then)."""
         self._client.close()

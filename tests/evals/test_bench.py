@@ -11,9 +11,12 @@ from rich.console import Console
 from evals.bench import (
     CALL_KINDS,
     CONVERSATIONS,
+    DEFAULT_TURNS,
     MAXKB_NOTE,
     NODES,
+    SOLO_ZERO_TURNS,
     call_kind,
+    default_turns,
     main,
     make_users,
     median_run,
@@ -155,3 +158,8 @@ def test_a_repeated_run_carries_its_repeats() -> None:
     [run] = report["runs"]
     assert report["repeat"] == 2 and run["repeats"]["count"] == 2
     assert run["latency_ms"]["p50"] == max(run["repeats"]["latency_ms.p50"])
+
+
+def test_one_user_on_zero_latency_runs_more_turns_by_default() -> None:
+    assert default_turns("zero", 1) == SOLO_ZERO_TURNS > DEFAULT_TURNS
+    assert default_turns("zero", 32) == default_turns("model", 1) == DEFAULT_TURNS

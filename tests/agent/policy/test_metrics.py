@@ -1,6 +1,11 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.policy.metrics import Metrics
+from agent.policy.metrics import Metrics, forget_dead_processes
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -53,3 +58,30 @@ def test_each_instance_has_its_own_registry():
     first.busy_rejections.inc()
     assert samples(first)[("qqrag_busy_rejections_total", ())] == 1
     assert samples(second)[("qqrag_busy_rejections_total", ())] == 0
+
+
+def test_the_live_gauges_of_dead_processes_are_dropped_and_nothing_else(tmp_path: Path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead, alive = int(gone.stdout), os.getpid()
+    names = [
+        f"gauge_livesum_{dead}.db",
+        f"gauge_liveall_{dead}.db",
+        f"counter_{dead}.db",
+        f"histogram_{dead}.db",
+        f"gauge_livesum_{alive}.db",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+
+    assert forget_dead_processes(tmp_path) == [dead]
+
+    # Counts of the dead worker still add up; only its in-flight gauge goes.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead}.db", f"histogram_{dead}.db", f"gauge_livesum_{alive}.db"]
+    )
+    assert forget_dead_processes(tmp_path) == []

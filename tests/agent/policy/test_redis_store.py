@@ -186,6 +186,10 @@ def test_every_key_expires(connect, space):
     admission.leave()
 
 
+def test_a_reachable_redis_is_healthy(connect, space):
+    assert store(connect(), space).health() is None
+
+
 def test_two_stores_share_one_quota(connect, space):
     first = store(connect(), space, user_rpm=4)
     second = store(connect(), space, user_rpm=4)
@@ -258,6 +262,8 @@ def test_without_redis_quotas_let_requests_through_and_the_bound_is_per_process(
     assert quota.check_and_take("t", "u", None) == ALLOWED
     assert quota.check_and_take("t", "u", None) == ALLOWED
     quota.add_tokens("t", "u", None, 10)
+    # /readyz says so: the service is degraded, not down.
+    assert "无法连接 Redis（请检查 QQRAG_REDIS_URL）" in (quota.health() or "")
 
     admission = RedisAdmission(gone, 1)
     assert admission.try_enter()
