@@ -98,6 +98,8 @@ class State(InputState):
     kept across command turns so `/原文 n` can show them."""
     degraded: bool = False
     """A dependency failed this turn and a fallback produced the answer."""
+    knowledge_error: str = ""
+    """Why the knowledge base could not be searched this turn; empty when it could."""
     model_calls: int = 0
     """Chat model calls this turn."""
     tokens: int = 0
@@ -118,6 +120,7 @@ TURN_RESET: dict[str, object] = {
     "citations": [],
     "verdict": None,
     "degraded": False,
+    "knowledge_error": "",
     "model_calls": 0,
     "tokens": 0,
 }

@@ -132,3 +132,24 @@ def test_maxkb_faults_fall_back_to_the_embedded_base(maxkb: FakeMaxKB, fault: Ma
             assert ready.status_code == 200 and ready.json()["status"] == "degraded"
             assert "已改用嵌入式知识库" in ready.json()["checks"]["knowledge"]["error"]
         assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_maxkb_down_without_the_fallback_gets_a_short_reply(
+    maxkb: FakeMaxKB, env: pytest.MonkeyPatch
+):
+    env.setenv("QQRAG_MAXKB_FALLBACK_EMBEDDED", "false")
+    with client() as api:
+        served, _ = ask(api, "广三铁路在哪年建成？")
+        maxkb.stop()
+        reply, seconds = ask(api, FIRST)
+        assert seconds < 1.0 + DEADLINE_S
+        # Unreachable, said as such: not "the knowledge base has nothing on it".
+        assert reply["answer"].startswith("知识库暂时连不上")
+        assert reply["degraded"] is True and reply["citations"] == []
+        history = api.get("/v1/threads/default:qq:private:9").json()["messages"]
+        assert [m["content"] for m in history if m["role"] == "user"] == [
+            "广三铁路在哪年建成？",
+            FIRST,
+        ]
+        assert history[1]["content"] == served["answer"]
+        assert api.get("/healthz").json() == {"status": "ok"}

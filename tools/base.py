@@ -7,6 +7,11 @@ from typing import Protocol
 from typing_extensions import TypedDict
 
 
+class KnowledgeUnavailable(Exception):
+    """A backend could not search (down, refusing the credentials, misconfigured); `str()`
+    tells an operator what to do, in Chinese."""
+
+
 class Passage(TypedDict):
     """One retrievable piece of a document, the same shape for every backend."""
 

@@ -38,7 +38,7 @@ from tenacity import (
     wait_random,
 )
 
-from tools.base import KnowledgeBackend, Passage
+from tools.base import KnowledgeBackend, KnowledgeUnavailable, Passage
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -69,7 +69,7 @@ _HEALTH_QUERY = "连接检查"
 _URL_SUFFIXES = ("/admin", "/chat", "/api", "/ui")
 
 
-class MaxKBError(Exception):
+class MaxKBError(KnowledgeUnavailable):
     """A MaxKB call failed; ``str()`` is a Chinese message telling an operator what to do."""
 
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None):

@@ -49,7 +49,8 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
     attempts = state.attempts + 1
     if not state.evidence:
-        draft = prompts.render("not_found", ctx.prompt_variant, question=state.question)
+        reply = "knowledge_down" if state.knowledge_error else "not_found"
+        draft = prompts.render(reply, ctx.prompt_variant, question=state.question)
         return {"draft": draft, "draft_source": "not_found", "attempts": attempts}
 
     runnable = services.answer_model(ctx, with_tools=state.tool_rounds < ctx.max_tool_rounds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -9,10 +10,18 @@ from langgraph.runtime import Runtime
 from agent.context import Context
 from agent.services import get_services
 from agent.state import State
+from tools.base import KnowledgeUnavailable
+
+log = logging.getLogger(__name__)
 
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     knowledge = get_services().knowledge_for(ctx.knowledge_bases)
-    candidates = await knowledge.search(state.query, ctx.top_k)
+    try:
+        candidates = await knowledge.search(state.query, ctx.top_k)
+    except KnowledgeUnavailable as exc:
+        # The user is told the knowledge base is unreachable, not that it lacks an answer.
+        log.warning("knowledge search failed: %s", exc)
+        return {"candidates": [], "degraded": True, "knowledge_error": str(exc)}
     return {"candidates": candidates}

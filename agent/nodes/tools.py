@@ -12,10 +12,11 @@ from agent.context import Context
 from agent.evidence import format_evidence
 from agent.services import get_services
 from agent.state import State
-from tools.base import Passage
+from tools.base import KnowledgeUnavailable, Passage
 from tools.knowledge import SEARCH_TOOL_NAME
 
 NOTHING_NEW = "没有找到更多相关资料。"
+SEARCH_FAILED = "知识库暂时无法检索，请只根据已有资料回答。"
 
 
 async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -43,6 +44,9 @@ async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                     f"参数有误：{exc.errors()[0]['msg']}", tool_call_id=call_id, status="error"
                 )
             )
+            continue
+        except KnowledgeUnavailable:
+            results.append(ToolMessage(SEARCH_FAILED, tool_call_id=call_id, status="error"))
             continue
         for passage in found:
             if passage["id"] not in numbers:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import httpx
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from agent.context import Context
+from agent.nodes.tools import SEARCH_FAILED
+from agent.services import Services
 from agent.turns import QAGraph, run_turn, turn_config, turn_input
 from tests.conftest import ScriptedModels
+from tools.base import KnowledgeUnavailable, Passage
 
 PRICE = "星尘打印机标准版售价 1999 元[1]。"
 
@@ -299,3 +304,45 @@ async def test_stored_conversation_keeps_only_the_last_turns(
         await run_turn(graph, "t20", question, context)
     stored = (await graph.aget_state(turn_config("t20"))).values["messages"]
     assert [m.content for m in stored] == ["你好", "好的！", "谢谢", "好的！"]
+
+
+class FailingAfter:
+    """The fixture's knowledge base, which stops answering after `searches` searches."""
+
+    def __init__(self, kb: Any, searches: int) -> None:
+        self.kb, self.left, self.name = kb, searches, kb.name
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        if self.left <= 0:
+            raise KnowledgeUnavailable("无法连接 MaxKB")
+        self.left -= 1
+        return cast(list[Passage], await self.kb.search(query, k))
+
+    async def health(self) -> str | None:
+        return None
+
+
+async def test_an_unreachable_knowledge_base_is_said_so_without_a_model_call(
+    graph: QAGraph, models: ScriptedModels, services: Services
+):
+    services.knowledge = FailingAfter(services.knowledge, searches=0)
+    result = await run_turn(graph, "t-down", "星尘打印机售价多少？", Context())
+    assert result.answer.startswith("知识库暂时连不上")
+    assert result.degraded is True and result.citations == []
+    assert models.calls == []
+
+
+async def test_a_failed_follow_up_search_is_reported_to_the_model(
+    graph: QAGraph, models: ScriptedModels, services: Services
+):
+    services.knowledge = FailingAfter(services.knowledge, searches=1)
+    call = AIMessage(
+        content="",
+        tool_calls=[{"name": "search_knowledge", "args": {"query": "滤网"}, "id": "c1"}],
+    )
+    models.say(call, PRICE)
+    result = await run_turn(graph, "t-tool", "星尘打印机售价多少？", Context())
+    tool_result = models.calls[1][-1]
+    assert isinstance(tool_result, ToolMessage) and tool_result.status == "error"
+    assert tool_result.content == SEARCH_FAILED
+    assert result.answer == PRICE
