@@ -318,7 +318,9 @@ class RedisAdmission:
                     pipe.zadd(self._key, dict.fromkeys(slots, until), xx=True)
                     pipe.pexpire(self._key, math.ceil(self.lease_s * 1000))
                     pipe.execute()
-            except redis.RedisError:
+            # redis-py raises OSError/ValueError, not RedisError, when the client is closed
+            # (shutdown) under this thread; the thread must not die of it while slots are held.
+            except (redis.RedisError, OSError, ValueError):
                 log.warning("Redis unreachable: leases not renewed", exc_info=True)
 
 
