@@ -53,6 +53,7 @@ from agent.context import Context
 from agent.evidence import format_evidence
 from agent.models import OllamaChatModels, usage_tokens
 from agent.settings import Settings
+from evals import write_json
 from evals.fakes.maxkb import FakeMaxKB
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess
@@ -882,8 +883,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print_report(report, Console())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+        write_json(args.json, report)
     return report
 
 

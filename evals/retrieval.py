@@ -35,6 +35,7 @@ from agent.nodes.classify import classify
 from agent.services import Services, set_services
 from agent.settings import Settings
 from agent.state import State
+from evals import write_json
 from evals.fakes.ollama import FakeOllama
 from tools.base import Passage
 from tools.embeddings import OllamaEmbedder
@@ -420,8 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(str(exc))
     print_report(report, Console())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+        write_json(args.json, report)
     return report
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -22,6 +25,38 @@ from graphs.qa import build
 from tools.kb import EmbeddedKB
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+REDIS_URL = os.environ.get("QQRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SCALE_OUT_REQUIRED = os.environ.get("QQRAG_REQUIRE_SCALE_OUT") == "1"
+"""`.ci/run` sets it: there a missing PostgreSQL or Redis fails the tests instead of skipping."""
+
+
+def redis_problem() -> str | None:
+    """Why the test Redis cannot be used, or None when it answers."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        return f"Redis not reachable at {REDIS_URL} ({exc})"
+    return None
+
+
+def require_servers(problem: str | None) -> None:
+    """Skip for `problem`, or fail where the scale-out servers are required."""
+    if problem:
+        (pytest.fail if SCALE_OUT_REQUIRED else pytest.skip)(problem)
+
+
+@contextmanager
+def redis_key_prefix() -> Iterator[str]:
+    """A key prefix of a test run's own; its keys are deleted afterwards."""
+    prefix = f"qqrag-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
 
 
 class ScriptedChatModel(BaseChatModel):

@@ -20,20 +20,24 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from agent.checkpoints import CheckpointerError, open_checkpointer
 from agent.settings import Settings
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess, free_port
-from tests.conftest import FIXTURES, drop_developer_settings
+from tests.conftest import (
+    FIXTURES,
+    REDIS_URL,
+    drop_developer_settings,
+    redis_key_prefix,
+    redis_problem,
+    require_servers,
+)
 
 POSTGRES_URL = os.environ.get(
     "QQRAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("QQRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRED = os.environ.get("QQRAG_REQUIRE_SCALE_OUT") == "1"
 THREAD = "default:qq:group:20002:30003"
 
 
@@ -43,10 +47,8 @@ def _servers_problem() -> str | None:
         psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
     except psycopg.Error as exc:
         problems.append(f"PostgreSQL not reachable at {POSTGRES_URL} ({exc})")
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        problems.append(f"Redis not reachable at {REDIS_URL} ({exc})")
+    if redis_trouble := redis_problem():
+        problems.append(redis_trouble)
     if problems:
         return "; ".join([*problems, "set QQRAG_TEST_POSTGRES_URL / QQRAG_TEST_REDIS_URL"])
     return None
@@ -58,8 +60,7 @@ SERVERS_PROBLEM = _servers_problem()
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A connection string whose tables land in a fresh schema, dropped afterwards."""
-    if SERVERS_PROBLEM:
-        (pytest.fail if REQUIRED else pytest.skip)(SERVERS_PROBLEM)
+    require_servers(SERVERS_PROBLEM)
     schema = f"qqrag_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -72,12 +73,8 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def redis_prefix() -> Iterator[str]:
-    prefix = f"qqrag-test-{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
+    with redis_key_prefix() as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="module")

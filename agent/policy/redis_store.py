@@ -109,6 +109,10 @@ class SharedStateError(RuntimeError):
     """Redis is chosen but cannot be used; the message is Chinese and names the setting."""
 
 
+def _unreachable(exc: BaseException) -> str:
+    return f"无法连接 Redis（请检查 QQRAG_REDIS_URL）：{exc}"
+
+
 def connect_redis(url: str) -> redis.Redis:
     """A client for `url`, checked with a PING; raises `SharedStateError` naming the setting."""
     if not url.strip():
@@ -127,7 +131,7 @@ def connect_redis(url: str) -> redis.Redis:
         )
         client.ping()
     except (redis.RedisError, ValueError) as exc:
-        raise SharedStateError(f"无法连接 Redis（请检查 QQRAG_REDIS_URL）：{exc}") from exc
+        raise SharedStateError(_unreachable(exc)) from exc
     return client
 
 
@@ -215,8 +219,7 @@ class RedisQuotaStore(QuotaRules):
             self._client.ping()
         except redis.RedisError as exc:
             return (
-                f"无法连接 Redis（请检查 QQRAG_REDIS_URL）：{exc}；问答照常，但暂不检查配额，"
-                "并发上限和会话锁改由各进程各自把关"
+                f"{_unreachable(exc)}；问答照常，但暂不检查配额，并发上限和会话锁改由各进程各自把关"
             )
         return None
 

@@ -8,7 +8,6 @@ failed instead when QQRAG_REQUIRE_SCALE_OUT=1.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -32,37 +31,23 @@ from agent.policy.redis_store import (
     connect_redis,
 )
 from evals.harness import free_port
-
-REDIS_URL = os.environ.get("QQRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRED = os.environ.get("QQRAG_REQUIRE_SCALE_OUT") == "1"
+from tests.conftest import REDIS_URL, redis_key_prefix, redis_problem, require_servers
 
 # 10:00 in China: 14 hours before midnight.
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=CHINA_TZ).timestamp()
 MIDNIGHT = datetime(2025, 3, 2, 0, 0, tzinfo=CHINA_TZ).timestamp()
 
 
-def _redis_problem() -> str | None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        return f"Redis not reachable at {REDIS_URL} ({exc}); set QQRAG_TEST_REDIS_URL"
-    return None
-
-
-REDIS_PROBLEM = _redis_problem()
+_UNREACHABLE = redis_problem()
+REDIS_PROBLEM = f"{_UNREACHABLE}; set QQRAG_TEST_REDIS_URL" if _UNREACHABLE else None
 
 
 @pytest.fixture(scope="module")
 def prefix() -> Iterator[str]:
     """A key prefix of this run's own; its keys are deleted afterwards."""
-    if REDIS_PROBLEM:
-        (pytest.fail if REQUIRED else pytest.skip)(REDIS_PROBLEM)
-    run = f"qqrag-test-{uuid.uuid4().hex[:12]}:"
-    yield run
-    cleaner = redis.Redis.from_url(REDIS_URL)
-    for key in cleaner.scan_iter(match=f"{run}*"):
-        cleaner.delete(key)
-    cleaner.close()
+    require_servers(REDIS_PROBLEM)
+    with redis_key_prefix() as run:
+        yield run
 
 
 @pytest.fixture
