@@ -4,14 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp
+
+NOT_JSON = object()
+"""What `json_body` returns for a body that is not JSON: each fake answers it its own way."""
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body: None when empty, `NOT_JSON` when it does not parse."""
+    raw = await request.body()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return NOT_JSON
+
+
+def catch_all(dispatch: Callable[[Request], Awaitable[Response]]) -> Starlette:
+    """An app sending every path and method to `dispatch`: a fake routes the way its real
+    server does, 404 and 405 bodies included, rather than the way Starlette would."""
+    return Starlette(routes=[Route("/{path:path}", dispatch, methods=_ALL_METHODS)])
+
+
+def serve_forever(app: ASGIApp, host: str, port: int) -> None:
+    """Serve a fake in the foreground, for trying the product by hand."""
+    uvicorn.run(app, host=host, port=port, lifespan="off", timeout_graceful_shutdown=1)
 
 
 class ThreadedServer:

@@ -44,13 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
-from evals.fakes._server import ThreadedServer
+from evals.fakes._server import NOT_JSON, ThreadedServer, catch_all, json_body, serve_forever
 from evals.fakes.ollama import count_tokens, overlap
 
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "maxkb"
@@ -298,14 +296,6 @@ def _not_allowed(method: str) -> Response:
     return _failure(f'Method "{method}" not allowed.')
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 _NULL_MESSAGES = {"en": "This field may not be null.", "zh": "该字段不能为 null。"}
 
 
@@ -317,29 +307,32 @@ def _hit_test_problem(fields: Mapping[str, Any], language: str) -> str | None:
         return f"query text:{null}"
     if not str(query_text).strip():
         return "query text:This field may not be blank."
-    top_number = fields.get("top_number")
-    if top_number is None:
-        return f"top number:{null}"
+    return (
+        _range_problem("top number", fields.get("top_number"), int, 1, 10000, null)
+        or _range_problem("similarity", fields.get("similarity"), float, 0, 2, null)
+        or _search_mode_problem(fields.get("search_mode"), null)
+    )
+
+
+def _range_problem(
+    label: str, value: Any, parse: Callable[[str], float], low: int, high: int, null: str
+) -> str | None:
+    """DRF's messages for a missing, unparsable or out-of-range number field."""
+    if value is None:
+        return f"{label}:{null}"
     try:
-        top = int(str(top_number))
+        number = parse(str(value))
     except ValueError:
-        return "top number:A valid integer is required."
-    if top < 1:
-        return "top number:Ensure this value is greater than or equal to 1."
-    if top > 10000:
-        return "top number:Ensure this value is less than or equal to 10000."
-    similarity = fields.get("similarity")
-    if similarity is None:
-        return f"similarity:{null}"
-    try:
-        threshold = float(str(similarity))
-    except ValueError:
-        return "similarity:A valid number is required."
-    if threshold < 0:
-        return "similarity:Ensure this value is greater than or equal to 0."
-    if threshold > 2:
-        return "similarity:Ensure this value is less than or equal to 2."
-    search_mode = fields.get("search_mode")
+        kind = "integer" if parse is int else "number"
+        return f"{label}:A valid {kind} is required."
+    if number < low:
+        return f"{label}:Ensure this value is greater than or equal to {low}."
+    if number > high:
+        return f"{label}:Ensure this value is less than or equal to {high}."
+    return None
+
+
+def _search_mode_problem(search_mode: Any, null: str) -> str | None:
     if search_mode is None:
         return f"search mode:{null}"
     if not _SEARCH_MODE_RE.search(str(search_mode)):
@@ -568,7 +561,9 @@ class _Api:
         if caller.kind != "user" or params["workspace"] != self.fake.workspace:
             return _envelope(403, NO_PERMISSION, status=403)
         knowledge_id = params["knowledge"]
-        if not _is_uuid(knowledge_id):
+        try:
+            uuid.UUID(knowledge_id)
+        except ValueError:
             return _failure("id:Must be a valid UUID.")
         fields = body if isinstance(body, dict) else {}
         if problem := _hit_test_problem(fields, _language(request)):
@@ -827,14 +822,10 @@ def create_app(fake: FakeMaxKB) -> Starlette:
     api = _Api(fake)
 
     async def dispatch(request: Request) -> Response:
-        raw = await request.body()
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                fake._record(request, None)
-                return _failure("JSON parse error - Expecting value: line 1 column 1 (char 0)")
+        body = await json_body(request)
+        if body is NOT_JSON:
+            fake._record(request, None)
+            return _failure("JSON parse error - Expecting value: line 1 column 1 (char 0)")
         fake._record(request, body)
         found = api.route(request.url.path)
         if found is None:
@@ -844,8 +835,7 @@ def create_app(fake: FakeMaxKB) -> Starlette:
         handler, params = found
         return await handler(request, params, body)
 
-    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])
+    return catch_all(dispatch)
 
 
 def main() -> None:
@@ -881,13 +871,7 @@ def main() -> None:
         f"  QQRAG_MAXKB_KNOWLEDGE_IDS={','.join(fake.knowledge)}",
         flush=True,
     )
-    uvicorn.run(
-        create_app(fake),
-        host=args.host,
-        port=args.port,
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
+    serve_forever(create_app(fake), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from evals.fakes._server import ThreadedServer
+from evals.fakes._server import NOT_JSON, ThreadedServer, catch_all, json_body, serve_forever
 
 OLLAMA_VERSION = "0.12.11"
 DEFAULT_MODELS = ("qwen3:8b", "qwen3-embedding:0.6b", "dengcao/Qwen3-Reranker-0.6B:Q8_0")
@@ -761,13 +759,12 @@ def _job(
     )
 
 
-_INVALID_JSON = object()
 _MODEL_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 
 
 def _model_request(body: Any) -> tuple[dict[str, Any], Response | None]:
     """The request object, or a 400 answer as Ollama gives for a bad body."""
-    if body is _INVALID_JSON:
+    if body is NOT_JSON:
         return {}, _error(400, "invalid character in request body: not valid JSON")
     if body is None:
         return {}, _error(400, "missing request body")
@@ -921,6 +918,24 @@ class _Api:
             return _error(404, f"model '{request['model']}' not found")
         return _json(_show(card))
 
+    async def _model_call(
+        self, body: Any, route: str | None
+    ) -> tuple[dict[str, Any], Fault | None, Response | None]:
+        """The request, the fault it meets and the error to answer instead, checked in
+        Ollama's order: the body, an injected fault, then the model (and, for a generating
+        route, the model's capabilities)."""
+        request, error = _model_request(body)
+        if error is not None:
+            return request, None, error
+        fault = self.fake._take_fault()
+        if error := await self._fault_response(fault, request["model"]):
+            return request, fault, error
+        if route is not None:
+            return request, fault, self._capability_error(request, route)
+        if self.fake._card(request["model"]) is None:
+            return request, fault, _not_found(request["model"])
+        return request, fault, None
+
     async def _fault_response(self, fault: Fault | None, model: str) -> Response | None:
         if fault is Fault.SLOW:
             await self.fake.sleep(SLOW_FAULT_S)
@@ -946,13 +961,8 @@ class _Api:
         return None
 
     async def chat(self, body: Any) -> Response:
-        request, error = _model_request(body)
+        request, fault, error = await self._model_call(body, "chat")
         if error is not None:
-            return error
-        fault = self.fake._take_fault()
-        if error := await self._fault_response(fault, request["model"]):
-            return error
-        if error := self._capability_error(request, "chat"):
             return error
         messages = _messages(request.get("messages"))
         if messages is None:
@@ -972,13 +982,8 @@ class _Api:
         )
 
     async def generate(self, body: Any) -> Response:
-        request, error = _model_request(body)
+        request, fault, error = await self._model_call(body, "generate")
         if error is not None:
-            return error
-        fault = self.fake._take_fault()
-        if error := await self._fault_response(fault, request["model"]):
-            return error
-        if error := self._capability_error(request, "generate"):
             return error
         prompt = str(request.get("prompt") or "")
         system = str(request.get("system") or "")
@@ -1062,14 +1067,9 @@ class _Api:
         return fields
 
     async def embed(self, body: Any) -> Response:
-        request, error = _model_request(body)
+        request, fault, error = await self._model_call(body, None)
         if error is not None:
             return error
-        fault = self.fake._take_fault()
-        if error := await self._fault_response(fault, request["model"]):
-            return error
-        if self.fake._card(request["model"]) is None:
-            return _not_found(request["model"])
         raw_input = request.get("input")
         if isinstance(raw_input, str):
             texts = [raw_input] if raw_input else []
@@ -1102,14 +1102,9 @@ class _Api:
         return _maybe_cut(_dumps(result), fault)
 
     async def embeddings(self, body: Any) -> Response:
-        request, error = _model_request(body)
+        request, fault, error = await self._model_call(body, None)
         if error is not None:
             return error
-        fault = self.fake._take_fault()
-        if error := await self._fault_response(fault, request["model"]):
-            return error
-        if self.fake._card(request["model"]) is None:
-            return _not_found(request["model"])
         prompt = str(request.get("prompt") or "")
         await self.fake.sleep(self.fake.latency.prefill_s(count_tokens(prompt)))
         if fault is Fault.STREAM_ERROR_LINE:
@@ -1145,22 +1140,15 @@ def create_app(fake: FakeOllama) -> Starlette:
     api = _Api(fake)
 
     async def dispatch(request: Request) -> Response:
-        raw = await request.body()
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = _INVALID_JSON
+        body = await json_body(request)
         path = request.url.path
-        fake._record(request.method, path, None if body is _INVALID_JSON else body)
+        fake._record(request.method, path, None if body is NOT_JSON else body)
         handler = api.routes.get((request.method, path))
         if handler is None:
             return PlainTextResponse("404 page not found", 404)
         return await handler(body)
 
-    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])
+    return catch_all(dispatch)
 
 
 def main() -> None:
@@ -1183,13 +1171,7 @@ def main() -> None:
     latency = LatencyModel(args.fixed_latency, args.prefill_tps, args.decode_tps)
     fake = FakeOllama(models=args.models or DEFAULT_MODELS, latency=latency, port=args.port)
     _hide_stream_cuts_in_logs()
-    uvicorn.run(
-        create_app(fake),
-        host=args.host,
-        port=args.port,
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
+    serve_forever(create_app(fake), args.host, args.port)
 
 
 if __name__ == "__main__":
