@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -16,39 +17,42 @@ log = logging.getLogger("qqrag.policy")
 class Watched(Generic[T]):
     """Holds what `load()` built from `path`; looks again at most once per `check_interval`.
 
-    `signature()` is cheap (names, mtimes, sizes) and None when the path is missing; a changed
-    signature triggers `load()`. A missing path gives `missing()`; a load raising one of `errors`
-    keeps the previous value and is logged once per change. The new value is built beside the
-    old and replaces it in one assignment, so readers never see a half-built one.
+    A subclass says what it watches: `signature()` is cheap (names, mtimes, sizes) and None when
+    the path is missing; a changed signature triggers `load()`. A missing path gives `missing()`;
+    a load raising one of `errors` keeps the previous value and is logged once per change. The
+    new value is built beside the old and replaces it in one assignment, so readers never see a
+    half-built one.
     """
+
+    what: ClassVar[str]
+    """Named in the log lines."""
+    errors: ClassVar[tuple[type[Exception], ...]]
+    """What a failed load raises: caught and logged, never raised to a reader."""
+    missing_level: ClassVar[int] = logging.WARNING
 
     def __init__(
         self,
-        what: str,
-        path: Path,
+        path: Path | str,
         *,
-        signature: Callable[[], Hashable | None],
-        load: Callable[[], T],
-        missing: Callable[[], T],
-        errors: tuple[type[Exception], ...],
-        check_interval: float,
-        clock: Callable[[], float],
-        missing_level: int = logging.WARNING,
+        check_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._what, self._path = what, path
-        self._signature_of, self._load, self._missing, self._errors = (
-            signature,
-            load,
-            missing,
-            errors,
-        )
+        self.path = Path(path)
         self._check_interval, self._clock = check_interval, clock
-        self._missing_level = missing_level
         self._lock = threading.Lock()
         self._next_check = clock() + check_interval
-        self._signature = signature()
-        self._value = missing()
+        self._seen = self.signature()
+        self._value = self.missing()
         self._rebuild(changed=True)
+
+    def signature(self) -> Hashable | None:
+        raise NotImplementedError
+
+    def load(self) -> T:
+        raise NotImplementedError
+
+    def missing(self) -> T:
+        raise NotImplementedError
 
     @property
     def value(self) -> T:
@@ -56,9 +60,9 @@ class Watched(Generic[T]):
             # A thread finding the lock taken uses the current value rather than wait.
             try:
                 self._next_check = self._clock() + self._check_interval
-                signature = self._signature_of()
-                if signature != self._signature:
-                    self._signature = signature
+                signature = self.signature()
+                if signature != self._seen:
+                    self._seen = signature
                     self._rebuild(changed=True)
             finally:
                 self._lock.release()
@@ -68,28 +72,28 @@ class Watched(Generic[T]):
         """Load now, changed or not; False when the path is missing or the load failed."""
         with self._lock:
             self._next_check = self._clock() + self._check_interval
-            signature = self._signature_of()
-            changed, self._signature = signature != self._signature, signature
+            signature = self.signature()
+            changed, self._seen = signature != self._seen, signature
             return self._rebuild(changed=changed)
 
     def _rebuild(self, *, changed: bool) -> bool:
-        if self._signature is None:
-            self._value = self._missing()
+        if self._seen is None:
+            self._value = self.missing()
             if changed:
                 log.log(
-                    self._missing_level,
+                    self.missing_level,
                     "%s: nothing at %s, using the built-in default",
-                    self._what,
-                    self._path,
+                    self.what,
+                    self.path,
                 )
             return False
         try:
-            value = self._load()
-        except self._errors as error:
+            value = self.load()
+        except self.errors as error:
             log.error(
-                "%s: %s not loaded, keeping the previous one: %s", self._what, self._path, error
+                "%s: %s not loaded, keeping the previous one: %s", self.what, self.path, error
             )
             return False
         self._value = value
-        log.info("%s: loaded %s", self._what, self._path)
+        log.info("%s: loaded %s", self.what, self.path)
         return True

@@ -21,9 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import time
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -151,7 +150,7 @@ class ProfileBook:
         return Assignment(name, dict(profile.context_overrides), bases)
 
 
-class GrayRelease:
+class GrayRelease(Watched[ProfileBook]):
     """A `ProfileBook` read from a file and re-read when it changes; serving never breaks.
 
     The file is looked at no more than once per `check_interval` seconds, on use. An edit that
@@ -160,39 +159,25 @@ class GrayRelease:
     means the built-in default.
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        check_interval: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.path = Path(path)
-        self._book = Watched(
-            "gray-release profiles",
-            self.path,
-            signature=self._signature,
-            load=lambda: ProfileBook.load(self.path),
-            missing=ProfileBook.builtin,
-            errors=(ProfileError,),
-            check_interval=check_interval,
-            clock=clock,
-            # Most installs run without gray release: no file is the normal case.
-            missing_level=logging.INFO,
-        )
+    what = "gray-release profiles"
+    errors = (ProfileError,)
+    # Most installs run without gray release: no file is the normal case.
+    missing_level = logging.INFO
 
     @property
     def book(self) -> ProfileBook:
-        return self._book.value
+        return self.value
 
     def assign(self, tenant: str, group_id: str | None, user_id: str) -> Assignment:
         return self.book.assign(tenant, group_id, user_id)
 
-    def reload(self) -> bool:
-        """Re-read now, changed or not; False when the file is missing or does not load."""
-        return self._book.reload()
+    def load(self) -> ProfileBook:
+        return ProfileBook.load(self.path)
 
-    def _signature(self) -> tuple[int, int] | None:
+    def missing(self) -> ProfileBook:
+        return ProfileBook.builtin()
+
+    def signature(self) -> tuple[int, int] | None:
         try:
             stat = self.path.stat()
         except FileNotFoundError:

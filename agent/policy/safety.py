@@ -8,9 +8,8 @@ report spans in the text as the user wrote it.
 
 from __future__ import annotations
 
-import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +169,7 @@ def _star(text: str, hits: list[Hit]) -> str:
     return "".join(pieces)
 
 
-class SafetyFilter:
+class SafetyFilter(Watched[SensitiveWords]):
     """`SensitiveWords` from a folder, rebuilt when its files change; never raises on a bad folder.
 
     The folder is looked at no more than once per `check_interval` seconds, on use, and a
@@ -178,32 +177,12 @@ class SafetyFilter:
     once); a file that cannot be read keeps the previous words (logged once per change).
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        check_interval: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.path = Path(path)
-        self._words = Watched(
-            "sensitive words",
-            self.path,
-            signature=self._signature,
-            load=lambda: SensitiveWords.from_dir(self.path),
-            missing=lambda: SensitiveWords({}),
-            errors=(OSError, UnicodeDecodeError),
-            check_interval=check_interval,
-            clock=clock,
-        )
+    what = "sensitive words"
+    errors = (OSError, UnicodeDecodeError)
 
     @property
     def words(self) -> SensitiveWords:
-        return self._words.value
-
-    def reload(self) -> bool:
-        """Rebuild now, changed or not; False when the folder is missing or unreadable."""
-        return self._words.reload()
+        return self.value
 
     def scan(self, text: str) -> list[Hit]:
         return self.words.scan(text)
@@ -211,7 +190,13 @@ class SafetyFilter:
     def mask(self, text: str) -> tuple[str, list[Hit]]:
         return self.words.mask(text)
 
-    def _signature(self) -> tuple[tuple[str, int, int], ...] | None:
+    def load(self) -> SensitiveWords:
+        return SensitiveWords.from_dir(self.path)
+
+    def missing(self) -> SensitiveWords:
+        return SensitiveWords({})
+
+    def signature(self) -> tuple[tuple[str, int, int], ...] | None:
         if not self.path.is_dir():
             return None
         signature = []
