@@ -21,7 +21,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ChildProcess:
+class Started:
+    """Something started for a `with` block and stopped after it, or by `start()`/`stop()`."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ChildProcess(Started):
     """A program of this project in a child process, logging to a file; `ready()` says when
     it serves. Use it as a context manager, or `start()` and `stop()`."""
 
@@ -67,17 +88,6 @@ class ChildProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class ServiceProcess(ChildProcess):

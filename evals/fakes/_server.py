@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -18,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
+
+from evals.harness import Started
 
 NOT_JSON = object()
 """What `json_body` returns for a body that is not JSON: each fake answers it its own way."""
@@ -41,12 +44,20 @@ def catch_all(dispatch: Callable[[Request], Awaitable[Response]]) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", dispatch, methods=_ALL_METHODS)])
 
 
+def command_line(prog: str, description: str, port: int) -> argparse.ArgumentParser:
+    """The options every fake run by hand takes: where it listens."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    return parser
+
+
 def serve_forever(app: ASGIApp, host: str, port: int) -> None:
     """Serve a fake in the foreground, for trying the product by hand."""
     uvicorn.run(app, host=host, port=port, lifespan="off", timeout_graceful_shutdown=1)
 
 
-class ThreadedServer:
+class ThreadedServer(Started):
     """Start/stop a fake on 127.0.0.1 from synchronous test code; use it as a context manager.
 
     A stopped fake restarts on the same port, so a client configured with its URL reconnects.
@@ -126,13 +137,31 @@ class ThreadedServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_signal[1].wait(), seconds)
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+F = TypeVar("F")
+
+
+class ScriptedServer(ThreadedServer, Generic[F]):
+    """A fake that records its requests in `requests` and fails on cue: faults queued by
+    `fail_next` meet the next requests, in call order."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(port)
+        self.requests: list[dict[str, Any]] = []
+        self._faults: deque[F] = deque()
+        self._lock = threading.Lock()
+
+    def fail_next(self, fault: F, times: int = 1) -> None:
+        """Make the next ``times`` requests that can fail fail with ``fault``."""
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    def reset(self) -> None:
+        """Forget queued faults and recorded requests."""
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+
+    def _take_fault(self) -> F | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None

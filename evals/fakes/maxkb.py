@@ -30,15 +30,12 @@ Run it by hand with ``python -m evals.fakes.maxkb --port 8080``.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import hashlib
 import json
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +45,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from evals.fakes._server import NOT_JSON, ThreadedServer, catch_all, json_body, serve_forever
+from evals.fakes._server import (
+    NOT_JSON,
+    ScriptedServer,
+    catch_all,
+    command_line,
+    json_body,
+    serve_forever,
+)
 from evals.fakes.ollama import count_tokens, overlap
 
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "maxkb"
@@ -358,7 +362,7 @@ class _Record:
     fields: dict[str, Any]
 
 
-class FakeMaxKB(ThreadedServer):
+class FakeMaxKB(ScriptedServer[Fault]):
     """A fake MaxKB server in a background thread; see the module docstring.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
@@ -404,26 +408,17 @@ class FakeMaxKB(ThreadedServer):
         self.chat_top_n = 3
         self.chat_similarity = 0.0
         self.chat_search_mode = "embedding"
-        self.requests: list[dict[str, Any]] = []
-        self._faults: deque[Fault] = deque()
         self._chats: dict[str, list[str]] = {}
         self._records: dict[str, _Record] = {}
         self._visits: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     def create_app(self) -> Starlette:
         return create_app(self)
 
-    def fail_next(self, fault: Fault, times: int = 1) -> None:
-        """Make the next ``times`` requests, whatever their route, fail with ``fault``."""
-        with self._lock:
-            self._faults.extend([fault] * times)
-
     def reset(self) -> None:
         """Forget faults, recorded requests, chats, records and today's visit counts."""
+        super().reset()
         with self._lock:
-            self._faults.clear()
-            self.requests.clear()
             self._chats.clear()
             self._records.clear()
             self._visits.clear()
@@ -459,10 +454,6 @@ class FakeMaxKB(ThreadedServer):
                     "at": time.monotonic(),
                 }
             )
-
-    def _take_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
 
 
 _Handler = Callable[[Request, dict[str, str], Any], Awaitable[Response]]
@@ -840,11 +831,7 @@ def create_app(fake: FakeMaxKB) -> Starlette:
 
 def main() -> None:
     """Run a fake MaxKB in the foreground, for trying the MaxKB backend by hand."""
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.fakes.maxkb", description="Run a fake MaxKB server."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser = command_line("python -m evals.fakes.maxkb", "Run a fake MaxKB server.", 8080)
     parser.add_argument("--fixtures", type=Path, default=FIXTURES_DIR, help="captured exchanges")
     parser.add_argument("--user-token", default=DEFAULT_USER_TOKEN)
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)

@@ -24,7 +24,6 @@ Run it by hand with ``python -m evals.fakes.ollama --port 11434``.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import functools
 import hashlib
@@ -32,9 +31,7 @@ import json
 import logging
 import math
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Self
@@ -43,7 +40,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-from evals.fakes._server import NOT_JSON, ThreadedServer, catch_all, json_body, serve_forever
+from evals.fakes._server import (
+    NOT_JSON,
+    ScriptedServer,
+    catch_all,
+    command_line,
+    json_body,
+    serve_forever,
+)
 
 OLLAMA_VERSION = "0.12.11"
 DEFAULT_MODELS = ("qwen3:8b", "qwen3-embedding:0.6b", "dengcao/Qwen3-Reranker-0.6B:Q8_0")
@@ -784,12 +788,15 @@ def _model_request(body: Any) -> tuple[dict[str, Any], Response | None]:
 # --------------------------------------------------------------------------- the server
 
 
-class FakeOllama(ThreadedServer):
+class FakeOllama(ScriptedServer[Fault]):
     """A fake Ollama server in a background thread; see the module docstring.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``requests`` records
     every request received as ``{"path", "method", "json", "at"}`` (``at``: ``time.monotonic()``
-    on arrival, so tests can tell whether two requests overlapped).
+    on arrival, so tests can tell whether two requests overlapped). Faults from
+    :meth:`fail_next` meet model requests (chat, generate, embed) only. MALFORMED_JSON only
+    changes answers to requests that ask for a ``format``; on embeddings, STREAM_ERROR_LINE is a
+    500 and STREAM_CUT drops the connection halfway through the body.
     """
 
     label = "fake Ollama"
@@ -804,10 +811,7 @@ class FakeOllama(ThreadedServer):
         super().__init__(port)
         self.models = tuple(models)
         self.latency = latency or LatencyModel()
-        self.requests: list[dict[str, Any]] = []
         self._cards = [_model_card(name) for name in self.models]
-        self._faults: deque[Fault] = deque()
-        self._lock = threading.Lock()
 
     def create_app(self) -> Starlette:
         return create_app(self)
@@ -815,22 +819,6 @@ class FakeOllama(ThreadedServer):
     def start(self) -> Self:
         _hide_stream_cuts_in_logs()
         return super().start()
-
-    def fail_next(self, fault: Fault, times: int = 1) -> None:
-        """Make the next ``times`` model requests (chat, generate, embed) fail with ``fault``.
-
-        Faults queue up in call order. MALFORMED_JSON only changes answers to requests that
-        ask for a ``format``; on embeddings, STREAM_ERROR_LINE is a 500 and STREAM_CUT drops
-        the connection halfway through the body.
-        """
-        with self._lock:
-            self._faults.extend([fault] * times)
-
-    def reset(self) -> None:
-        """Forget scripted faults and recorded requests."""
-        with self._lock:
-            self._faults.clear()
-            self.requests.clear()
 
     def calls(self, path: str) -> list[dict[str, Any]]:
         """The JSON bodies of the recorded requests to ``path``, oldest first."""
@@ -842,10 +830,6 @@ class FakeOllama(ThreadedServer):
             self.requests.append(
                 {"path": path, "method": method, "json": body, "at": time.monotonic()}
             )
-
-    def _take_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
 
     def _card(self, model: str) -> _ModelCard | None:
         return next((card for card in self._cards if _same_model(card.name, model)), None)
@@ -1153,11 +1137,7 @@ def create_app(fake: FakeOllama) -> Starlette:
 
 def main() -> None:
     """Run a fake Ollama in the foreground, for trying the product by hand."""
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.fakes.ollama", description="Run a fake Ollama server."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=11434)
+    parser = command_line("python -m evals.fakes.ollama", "Run a fake Ollama server.", 11434)
     parser.add_argument(
         "--model",
         action="append",
