@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import gateway
 from agent.checkpoints import Checkpointer, checkpointer_health, open_checkpointer
-from agent.evidence import last_exchange
+from agent.commands import rate_last_answer
 from agent.gateway import Answer, Gateway, Refusal
 from agent.models import message_text
 from agent.policy.metrics import live_gauges_of_this_process
@@ -315,19 +315,13 @@ async def post_feedback(
 ) -> dict[str, Any] | JSONResponse:
     thread = rt.gateway.thread_of(principal, body.speaker())
     state = await rt.gateway.graph.aget_state(turn_config(thread))
-    exchange = last_exchange(state.values.get("messages", [])) if state.values else None
-    if exchange is None or rt.services.audit is None:
-        return _error(404, "nothing_to_rate", "还没有可以评价的回答")
-    question, answer = exchange
-    await asyncio.to_thread(
-        rt.services.audit.record_feedback,
-        thread,
-        body.rating,
-        body.comment,
-        question=question,
-        answer=answer,
-        message_id=body.message_id,
+    messages = state.values.get("messages", []) if state.values else []
+    audit = rt.services.audit
+    rated = audit is not None and await asyncio.to_thread(
+        rate_last_answer, audit, thread, messages, body.rating, body.comment, body.message_id
     )
+    if not rated:
+        return _error(404, "nothing_to_rate", "还没有可以评价的回答")
     return {"ok": True, "thread_id": thread}
 
 

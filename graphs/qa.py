@@ -4,7 +4,8 @@ classify ─┬─ knowledge ─> retrieve ─> rerank ─> answer ⇄ tools ─
           │                                       ^                         │
           │                                       └──── regenerate once ────┘
           ├─ chitchat ───────────────────────────> answer ─> END
-          └─ command / blocked ──────────────────────────────> END
+          ├─ command ─> command ─────────────────────────────> END
+          └─ blocked ────────────────────────────────────────> END
 """
 
 from __future__ import annotations
@@ -16,20 +17,22 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 
 from agent.context import Context
-from agent.nodes import answer, call_tools, cite_check, classify, rerank, retrieve
+from agent.nodes import answer, call_tools, cite_check, classify, command, rerank, retrieve
 from agent.state import InputState, State
 from agent.turns import QAGraph
 
 
 # Routers are `async def` although they never await: LangGraph runs a plain function in a worker
 # thread when the graph runs async, a hand-off per edge that costs more than the routing.
-async def route_intent(state: State) -> Literal["retrieve", "answer", "__end__"]:
+async def route_intent(state: State) -> Literal["retrieve", "answer", "command", "__end__"]:
     match state.intent:
         case "knowledge":
             return "retrieve"
         case "chitchat":
             return "answer"
-        case "command" | "blocked":
+        case "command":
+            return "command"
+        case "blocked":
             return "__end__"
     raise ValueError(f"unexpected intent {state.intent!r}")
 
@@ -51,6 +54,7 @@ async def route_check(state: State) -> Literal["answer", "__end__"]:
 def build(checkpointer: BaseCheckpointSaver[str] | None = None) -> QAGraph:
     builder = StateGraph(State, input_schema=InputState, context_schema=Context)
     builder.add_node("classify", classify)
+    builder.add_node("command", command)
     builder.add_node("retrieve", retrieve)
     builder.add_node("rerank", rerank)
     builder.add_node("answer", answer)
@@ -58,7 +62,8 @@ def build(checkpointer: BaseCheckpointSaver[str] | None = None) -> QAGraph:
     builder.add_node("cite_check", cite_check)
 
     builder.add_edge(START, "classify")
-    builder.add_conditional_edges("classify", route_intent, ["retrieve", "answer", END])
+    builder.add_conditional_edges("classify", route_intent, ["retrieve", "answer", "command", END])
+    builder.add_edge("command", END)
     builder.add_edge("retrieve", "rerank")
     builder.add_edge("rerank", "answer")
     builder.add_conditional_edges("answer", route_answer, ["tools", "cite_check", END])

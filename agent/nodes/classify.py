@@ -7,20 +7,16 @@ import re
 from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
-from langgraph.config import get_config
-from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from agent import prompts
-from agent.audit import RATING_WORDS
 from agent.context import Context
-from agent.evidence import current_question, history_messages, last_exchange, recent_exchanges
+from agent.evidence import current_question, history_messages, recent_exchanges
 from agent.models import DEPENDENCY_ERRORS, usage_tokens
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from agent.text import content_tokens
-from tools.base import Passage
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +36,6 @@ _REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才
 STANDALONE_MIN_TERMS = 4
 """A question with this many topic terms and no referring word is taken to stand alone."""
 _CLASSIFY_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, ValueError)
-_COMMANDS = {
-    "/帮助": "help",
-    "/help": "help",
-    "/重置": "reset",
-    "/reset": "reset",
-    "/原文": "source",
-    "/source": "source",
-    "/反馈": "feedback",
-    "/feedback": "feedback",
-}
 
 
 class Classification(BaseModel):
@@ -77,51 +63,6 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
     # A first question has nothing to refer back to, and a complete one needs no rewrite:
     # the model call (and its latency) is spent only where the conversation matters.
     return None if has_history and needs_context(text) else "knowledge"
-
-
-def _source_reply(argument: str, sources: list[Passage], variant: str) -> str:
-    if not sources:
-        return prompts.render("source_none", variant)
-    if not argument.isdigit() or not 1 <= int(argument) <= len(sources):
-        return prompts.render("source_usage", variant, count=len(sources))
-    passage = sources[int(argument) - 1]
-    return f"[{argument}] {passage['title']} · {passage['source']}\n{passage['text']}"
-
-
-def _feedback_reply(argument: str, messages: list[Any], variant: str) -> str:
-    word, _, comment = argument.partition(" ")
-    rating = RATING_WORDS.get(word.lower())
-    if rating is None:
-        return prompts.render("feedback_usage", variant)
-    # The command itself is the latest message; the answer being rated came before it.
-    exchange = last_exchange(messages)
-    audit = get_services().audit
-    if exchange is None or audit is None:
-        return prompts.render("feedback_nothing", variant)
-    thread = str(get_config()["configurable"].get("thread_id", ""))
-    question, answer = exchange
-    audit.record_feedback(thread, rating, comment.strip(), question=question, answer=answer)
-    return prompts.render("feedback_thanks", variant)
-
-
-def _command_reply(state: State, text: str, variant: str) -> dict[str, Any]:
-    command, _, argument = text.replace("／", "/").partition(" ")
-    match _COMMANDS.get(command.lower()):
-        case "reset":
-            return {
-                "answer": prompts.render("reset", variant),
-                "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES)],
-                "sources": [],
-            }
-        case "help":
-            reply = prompts.render("help", variant)
-        case "source":
-            reply = _source_reply(argument.strip(), state.sources, variant)
-        case "feedback":
-            reply = _feedback_reply(argument.strip(), state.messages, variant)
-        case _:
-            reply = prompts.render("unknown_command", variant, command=command)
-    return {"answer": reply, "messages": [AIMessage(content=reply)]}
 
 
 def history_query(question: str, earlier: list[str]) -> str:
@@ -181,11 +122,9 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         update["query"] = history_query(question, earlier)
 
     update["intent"] = intent
-    if intent == "command":
-        reply = _command_reply(state, question, ctx.prompt_variant)
-    elif intent == "blocked":
-        text = prompts.render("blocked", ctx.prompt_variant)
-        reply = {"answer": text, "messages": [AIMessage(content=text)]}
-    else:
+    if intent != "blocked":
         return update
-    return update | reply | {"messages": [*update.get("messages", []), *reply["messages"]]}
+    # Commands go on to the command node; a blocked question is answered here.
+    text = prompts.render("blocked", ctx.prompt_variant)
+    messages = [*update.get("messages", []), AIMessage(content=text)]
+    return update | {"answer": text, "messages": messages}

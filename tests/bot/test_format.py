@@ -54,17 +54,6 @@ def test_strip_nickname(fmt: ModuleType, text: str, question: str | None) -> Non
     assert fmt.strip_nickname(text, ["小知", "小知助手", "bot"]) == question
 
 
-def test_parse_feedback(fmt: ModuleType) -> None:
-    assert fmt.parse_feedback("/反馈 好") == fmt.Feedback("good", "")
-    assert fmt.parse_feedback("／反馈 差 答非所问  ") == fmt.Feedback("bad", "答非所问")
-    assert fmt.parse_feedback("/feedback BAD wrong") == fmt.Feedback("bad", "wrong")
-    assert fmt.parse_feedback("/反馈 一般") == fmt.Feedback(None, "")
-    assert fmt.parse_feedback("/反馈") == fmt.Feedback(None, "")
-    assert fmt.parse_feedback("/反馈意见") is None
-    assert fmt.parse_feedback("反馈 好") is None
-    assert fmt.parse_feedback("") is None
-
-
 @pytest.mark.parametrize(
     ("text", "masked"),
     [

@@ -170,53 +170,29 @@ async def test_service_commands_are_forwarded_as_text(
     assert service.requests[0][1]["text"] == command
 
 
-async def test_feedback_is_sent_to_the_feedback_endpoint(app: App, service: FakeService) -> None:
-    from bot.plugins.qqrag import feedback
+def test_the_plugin_usage_lists_the_service_commands() -> None:
+    from agent.commands import help_lines
+    from bot.plugins.qqrag import __plugin_meta__
 
-    service.send({"ok": True, "thread_id": "onebot:group:20002:30003"})
-    event = onebot_group_event("/反馈 差 没有回答到点子上")
-    async with app.test_matcher(feedback) as ctx:
-        ctx.receive_event(onebot_bot(ctx), event)
-        ctx.should_call_send(event, text("收到，谢谢你的反馈！"), result={}, reply_message=True)
-        ctx.should_finished(feedback)
-    [(path, body, _)] = service.requests
-    assert path == "/v1/feedback"
-    assert body == {
-        "platform": "onebot",
-        "scene": "group",
-        "group_id": str(GROUP_ID),
-        "user_id": str(USER_ID),
-        "message_id": "42",
-        "rating": "bad",
-        "comment": "没有回答到点子上",
-    }
+    assert help_lines() in __plugin_meta__.usage
 
 
-@pytest.mark.parametrize("command", ["/反馈", "/反馈 一般", "/feedback meh"])
-async def test_feedback_without_a_rating_word_gets_the_usage(
+@pytest.mark.parametrize("command", ["/反馈 差 没有回答到点子上", "/反馈", "／feedback meh"])
+async def test_feedback_goes_to_the_service_like_every_command(
     app: App, service: FakeService, command: str
 ) -> None:
-    from bot.plugins.qqrag import feedback
-    from bot.plugins.qqrag.format import FEEDBACK_USAGE
+    """The service's command registry parses /反馈 once, for the bot and every other front end."""
+    from bot.plugins.qqrag import ask
 
+    service.answer("收到，谢谢你的反馈！", intent="command")
     event = onebot_group_event(command)
-    async with app.test_matcher(feedback) as ctx:
+    async with app.test_matcher(ask) as ctx:
         ctx.receive_event(onebot_bot(ctx), event)
-        ctx.should_call_send(event, text(FEEDBACK_USAGE), result={}, reply_message=True)
-    assert service.requests == []
-
-
-async def test_feedback_with_nothing_to_rate_shows_the_service_message(
-    app: App, service: FakeService
-) -> None:
-    from bot.plugins.qqrag import feedback
-
-    service.fail(404, "nothing_to_rate", "还没有可以评价的回答")
-    event = onebot_private_event("/反馈 好")
-    async with app.test_matcher(feedback) as ctx:
-        ctx.receive_event(onebot_bot(ctx), event)
-        ctx.should_call_send(event, text("还没有可以评价的回答"), result={}, reply_message=True)
-    assert service.requests[0][1]["rating"] == "good"
+        ctx.should_call_send(event, text("收到，谢谢你的反馈！"), result={}, reply_message=True)
+        ctx.should_finished(ask)
+    [(path, body, _)] = service.requests
+    assert path == "/v1/chat"
+    assert body["text"] == command and body["message_id"] == "42"
 
 
 async def test_a_long_group_answer_goes_out_as_one_merged_forward(

@@ -1,7 +1,8 @@
 """知识库问答: QQ messages in, answers with citations out, through the qqrag HTTP service.
 
-`feedback` takes `/反馈 好|差 [说明]` and calls `/v1/feedback`; `ask` forwards every other
-message addressed to the bot (commands such as `/帮助` included) to `/v1/chat`.
+`ask` forwards every message addressed to the bot to `/v1/chat`, commands (`/帮助`, `/反馈 好`,
+…) included: the service's command registry (`agent.commands`) answers them, once, for every
+front end.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from nonebot.plugin import PluginMetadata
 from nonebot.rule import Rule
 from nonebot.typing import T_State
 
+from agent.commands import help_lines
+
 from .client import Answer, ServiceClient, ServiceError, Speaker
 from .config import Config
-from .format import FEEDBACK_THANKS, FEEDBACK_USAGE, Feedback, compose_reply, parse_feedback
+from .format import compose_reply
 from .platforms import Replier, addressed, replier_for
 
 __plugin_meta__ = PluginMetadata(
@@ -24,8 +27,7 @@ __plugin_meta__ = PluginMetadata(
     description="在 QQ 里回答知识库中的问题并标注出处（对接 qqrag 服务）",
     usage=(
         "群聊：@我 后面写问题，或回复我的消息、以我的昵称开头；私聊：直接发问题。\n"
-        "命令：/帮助 查看说明；/重置 清空对话；/原文 n 查看第 n 条引用的全文；"
-        "/反馈 好|差 [说明] 评价上一条回答。"
+        f"命令：{help_lines()}。"
     ),
     type="application",
     config=Config,
@@ -41,7 +43,6 @@ service = ServiceClient(
 
 _SPEAKER = "qqrag_speaker"
 _QUESTION = "qqrag_question"
-_FEEDBACK = "qqrag_feedback"
 
 
 def _is_question(event: Event, state: T_State) -> bool:
@@ -52,32 +53,7 @@ def _is_question(event: Event, state: T_State) -> bool:
     return True
 
 
-def _is_feedback(event: Event, state: T_State) -> bool:
-    found = addressed(event, plugin_config.qqrag_bot_nicknames)
-    if found is None or (command := parse_feedback(found[1])) is None:
-        return False
-    state[_SPEAKER], state[_FEEDBACK] = found[0], command
-    return True
-
-
-feedback = on_message(rule=Rule(_is_feedback), priority=10, block=True)
 ask = on_message(rule=Rule(_is_question), priority=99, block=True)
-
-
-@feedback.handle()
-async def rate_last_answer(bot: Bot, event: Event, state: T_State) -> None:
-    replier = replier_for(bot, event, plugin_config)
-    command: Feedback = state[_FEEDBACK]
-    if command.rating is None:
-        await replier.say(FEEDBACK_USAGE)
-        await feedback.finish()
-    try:
-        await service.feedback(state[_SPEAKER], command.rating, command.comment)
-    except ServiceError as exc:
-        await replier.say(exc.user_message)
-        await feedback.finish()
-    await replier.say(FEEDBACK_THANKS)
-    await feedback.finish()
 
 
 @ask.handle()

@@ -1,4 +1,4 @@
-"""HTTP calls to the qqrag service (`POST /v1/chat`, `POST /v1/feedback`)."""
+"""HTTP calls to the qqrag service (`POST /v1/chat`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import httpx
 from nonebot.log import logger
 from pydantic import BaseModel, ValidationError
 
-Rating = Literal["good", "bad"]
-
 UNREACHABLE = "知识库服务暂时连不上，请稍后再试。"
 TIMEOUT = "知识库服务响应超时，请稍后再试。"
 RATE_LIMITED = "提问太频繁了，请稍后再试。"
@@ -18,7 +16,6 @@ BUSY = "知识库服务正忙，请稍后再试。"
 REJECTED = "这个问题太长或格式不对，请精简后再试。"
 UNAUTHORIZED = "机器人与知识库服务的连接配置有误，请联系管理员。"
 FAILED = "知识库服务出错了，请稍后再试。"
-NOTHING_TO_RATE = "还没有可以评价的回答。"
 
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -81,10 +78,6 @@ class ServiceClient:
             logger.error(f"qqrag service sent an unexpected chat answer: {exc}")
             raise ServiceError(FAILED, code="bad_response") from exc
 
-    async def feedback(self, speaker: Speaker, rating: Rating, comment: str) -> None:
-        """Rate the speaker's last answer; ServiceError(code="nothing_to_rate") if there is none."""
-        await self._post("/v1/feedback", {**asdict(speaker), "rating": rating, "comment": comment})
-
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         timeout = httpx.Timeout(self.timeout, connect=min(_CONNECT_TIMEOUT_S, self.timeout))
         try:
@@ -114,8 +107,6 @@ def _service_error(path: str, response: httpx.Response) -> ServiceError:
         user_message = message or RATE_LIMITED
     elif status == 503:
         user_message = message or BUSY
-    elif code == "nothing_to_rate":
-        user_message = message or NOTHING_TO_RATE
     elif status in (401, 403):
         user_message = UNAUTHORIZED
     elif status == 422:

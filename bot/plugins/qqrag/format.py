@@ -1,20 +1,14 @@
-"""Pure text functions: cleaning questions, parsing /反馈, building and cutting replies."""
+"""Pure text functions: cleaning questions, building and cutting replies."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .client import Citation, Rating
+from .client import Citation
 
 TRUNCATED = "…（内容过长，已截断）"
-FEEDBACK_USAGE = "用法：/反馈 好 或 /反馈 差，后面可以加一句说明，例如“/反馈 差 没有回答到点子上”。"
-FEEDBACK_THANKS = "收到，谢谢你的反馈！"
-
-_RATINGS: dict[str, Rating] = {"好": "good", "good": "good", "差": "bad", "bad": "bad"}
-_FEEDBACK_COMMANDS = ("/反馈", "/feedback")
 
 # CQ codes that reached the text (string-format OneBot events, copied messages) and the
 # official API's inline tags (<@!id>, <@id>, <#channel>, <emoji:id>, <faceType=...>).
@@ -32,14 +26,6 @@ _DOMAIN_RE = re.compile(
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 
 _SENTENCE_END_RE = re.compile(r"(?<=[。！？!?；;…\n])|(?<=[.])(?=\s)")
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A parsed `/反馈` command; `rating` is None when the rating word is missing or unknown."""
-
-    rating: Rating | None
-    comment: str
 
 
 def clean_text(text: str) -> str:
@@ -64,15 +50,6 @@ def strip_nickname(text: str, nicknames: Iterable[str]) -> str | None:
 
 def _is_ascii_word_char(char: str) -> bool:
     return char.isascii() and char.isalnum()
-
-
-def parse_feedback(text: str) -> Feedback | None:
-    """`/反馈 好|差 [说明]` (also `/feedback good|bad`); None for any other text."""
-    words = text.replace("／", "/", 1).split(maxsplit=2)
-    if not words or words[0].lower() not in _FEEDBACK_COMMANDS:
-        return None
-    rating = _RATINGS.get(words[1].lower()) if len(words) > 1 else None
-    return Feedback(rating, words[2].strip() if len(words) > 2 else "")
 
 
 def mask_links(text: str) -> str:

@@ -213,7 +213,10 @@ async def test_commands_are_answered_by_rules(graph: QAGraph, models: ScriptedMo
     assert reset.answer == "好的，对话记录已清空，我们重新开始吧。"
     assert (await graph.aget_state(turn_config("t14"))).values["messages"] == []
     unknown = await run_turn(graph, "t14", "/天气", Context())
-    assert unknown.answer == "没有“/天气”这个命令。可用命令：/帮助、/重置、/原文 n、/反馈 好|差。"
+    assert (
+        unknown.answer
+        == "没有“/天气”这个命令。可用命令：/帮助、/重置、/原文 n、/反馈 好|差 [说明]。"
+    )
     assert len(models.calls) == 1
 
 
