@@ -1,4 +1,5 @@
-"""`qqrag chat`: a terminal conversation with the graph, showing what every node did."""
+"""`qqrag chat`: a terminal conversation through the service's own turn path, showing what
+every node did."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from agent.checkpoints import open_checkpointer
 from agent.context import Context
-from agent.services import ensure_default_knowledge, services_from_settings, set_services
+from agent.gateway import Answer, Pin, Refusal, Speaker
+from agent.policy.tenants import Principal
+from agent.runtime import GraphBuilder, open_runtime
 from agent.settings import get_settings
-from agent.turns import TurnResult, stream_turn
-from graphs.qa import build
 
 
 def _show_node(console: Console, summary: dict[str, Any]) -> None:
@@ -28,25 +28,28 @@ def _show_node(console: Console, summary: dict[str, Any]) -> None:
     console.print(f"  [dim]· {node}[/] " + escape("  ".join(parts)))
 
 
-def _show_result(console: Console, result: TurnResult) -> None:
-    tag = " [yellow](降级)[/]" if result.degraded else ""
-    console.print(f"[bold cyan]机器人>[/]{tag} {escape(result.answer)}")
-    for c in result.citations:
+def _show_answer(console: Console, answer: Answer) -> None:
+    tag = " [yellow](降级)[/]" if answer.degraded else ""
+    console.print(f"[bold cyan]机器人>[/]{tag} {escape(answer.answer)}")
+    for c in answer.citations:
         console.print(f"  [dim][{c['index']}] {escape(c['title'])} · {escape(c['source'])}[/]")
+    result = answer.result
     console.print(f"  [dim]模型调用 {result.model_calls} 次，{result.tokens} tokens[/]")
 
 
-async def run_chat(thread: str, context: Context, console: Console) -> None:
+async def run_chat(
+    build: GraphBuilder, principal: Principal, user: str, context: Context, console: Console
+) -> None:
+    """Each line a turn through the gateway (quota, safety, audit, metrics as over HTTP), as
+    `user` of `principal`'s tenant, with `context` pinned; commands such as /重置 included."""
     settings = get_settings()
-    services = services_from_settings(settings)
-    ensure_default_knowledge(services.embedded[settings.kb_name], settings)
-    set_services(services)
-    console.print(
-        f"对话 {thread}，模型 {context.chat_model}，Ollama {settings.ollama_url}。"
-        "输入 /reset 清空对话，/quit 退出。"
-    )
-    async with open_checkpointer(settings) as saver:
-        graph = build(saver)
+    speaker = Speaker(platform="cli", scene="private", user_id=user)
+    async with open_runtime(settings, build) as runtime:
+        gateway = runtime.gateway
+        console.print(
+            f"对话 {gateway.thread_of(principal, speaker)}，模型 {context.chat_model}，"
+            f"Ollama {settings.ollama_url}。输入 /重置 清空对话，/quit 退出。"
+        )
         while True:
             try:
                 text = (await asyncio.to_thread(console.input, "[bold green]你>[/] ")).strip()
@@ -54,16 +57,14 @@ async def run_chat(thread: str, context: Context, console: Console) -> None:
                 break
             if text in ("/quit", "/exit"):
                 break
-            if text == "/reset":
-                await saver.adelete_thread(thread)
-                console.print("[dim]对话已清空[/]")
-                continue
             if not text:
                 continue
-            async for kind, payload in stream_turn(graph, thread, text, context, tokens=False):
-                if kind == "node":
-                    _show_node(console, payload)
-                elif kind == "result":
-                    _show_result(console, payload)
-    set_services(None)
-    services.close()
+            try:
+                turn = await gateway.admit(principal, speaker, text, pin=Pin("cli", context))
+                async for kind, payload in gateway.run(turn):
+                    if kind == "node":
+                        _show_node(console, payload)
+                    elif kind == "answer":
+                        _show_answer(console, payload)
+            except Refusal as refusal:
+                console.print(f"[yellow]{escape(refusal.message)}[/]")

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.policy.tenants import OPEN_TENANT, Principal
 from agent.settings import get_settings
 
 app = typer.Typer(help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False)
@@ -133,7 +134,10 @@ def kb_search(
 
 @app.command("chat")
 def chat_command(
-    thread: Annotated[str, typer.Option(help="对话 ID，同一 ID 可跨次继续")] = "cli:private:me",
+    user: Annotated[str, typer.Option(help="以哪个用户提问；同一用户的对话可跨次继续")] = "me",
+    tenant: Annotated[
+        str, typer.Option(help="以哪个租户提问（它的知识库、配额与审计）")
+    ] = OPEN_TENANT,
     variant: Annotated[str | None, typer.Option(help="提示词变体")] = None,
     thinking: Annotated[bool, typer.Option(help="让模型先思考")] = False,
     model: Annotated[str | None, typer.Option(help="回答模型")] = None,
@@ -141,13 +145,15 @@ def chat_command(
     """在终端里与问答图对话，逐个显示节点做了什么（给提示词工程师）。"""
     from agent.chat import run_chat
     from agent.context import Context
+    from graphs.qa import build
 
     context = Context(thinking=thinking)
     if variant:
         context.prompt_variant = variant
     if model:
         context.chat_model = model
-    asyncio.run(run_chat(thread, context, console))
+    principal = Principal(tenant=tenant, role="admin", key_id="cli")
+    asyncio.run(run_chat(build, principal, user, context, console))
 
 
 @app.command()

@@ -60,6 +60,15 @@ class Speaker:
     message_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Pin:
+    """A turn's profile chosen by the caller instead of by gray release: an eval run pins the
+    profile it measures, `qqrag chat` the options it was started with."""
+
+    profile: str
+    context: Context
+
+
 @dataclass
 class Turn:
     """A request that passed the gates, ready to run."""
@@ -86,6 +95,8 @@ class Answer:
     trace_id: str
     degraded: bool
     profile: str
+    result: TurnResult
+    """The graph's whole result (query, candidates, verdict), masked as the answer is."""
     tokens: int = 0
 
 
@@ -157,6 +168,10 @@ class Gateway:
             return await asyncio.to_thread(self.quota.health)
         return None
 
+    def count_outage(self, dependency: str) -> None:
+        """A failed call to `dependency` (ollama, maxkb, …), for the metrics."""
+        self.metrics.dependency_errors.labels(dependency).inc()
+
     def close(self) -> None:
         self.tenants.close()
         self.quota.close()
@@ -189,8 +204,11 @@ class Gateway:
 
     # —— the gates before a turn ——
 
-    async def admit(self, principal: Principal, speaker: Speaker, text: str) -> Turn:
-        """Quota, input safety and profile; raises `Refusal` for quota."""
+    async def admit(
+        self, principal: Principal, speaker: Speaker, text: str, *, pin: Pin | None = None
+    ) -> Turn:
+        """Quota, input safety and profile (gray release's, or `pin`'s); raises `Refusal` for
+        quota."""
         # Quota and audit writes run on the event loop, as the checkpoints do: each is a
         # sub-millisecond SQLite commit (WAL, synchronous=NORMAL) or Redis round trip (0.5 s
         # socket timeout), and a hand-off to a worker thread cost more CPU than the write.
@@ -199,11 +217,15 @@ class Gateway:
             self.metrics.quota_rejections.labels(decision.limit or "unknown").inc()
             raise Refusal(429, "quota_exceeded", decision.message, retry_after=decision.retry_after)
 
-        assignment = self.gray.assign(principal.tenant, speaker.group_id, speaker.user_id)
-        context = assignment.apply(Context())
+        if pin is None:
+            assignment = self.gray.assign(principal.tenant, speaker.group_id, speaker.user_id)
+            profile, context = assignment.profile, assignment.apply(Context())
+            asked = assignment.knowledge_bases
+        else:
+            profile, context, asked = pin.profile, pin.context, list(pin.context.knowledge_bases)
         tenant = self.tenants.tenant(principal.tenant)
         allowed = list(tenant.knowledge_bases) if tenant else [self.settings.kb_name]
-        wanted = assignment.knowledge_bases or allowed
+        wanted = asked or allowed
         # A profile can narrow a tenant's knowledge bases, never widen them.
         bases = tuple(kb for kb in wanted if kb in allowed) or tuple(allowed)
         context = replace(context, knowledge_bases=bases)
@@ -213,7 +235,7 @@ class Gateway:
             text=text,
             thread=self.thread_of(principal, speaker),
             trace_id=uuid.uuid4().hex[:16],
-            profile=assignment.profile,
+            profile=profile,
             context=context,
             question_hits=self.safety.scan(text),
         )
@@ -278,14 +300,24 @@ class Gateway:
         return final
 
     def _blocked(self, turn: Turn) -> Answer:
+        # The question never reaches the graph, so it stays out of the conversation too.
+        reply = prompts.render("blocked", turn.context.prompt_variant)
         return Answer(
-            answer=prompts.render("blocked", turn.context.prompt_variant),
+            answer=reply,
             citations=[],
             intent="blocked",
             thread_id=turn.thread,
             trace_id=turn.trace_id,
             degraded=False,
             profile=turn.profile,
+            result=TurnResult(
+                answer=reply,
+                citations=[],
+                intent="blocked",
+                query=turn.text,
+                degraded=False,
+                question=turn.text,
+            ),
         )
 
     def _masked(self, turn: Turn, result: TurnResult) -> Answer:
@@ -304,6 +336,7 @@ class Gateway:
             trace_id=turn.trace_id,
             degraded=result.degraded,
             profile=turn.profile,
+            result=replace(result, answer=text, citations=citations),
             tokens=result.tokens,
         )
 

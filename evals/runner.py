@@ -7,11 +7,10 @@ compares with the stored baseline of the suite and profile (or profile A with pr
 writes a JSON and an HTML report, and returns the exit status: 0 fine, 1 regression (or a
 turn that crashed), 2 unusable input (suite, profile, baseline).
 
-Turns go through `run_turn` rather than the HTTP gateway: the gateway hands back only the
-answer, and the metrics need the graph's whole result (query, candidates, scores, verdict).
-The gateway's content gates are applied here as it applies them: a question hitting the
-suite's sensitive words gets the blocked reply without reaching the graph, and answers are
-masked. Quotas, admission and audit are the service's business, not the answer's quality.
+Every turn goes through the service's own gateway (`agent.gateway`), as `/v1/chat` runs it:
+the same sensitive-word gate, masking of answers and citation snippets, audit and metrics,
+with the run's profile pinned and throwaway stores (open, no quota, room for every concurrent
+case). The gateway hands back the graph's whole result, which the metrics read.
 
 Without `ollama_url`, an in-process fake Ollama (`evals.fakes.ollama`) answers by rules: the
 figures then check the plumbing and guard against regressions, not model quality. Settings
@@ -43,16 +42,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent import prompts
 from agent.context import Context
 from agent.evidence import format_evidence
+from agent.gateway import Gateway, Pin, Speaker
 from agent.models import DEPENDENCY_ERRORS, OllamaChatModels
-from agent.policy.profiles import ProfileBook, ProfileError
-from agent.policy.safety import SensitiveWords
+from agent.policy.admission import Admission
+from agent.policy.metrics import Metrics
+from agent.policy.profiles import GrayRelease, ProfileBook, ProfileError
+from agent.policy.quota import QuotaLimits, QuotaStore
+from agent.policy.safety import SafetyFilter
+from agent.policy.tenants import OPEN_PRINCIPAL, TenantStore
 from agent.services import Services, set_services
 from agent.settings import Settings, get_settings
-from agent.threads import thread_id
-from agent.turns import QAGraph, TurnResult, run_turn
+from agent.threads import KeyedLocks
+from agent.turns import TurnResult
 from evals.fakes.ollama import DEFAULT_MODELS, FakeOllama
 from evals.metrics import (
     DIGITS,
@@ -318,39 +321,43 @@ class Judge:
 
 @dataclass
 class _Runtime:
-    graph: QAGraph
-    context: Context
-    words: SensitiveWords | None
+    gateway: Gateway
+    pin: Pin
     judge: Judge | None
 
 
 async def _run_turn(runtime: _Runtime, case: Case, number: int, text: str) -> TurnRecord:
-    context = runtime.context
-    thread = f"eval:{case.id}:" + thread_id(case.platform, case.scene, case.user_id, case.group_id)
-    hits = runtime.words.scan(text) if runtime.words else []
-    started = time.perf_counter()
-    if hits:
-        # As the gateway does: the question never reaches the graph or the conversation.
-        reply = prompts.render("blocked", context.prompt_variant)
-        result = TurnResult(
-            answer=reply, citations=[], intent="blocked", query=text, degraded=False
-        )
-        return TurnRecord(text, result, reply, blocked=True, safety_hits=[h.word for h in hits])
-    error = None
-    try:
-        result = await run_turn(
-            runtime.graph, thread, text, context, message_id=f"{case.id}-{number}"
-        )
-    except Exception as exc:  # a crash is a finding to report, not a reason to stop the suite
-        error = f"{type(exc).__name__}: {exc}"
-        result = TurnResult(answer="", citations=[], intent="error", query=text, degraded=False)
-    seconds = time.perf_counter() - started
-    answer, masked = runtime.words.mask(result.answer) if runtime.words else (result.answer, [])
-    record = TurnRecord(
-        text, result, answer, safety_hits=[h.word for h in masked], seconds=seconds, error=error
+    """One turn through the service's gateway, as a user of the case would send it: the same
+    safety gates and masking, audit and metrics left to the run's own throwaway stores."""
+    gate = runtime.gateway
+    # One conversation per case, even where two cases share a speaker.
+    speaker = Speaker(
+        platform=f"eval:{case.id}:{case.platform}",
+        scene=case.scene,
+        user_id=case.user_id,
+        group_id=case.group_id,
+        message_id=f"{case.id}-{number}",
     )
-    if runtime.judge is not None and result.intent == "knowledge" and not record.refused:
-        record.judge = await runtime.judge.score(result.query, answer, result)
+    started = time.perf_counter()
+    turn = await gate.admit(OPEN_PRINCIPAL, speaker, text, pin=runtime.pin)
+    try:
+        answer = await gate.answer(turn)
+    except Exception as exc:  # a crash is a finding to report, not a reason to stop the suite
+        result = TurnResult(answer="", citations=[], intent="error", query=text, degraded=False)
+        error = f"{type(exc).__name__}: {exc}"
+        return TurnRecord(text, result, "", seconds=time.perf_counter() - started, error=error)
+    blocked = bool(turn.question_hits)
+    hits = turn.question_hits if blocked else turn.answer_hits
+    record = TurnRecord(
+        text,
+        answer.result,
+        answer.answer,
+        blocked=blocked,
+        safety_hits=[h.word for h in hits],
+        seconds=time.perf_counter() - started,
+    )
+    if runtime.judge is not None and answer.intent == "knowledge" and not record.refused:
+        record.judge = await runtime.judge.score(answer.result.query, answer.answer, answer.result)
     return record
 
 
@@ -361,7 +368,7 @@ async def _run_case(runtime: _Runtime, case: Case) -> CaseRun:
     for number, spec in enumerate(case.turns, start=1):
         record = await _run_turn(runtime, case, number, spec.text)
         obs, turn_checks = observe(
-            spec.expect, record, support_threshold=runtime.context.support_threshold
+            spec.expect, record, support_threshold=runtime.pin.context.support_threshold
         )
         records.append(record)
         checks.append(turn_checks)
@@ -380,17 +387,17 @@ async def _run_case(runtime: _Runtime, case: Case) -> CaseRun:
 
 async def run_cases(
     suite: Suite,
+    gateway: Gateway,
     *,
     profile: str,
     context: Context,
-    words: SensitiveWords | None,
     judge: Judge | None,
     concurrency: int,
     progress: bool,
 ) -> SuiteRun:
-    """Every case of `suite` on a fresh graph (in-memory conversations), `concurrency` at a
-    time; results in suite order whatever order they finish in."""
-    runtime = _Runtime(build(InMemorySaver()), context, words, judge)
+    """Every case of `suite` through `gateway`, `concurrency` at a time; results in suite
+    order whatever order they finish in."""
+    runtime = _Runtime(gateway, Pin(profile, context), judge)
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
     with Progress(
@@ -446,6 +453,28 @@ def _services(settings: Settings, suite: Suite, folder: Path) -> tuple[Services,
         embedder=embedder,
     )
     return services, kb
+
+
+def _gateway(services: Services, suite: Suite, folder: Path, concurrency: int) -> Gateway:
+    """The service's gateway over a fresh graph (in-memory conversations) and throwaway
+    stores: open to anyone, no quota, room for every concurrent case, the suite's sensitive
+    words. Each profile's run gets its own, so no conversation carries over."""
+    run = Path(tempfile.mkdtemp(prefix="run-", dir=folder))
+    words = suite.sensitive_words or run / "sensitive_words"
+    words.mkdir(exist_ok=True)
+    settings = services.settings
+    return Gateway(
+        settings,
+        services,
+        build(InMemorySaver()),
+        tenants=TenantStore(run / "tenants.sqlite"),
+        quota=QuotaStore(run / "quota.sqlite", QuotaLimits()),
+        admission=Admission(concurrency),
+        safety=SafetyFilter(words),
+        gray=GrayRelease(run / "profiles.yaml"),
+        metrics=Metrics(),
+        locks=KeyedLocks(),
+    )
 
 
 def _baseline(
@@ -522,22 +551,26 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
                     f"档案 {name} 的重排器 {context.reranker} 未配置（需要 --embed-model 或 "
                     "--rerank-model），实际使用 lexical。"
                 )
-        words = SensitiveWords.from_dir(full.sensitive_words) if full.sensitive_words else None
 
         async def run_profiles() -> list[SuiteRun]:
             # One event loop for every profile: the cached Ollama clients are bound to it.
-            return [
-                await run_cases(
-                    suite,
-                    profile=name,
-                    context=context,
-                    words=words,
-                    judge=judge,
-                    concurrency=options.concurrency,
-                    progress=options.progress,
-                )
-                for name, context in contexts.items()
-            ]
+            runs = []
+            for name, context in contexts.items():
+                gateway = _gateway(services, full, folder, options.concurrency)
+                try:
+                    run = await run_cases(
+                        suite,
+                        gateway,
+                        profile=name,
+                        context=context,
+                        judge=judge,
+                        concurrency=options.concurrency,
+                        progress=options.progress,
+                    )
+                finally:
+                    gateway.close()
+                runs.append(run)
+            return runs
 
         set_services(services)
         try:

@@ -64,8 +64,10 @@ def test_config_shows_effective_settings(data_dir: Path):
 
 
 def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ollama: FakeOllama):
+    from agent.audit import AuditLog
+
     session = "月光扫地机器人的续航有多久？\n那它售价多少？\n/reset\n/quit\n"
-    result = runner.invoke(app, ["chat", "--thread", "cli:test"], input=session)
+    result = runner.invoke(app, ["chat", "--user", "tester"], input=session)
     assert result.exit_code == 0, result.output
     out = result.output
     assert "· classify intent=knowledge" in out
@@ -74,7 +76,15 @@ def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ol
     assert "· rerank" in out and "· cite_check" in out
     assert "月光扫地机器人售价 1299 元" in out
     assert "[1] 月光扫地机器人 › 月光扫地机器人的价格 · kb/moonlight.md" in out
-    assert "对话已清空" in out
+    assert "对话记录已清空" in out
+    # The same turn path as the service's: every turn is audited under the CLI's thread.
+    log = AuditLog(data_dir / "audit.sqlite")
+    try:
+        turns = log.turns(None, limit=10)
+    finally:
+        log.close()
+    assert {row["thread_id"] for row in turns} == {"default:cli:private:tester"}
+    assert len(turns) == 3
 
 
 def test_tenants_keys_and_gaps(data_dir: Path):

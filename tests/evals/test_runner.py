@@ -13,7 +13,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-import evals.runner
+from agent.gateway import Answer, Gateway, Turn
 from evals.__main__ import main, options_from_args
 from evals.metrics import OBSERVATIONS, Tolerance
 from evals.runner import BASELINES_DIR, EvalOptions, evaluate, run_eval
@@ -235,14 +235,14 @@ def test_the_judge_scores_answers_with_the_fake_standing_in(tmp_path: Path):
 def test_a_crashing_turn_is_reported_and_fails_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    real = evals.runner.run_turn
+    real = Gateway.answer
 
-    async def flaky(graph: Any, thread: str, text: str, *args: Any, **kwargs: Any) -> Any:
-        if text == "你好":
+    async def flaky(gateway: Gateway, turn: Turn) -> Answer:
+        if turn.text == "你好":
             raise RuntimeError("boom")
-        return await real(graph, thread, text, *args, **kwargs)
+        return await real(gateway, turn)
 
-    monkeypatch.setattr(evals.runner, "run_turn", flaky)
+    monkeypatch.setattr(Gateway, "answer", flaky)
     baseline = tmp_path / "never.json"
     code, out = run(
         options(tmp_path, tiny_suite(tmp_path), baseline=baseline, update_baseline=True)
@@ -312,3 +312,20 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main([*args, "--baseline", str(tmp_path / "b.json"), "--update-baseline"]) == 0
     assert main([*args, "--baseline", str(tmp_path / "b.json")]) == 0
     assert "没有回归" in capsys.readouterr().out
+
+
+def test_citation_snippets_are_masked_as_the_service_masks_them(tmp_path: Path):
+    """The runner goes through the gateway: a sensitive word quoted from a cited passage is
+    masked in the snippet too, as users of `/v1/chat` see it (the runner once left it)."""
+    words = tmp_path / "words"
+    words.mkdir()
+    (words / "test.txt").write_text("凌晨\n", encoding="utf-8")
+    suite = tiny_suite(tmp_path, sensitive_words="words")
+    run(options(tmp_path, suite))
+    report = json.loads((tmp_path / "reports" / "tiny.default.json").read_text("utf-8"))
+    case = next(case for case in report["runs"][0]["cases"] if case["id"] == "maintenance")
+    [turn] = case["turns"]
+    assert turn["citations"], "the maintenance answer cites its passage"
+    assert all("凌晨" not in citation["snippet"] for citation in turn["citations"])
+    assert "**" in turn["citations"][0]["snippet"]
+    assert "凌晨" not in turn["answer"]
