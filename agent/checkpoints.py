@@ -30,6 +30,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.settings import Settings
+from tools.health import Health
 
 
 class LoopSqliteSaver(SqliteSaver):
@@ -217,8 +218,8 @@ async def _lock_setup(conn: psycopg.AsyncConnection[DictRow]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def checkpointer_health(saver: Checkpointer) -> str | None:
-    """None when the checkpoint database answers, else a Chinese reason for /readyz."""
+async def checkpointer_health(saver: Checkpointer) -> Health:
+    """Up when the checkpoint database answers; down otherwise, since no turn can be kept."""
     try:
         if isinstance(saver, LoopSqliteSaver):
             with saver.cursor(transaction=False) as cursor:
@@ -229,5 +230,5 @@ async def checkpointer_health(saver: Checkpointer) -> str | None:
         else:
             await saver.conn.execute("SELECT 1")
     except Exception as exc:
-        return f"检查点数据库不可用：{exc}"
-    return None
+        return Health.down(f"检查点数据库不可用：{exc}")
+    return Health.up()

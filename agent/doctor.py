@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 from dotenv import dotenv_values
 
+from agent.health import ollama_health, probe_ollama, serving_models
 from agent.settings import Settings
+from tools.health import Health
 
 Status = Literal["ok", "warn", "error"]
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -26,6 +28,12 @@ class Finding:
     status: Status
     detail: str
     fix: str = ""
+
+
+def of_health(check: str, health: Health) -> Finding:
+    """A dependency's Health as the service reports it; anything short of ok is an error here,
+    since doctor is run to find what to fix."""
+    return Finding(check, "ok" if health.ok else "error", health.message, health.fix)
 
 
 def in_container() -> bool:
@@ -63,22 +71,18 @@ def check_ollama_url(settings: Settings, containerised: bool) -> list[Finding]:
 
 
 async def check_ollama(settings: Settings, client: httpx.AsyncClient) -> list[Finding]:
+    """The probe /readyz makes, then what only an operator at the console needs: is it really
+    Ollama, and can each configured model do its job."""
     url = settings.ollama_url
+    probe = await probe_ollama(client, url)
+    if probe.error:
+        return [of_health("Ollama 连接", ollama_health(probe, serving_models(settings)))]
     try:
-        root = await client.get(f"{url}/")
-        tags = await client.get(f"{url}/api/tags")
-        tags.raise_for_status()
-    except httpx.HTTPError as exc:
-        return [
-            Finding(
-                "Ollama 连接",
-                "error",
-                f"连不上 {url}：{exc.__class__.__name__}（服务会以降级模式运行：只摘录原文）",
-                "启动 Ollama（ollama serve），或用 QQRAG_OLLAMA_URL 指向正确的地址",
-            )
-        ]
+        root = (await client.get(f"{url}/")).text
+    except httpx.HTTPError:
+        root = ""
     findings = []
-    if "Ollama is running" not in root.text:
+    if "Ollama is running" not in root:
         findings.append(
             Finding(
                 "Ollama 连接",
@@ -89,7 +93,6 @@ async def check_ollama(settings: Settings, client: httpx.AsyncClient) -> list[Fi
         )
     else:
         findings.append(Finding("Ollama 连接", "ok", f"{url}：Ollama is running"))
-    pulled = {m.get("model") or m.get("name") for m in tags.json().get("models", [])}
     wanted = {
         settings.chat_model: ("回答模型", "tools"),
         settings.effective_classify_model: ("分类与改写模型", "completion"),
@@ -99,7 +102,7 @@ async def check_ollama(settings: Settings, client: httpx.AsyncClient) -> list[Fi
     if settings.rerank_model:
         wanted[settings.rerank_model] = ("重排模型", "completion")
     for model, (role, capability) in wanted.items():
-        if model not in pulled and f"{model}:latest" not in pulled:
+        if not probe.has(model):
             findings.append(
                 Finding(f"模型 {model}", "error", f"{role}还没下载", f"运行 ollama pull {model}")
             )
@@ -217,14 +220,15 @@ async def check_maxkb(settings: Settings) -> list[Finding]:
     except MaxKBError as exc:
         return [Finding("MaxKB", "error", str(exc), "按提示修改 QQRAG_MAXKB_* 设置")]
     try:
-        problem = await knowledge.health()
+        health = await knowledge.health()
     finally:
         await knowledge.aclose()
-    if problem:
-        fallback = "（QQRAG_MAXKB_FALLBACK_EMBEDDED 开着：先用嵌入式知识库顶上）"
-        note = fallback if settings.maxkb_fallback_embedded else ""
-        return [Finding("MaxKB", "error", problem + note, "按提示修改 QQRAG_MAXKB_* 设置")]
-    return [Finding("MaxKB", "ok", f"{config.url}（{config.mode}）可用，密钥有效")]
+    finding = of_health("MaxKB", health)
+    if not health.ok:
+        if settings.maxkb_fallback_embedded and not health.misconfigured:
+            finding.detail += "（QQRAG_MAXKB_FALLBACK_EMBEDDED 开着：先用嵌入式知识库顶上）"
+        finding.fix = finding.fix or "按提示修改 QQRAG_MAXKB_* 设置"
+    return [finding]
 
 
 def check_bot(environ: dict[str, str | None], containerised: bool) -> list[Finding]:

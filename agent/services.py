@@ -21,7 +21,7 @@ from agent.models import ChatModelFactory, OllamaChatModels, call_model, ollama_
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
 from tools.embeddings import Embedder, EmbeddingError, embedder_from_settings
-from tools.knowledge import MergedKnowledge, make_search_tool
+from tools.knowledge import FallbackKnowledge, MergedKnowledge, make_search_tool
 from tools.rerank import LexicalReranker, NoReranker, Reranker, build_rerankers
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def services_from_settings(settings: Settings) -> Services:
     knowledge: KnowledgeBackend = embedded
     maxkb = None
     if settings.knowledge_backend == "maxkb":
-        from tools.maxkb import FallbackKnowledge, MaxKBConfig, MaxKBKnowledge
+        from tools.maxkb import MaxKBConfig, MaxKBKnowledge
 
         maxkb = MaxKBKnowledge(MaxKBConfig.from_settings(settings))
         knowledge = (

@@ -130,7 +130,8 @@ def test_maxkb_faults_fall_back_to_the_embedded_base(maxkb: FakeMaxKB, fault: Ma
         ready = api.get("/readyz")
         if fault is None:
             assert ready.status_code == 200 and ready.json()["status"] == "degraded"
-            assert "已改用嵌入式知识库" in ready.json()["checks"]["knowledge"]["error"]
+            assert ready.json()["checks"]["knowledge"]["status"] == "degraded"
+            assert "无法连接 MaxKB" in ready.json()["checks"]["knowledge"]["error"]
         assert api.get("/healthz").json() == {"status": "ok"}
 
 

@@ -251,7 +251,9 @@ def test_fresh_install_answers_from_its_own_docs_with_and_without_ollama(
         ready = httpx.get(f"{service.url}/readyz", timeout=10).json()
         assert ready == {
             "status": "ok",
-            "checks": {"sqlite": {"ok": True}, "knowledge": {"ok": True}, "ollama": {"ok": True}},
+            "checks": {
+                name: {"ok": True, "status": "ok"} for name in ("sqlite", "knowledge", "ollama")
+            },
         }
         full = ask(service, question)
         assert full["degraded"] is False
@@ -292,11 +294,15 @@ def test_readyz_names_a_missing_model_and_an_empty_knowledge_base(
     assert body["status"] == "down"
     assert body["checks"]["knowledge"] == {
         "ok": False,
-        "error": "知识库 default 为空：先运行 qqrag kb add PATH",
+        "status": "down",
+        "error": "知识库 default 为空",
+        "fix": "先运行 qqrag kb add PATH",
     }
     assert body["checks"]["ollama"] == {
         "ok": False,
-        "error": "Ollama 上缺少模型 qwen3:8b：请运行 ollama pull qwen3:8b",
+        "status": "degraded",
+        "error": "Ollama 上缺少模型 qwen3:8b",
+        "fix": "运行 ollama pull qwen3:8b",
     }
 
 

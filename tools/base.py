@@ -1,4 +1,4 @@
-"""The knowledge interface every backend (embedded SQLite, MaxKB) implements."""
+"""The knowledge interface every backend (embedded SQLite, MaxKB, the wrappers) implements."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ from typing import Protocol
 
 from typing_extensions import TypedDict
 
+from tools.health import Health
+
 
 class KnowledgeUnavailable(Exception):
     """A backend could not search (down, refusing the credentials, misconfigured); `str()`
     tells an operator what to do, in Chinese."""
+
+
+class KnowledgeMisconfigured(KnowledgeUnavailable):
+    """A setting is wrong: searches fail until an operator fixes it, and no fallback stands in."""
 
 
 class Passage(TypedDict):
@@ -38,6 +44,7 @@ class KnowledgeBackend(Protocol):
         """The `k` best passages for `query`, best first."""
         ...
 
-    async def health(self) -> str | None:
-        """None when healthy, otherwise a short description of what is wrong."""
+    async def health(self) -> Health:
+        """`up`, or `down` when searches would fail (`misconfigured` for a wrong setting);
+        never raises."""
         ...

@@ -23,6 +23,9 @@ class Health:
     """For operators, in Chinese: what is wrong, or what is fine."""
     fix: str = ""
     """For operators, in Chinese: what to do about it; empty when nothing is to be done."""
+    misconfigured: bool = False
+    """Down because a setting is wrong, not for a passing outage: no fallback may hide it,
+    since it would hide it for good."""
 
     @classmethod
     def up(cls, message: str = "") -> Health:
@@ -34,9 +37,9 @@ class Health:
         return cls(ok=False, serving=True, message=message, fix=fix)
 
     @classmethod
-    def down(cls, message: str, fix: str = "") -> Health:
+    def down(cls, message: str, fix: str = "", *, misconfigured: bool = False) -> Health:
         """Turns that need it fail."""
-        return cls(ok=False, serving=False, message=message, fix=fix)
+        return cls(ok=False, serving=False, message=message, fix=fix, misconfigured=misconfigured)
 
     @property
     def status(self) -> Status:

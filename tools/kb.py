@@ -34,8 +34,9 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, track
 
 from agent.text import content_tokens, tokenize
-from tools.base import Passage
+from tools.base import KnowledgeUnavailable, Passage
 from tools.embeddings import Embedder, EmbeddingError, passage_text
+from tools.health import Health
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,13 @@ class EmbeddedKB:
         """The `k` best passages for `query`, best first (see `search_sync`)."""
         # A keyword search is a local SQLite query, cheaper than a hand-off to a worker thread;
         # a hybrid one waits on Ollama for the query's embedding, so it leaves the event loop.
-        if self.embedder is None:
-            return self.search_sync(query, k)
-        return await asyncio.to_thread(self.search_sync, query, k)
+        try:
+            if self.embedder is None:
+                return self.search_sync(query, k)
+            return await asyncio.to_thread(self.search_sync, query, k)
+        except sqlite3.Error as exc:
+            # Said like any backend's outage: the turn tells the user, a fallback stands in.
+            raise KnowledgeUnavailable(self._unreadable(exc)) from exc
 
     def search_sync(self, query: str, k: int) -> list[Passage]:
         """The best passages of this knowledge base, higher score first.
@@ -230,15 +235,18 @@ class EmbeddedKB:
             by_pk.update((row["pk"], row) for row in found)
         return [self._passage(by_pk[pk], round(score, 6)) for pk, score in fused if pk in by_pk]
 
-    async def health(self) -> str | None:
-        """None when the database opens and holds passages for this knowledge base."""
+    async def health(self) -> Health:
+        """Up when the database opens and holds passages for this knowledge base."""
         try:
             count = await asyncio.to_thread(self.count)
         except sqlite3.Error as exc:
-            return f"知识库 {self.name} 无法读取（{self.db_path}）：{exc}"
+            return Health.down(self._unreadable(exc))
         if count == 0:
-            return f"知识库 {self.name} 为空：先运行 qqrag kb add PATH"
-        return None
+            return Health.down(f"知识库 {self.name} 为空", "先运行 qqrag kb add PATH")
+        return Health.up()
+
+    def _unreadable(self, exc: sqlite3.Error) -> str:
+        return f"知识库 {self.name} 无法读取（{self.db_path}）：{exc}"
 
     def add_path(
         self, path: Path | str, *, root: Path | str | None = None, progress: bool = False

@@ -1,15 +1,21 @@
-"""The follow-up knowledge search the answer model can call, built on a backend and a reranker."""
+"""Backends built on backends (merged, with a fallback) and the follow-up knowledge search the
+answer model can call, built on a backend and a reranker."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
 from agent import prompts
-from tools.base import KnowledgeBackend, Passage
+from tools.base import KnowledgeBackend, KnowledgeMisconfigured, KnowledgeUnavailable, Passage
+from tools.health import Health
 from tools.rerank import Reranker, select_evidence
+
+logger = logging.getLogger(__name__)
 
 SEARCH_TOOL_NAME = "search_knowledge"
 
@@ -79,6 +85,90 @@ class MergedKnowledge:
         best = sorted(fused.values(), key=lambda item: item[0], reverse=True)[:k]
         return [Passage(**{**passage, "score": round(score, 6)}) for score, passage in best]
 
-    async def health(self) -> str | None:
-        problems = [p for p in await asyncio.gather(*(b.health() for b in self.bases)) if p]
-        return "；".join(problems) or None
+    async def health(self) -> Health:
+        # One failing base fails the whole search, so the worst base is the merged one's health.
+        checks = await asyncio.gather(*(base.health() for base in self.bases))
+        if all(check.ok for check in checks):
+            return Health.up()
+        return Health(
+            ok=False,
+            serving=all(check.serving for check in checks),
+            message="；".join(check.message for check in checks if not check.ok),
+            fix="；".join(check.fix for check in checks if not check.ok and check.fix),
+            misconfigured=any(check.misconfigured for check in checks),
+        )
+
+
+def _is_outage(kind: type[BaseException], error: BaseException) -> bool:
+    return issubclass(kind, KnowledgeUnavailable) and not issubclass(kind, KnowledgeMisconfigured)
+
+
+class FallbackKnowledge:
+    """One backend first; another while the first is out (down, refusing, over its quota).
+
+    A wrong setting (:class:`~tools.base.KnowledgeMisconfigured`) is not hidden behind the
+    fallback: it needs an operator. One warning is logged when an outage starts and one when
+    the primary answers again.
+    """
+
+    def __init__(
+        self,
+        primary: KnowledgeBackend,
+        fallback: KnowledgeBackend,
+        *,
+        failures: int = 3,
+        reset_after: float = 30.0,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.name = primary.name
+        self._outage = False
+        # After a few failures in a row the primary is skipped for a while, so an outage costs
+        # each turn nothing instead of a timeout and retries.
+        self.breaker = CircuitBreaker(
+            failure_threshold=failures,
+            recovery_timeout=reset_after,
+            expected_exception=_is_outage,
+            name=primary.name,
+        )
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        try:
+            # The library checks for an open circuit in its decorators only, not in `with`.
+            if self.breaker.opened:
+                raise CircuitBreakerError(self.breaker)
+            with self.breaker:
+                passages = await self.primary.search(query, k)
+        except KnowledgeMisconfigured:
+            raise
+        except (KnowledgeUnavailable, CircuitBreakerError) as exc:
+            if not self._outage:
+                self._outage = True
+                logger.warning(
+                    "知识库 %s 不可用，改用知识库 %s：%s",
+                    self.primary.name,
+                    self.fallback.name,
+                    exc,
+                )
+            return await self.fallback.search(query, k)
+        if self._outage:
+            self._outage = False
+            logger.warning(
+                "知识库 %s 恢复了，不再使用知识库 %s。", self.primary.name, self.fallback.name
+            )
+        return passages
+
+    async def health(self) -> Health:
+        """Degraded while the fallback stands in for the primary, down when it cannot."""
+        primary = await self.primary.health()
+        if primary.serving or primary.misconfigured:
+            return primary
+        fallback = await self.fallback.health()
+        if not fallback.serving:
+            return Health.down(
+                f"{primary.message}；备用知识库 {self.fallback.name} 也不可用：{fallback.message}",
+                "；".join(fix for fix in (primary.fix, fallback.fix) if fix),
+            )
+        return Health.degraded(
+            f"{primary.message}（已改用知识库 {self.fallback.name}）", primary.fix
+        )

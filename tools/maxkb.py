@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import httpx
-from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,7 +37,8 @@ from tenacity import (
     wait_random,
 )
 
-from tools.base import KnowledgeBackend, KnowledgeUnavailable, Passage
+from tools.base import KnowledgeMisconfigured, KnowledgeUnavailable, Passage
+from tools.health import Health
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -54,7 +54,6 @@ APPLICATION_KEY_PREFIXES = ("application-", "agent-")
 MAX_TOP_NUMBER = 10_000
 MAX_ACCESS_NUM = 10_000
 ACCESS_LIMIT_STATUS = 461
-FALLBACK_NOTE = "（已改用嵌入式知识库）"
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _AUTH_CODES = frozenset({1002, 1003})
@@ -86,7 +85,7 @@ class MaxKBAuthError(MaxKBError):
     """MaxKB rejected the token or key: it is wrong, expired, or of the wrong kind."""
 
 
-class MaxKBConfigError(MaxKBError):
+class MaxKBConfigError(MaxKBError, KnowledgeMisconfigured):
     """The configuration cannot work; found before any call or from what MaxKB answered."""
 
 
@@ -420,13 +419,15 @@ class MaxKBKnowledge:
             rows = await self._chat_citations(query)
         return rows_to_passages(rows, k)
 
-    async def health(self) -> str | None:
-        """None when MaxKB answers an authenticated call, else what to fix, in Chinese."""
+    async def health(self) -> Health:
+        """Up when MaxKB answers an authenticated call, else what to fix, in Chinese."""
         try:
             await self.check()
+        except MaxKBConfigError as exc:
+            return Health.down(str(exc), misconfigured=True)
         except MaxKBError as exc:
-            return str(exc)
-        return None
+            return Health.down(str(exc))
+        return Health.up(f"{self.config.url}（{self.config.mode}）可用，密钥有效")
 
     async def check(self) -> None:
         """One cheap authenticated call per configured target; raise what :meth:`health` reports.
@@ -677,67 +678,3 @@ class MaxKBKnowledge:
                 f"{_KEY_SETTING} 来自同一个应用。"
             )
         return f"MaxKB 拒绝了访问（{detail}）：请确认 {_KEY_SETTING} 是该应用有效的 API Key。"
-
-
-def _is_outage(kind: type[BaseException], error: BaseException) -> bool:
-    return issubclass(kind, MaxKBError) and not issubclass(kind, MaxKBConfigError)
-
-
-class FallbackKnowledge:
-    """MaxKB first; the embedded knowledge base while MaxKB fails for reasons other than config.
-
-    Configuration errors are not hidden behind the fallback: they need an operator. One
-    warning is logged when an outage starts and one when MaxKB answers again.
-    """
-
-    def __init__(
-        self,
-        primary: MaxKBKnowledge,
-        fallback: KnowledgeBackend,
-        *,
-        failures: int = 3,
-        reset_after: float = 30.0,
-    ) -> None:
-        self.primary = primary
-        self.fallback = fallback
-        self.name = primary.name
-        self._outage = False
-        # After a few failures in a row MaxKB is skipped for a while, so an outage costs each
-        # turn nothing instead of a timeout and retries.
-        self.breaker = CircuitBreaker(
-            failure_threshold=failures,
-            recovery_timeout=reset_after,
-            expected_exception=_is_outage,
-            name="maxkb",
-        )
-
-    async def search(self, query: str, k: int) -> list[Passage]:
-        try:
-            # The library checks for an open circuit in its decorators only, not in `with`.
-            if self.breaker.opened:
-                raise CircuitBreakerError(self.breaker)
-            with self.breaker:
-                passages = await self.primary.search(query, k)
-        except MaxKBConfigError:
-            raise
-        except (MaxKBError, CircuitBreakerError) as exc:
-            if not self._outage:
-                self._outage = True
-                logger.warning("MaxKB 不可用，改用嵌入式知识库“%s”：%s", self.fallback.name, exc)
-            return await self.fallback.search(query, k)
-        if self._outage:
-            self._outage = False
-            logger.warning("MaxKB 恢复了，不再使用嵌入式知识库“%s”。", self.fallback.name)
-        return passages
-
-    async def health(self) -> str | None:
-        try:
-            await self.primary.check()
-        except MaxKBConfigError as exc:
-            return str(exc)
-        except MaxKBError as exc:
-            return f"{exc}{FALLBACK_NOTE}"
-        return None
-
-    async def aclose(self) -> None:
-        await self.primary.aclose()

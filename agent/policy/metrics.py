@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -20,12 +20,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from tools.health import Health, Status
+
 Outcome = Literal["answered", "not_found", "degraded", "blocked", "error"]
 Side = Literal["question", "answer"]
 
 # Nodes range from a dictionary lookup to a thinking model's answer; turns add them up.
 NODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 TURN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+_STATUS_VALUE: dict[Status, float] = {"ok": 1.0, "degraded": 0.5, "down": 0.0}
 
 
 class Metrics:
@@ -89,6 +92,13 @@ class Metrics:
             ["dependency"],
             registry=registry,
         )
+        self.dependency_status = Gauge(
+            "qqrag_dependency_status",
+            "Each dependency at its latest check: 1 ok, 0.5 degraded, 0 down.",
+            ["dependency"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.inflight_turns = Gauge(
             "qqrag_inflight_turns",
             "Turns being answered now.",
@@ -107,6 +117,10 @@ class Metrics:
     def count_safety_hits(self, side: Side, categories: list[str]) -> None:
         for category in categories:
             self.safety_hits.labels(side=side, category=category).inc()
+
+    def record_health(self, checks: Mapping[str, Health]) -> None:
+        for dependency, health in checks.items():
+            self.dependency_status.labels(dependency).set(_STATUS_VALUE[health.status])
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for a /metrics response."""

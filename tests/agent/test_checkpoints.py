@@ -39,11 +39,13 @@ async def test_prune_strategies_and_health(graph: QAGraph, models: ScriptedModel
         models.say("星尘打印机整机保修两年[1]。")
         await run_turn(graph, thread, "星尘打印机保修多久？", Context())
     async with LoopSqliteSaver.open(tmp_path / "checkpoints.sqlite") as saver:
-        assert await checkpointer_health(saver) is None
+        assert (await checkpointer_health(saver)).ok
         await saver.aprune(["a"], strategy="delete")
         assert rows(tmp_path / "checkpoints.sqlite", "checkpoints") == {"b": 1}
         with pytest.raises(TypeError):
             await saver.aprune("b")
         with pytest.raises(ValueError, match="strategy"):
             await saver.aprune(["b"], strategy="keep_oldest")
+    closed = await checkpointer_health(saver)
+    assert closed.status == "down" and closed.message.startswith("检查点数据库不可用")
     assert await graph.aget_state(turn_config("b")) is not None

@@ -21,8 +21,7 @@ from evals.fakes.maxkb import (
 from evals.fakes.ollama import FakeOllama
 from graphs.qa import build
 from tests.conftest import FIXTURES
-from tools.knowledge import MergedKnowledge
-from tools.maxkb import FallbackKnowledge
+from tools.knowledge import FallbackKnowledge, MergedKnowledge
 
 
 @pytest.fixture(scope="module")

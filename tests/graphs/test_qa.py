@@ -17,7 +17,7 @@ def test_topology_is_pinned():
 
 @pytest.mark.parametrize(
     ("intent", "route"),
-    [("knowledge", "retrieve"), ("chitchat", "answer"), ("command", END), ("blocked", END)],
+    [("knowledge", "retrieve"), ("chitchat", "answer"), ("command", "command"), ("blocked", END)],
 )
 async def test_route_intent(intent, route):
     assert await route_intent(State(intent=intent)) == route

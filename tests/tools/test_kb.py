@@ -20,6 +20,7 @@ import tools.kb
 from evals.fakes.ollama import DEFAULT_MODELS, EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.base import KnowledgeBackend, Passage
 from tools.embeddings import EmbeddingError, OllamaEmbedder
+from tools.health import Health
 from tools.ingest import IngestError
 from tools.kb import (
     EmbeddedKB,
@@ -345,23 +346,25 @@ async def test_searches_run_while_writing(kb: EmbeddedKB, corpus: Path) -> None:
 
 async def test_health_messages(empty_kb: EmbeddedKB, corpus: Path) -> None:
     backend: KnowledgeBackend = empty_kb
+    empty = Health.down("知识库 default 为空", "先运行 qqrag kb add PATH")
     with EmbeddedKB(empty_kb.db_path, "工作群") as other:
-        assert await backend.health() == "知识库 default 为空：先运行 qqrag kb add PATH"
+        assert await backend.health() == empty
         empty_kb.add_path(corpus)
-        assert await backend.health() is None
-        assert await other.health() == "知识库 工作群 为空：先运行 qqrag kb add PATH"
+        assert await backend.health() == Health.up()
+        assert await other.health() == Health.down("知识库 工作群 为空", "先运行 qqrag kb add PATH")
         with sqlite3.connect(empty_kb.db_path) as conn:
             conn.execute("DROP TABLE passages")
         db = empty_kb.db_path
-        assert await backend.health() == f"知识库 default 无法读取（{db}）：no such table: passages"
-        assert await other.health() == f"知识库 工作群 无法读取（{db}）：no such table: passages"
+        broken = "无法读取（" + str(db) + "）：no such table: passages"
+        assert await backend.health() == Health.down(f"知识库 default {broken}")
+        assert await other.health() == Health.down(f"知识库 工作群 {broken}")
 
 
 async def test_closed_kb_reports_unhealthy(kb: EmbeddedKB) -> None:
     kb.close()
-    message = await kb.health()
-    assert message is not None
-    assert message.startswith(f"知识库 default 无法读取（{kb.db_path}）：")
+    health = await kb.health()
+    assert not health.serving
+    assert health.message.startswith(f"知识库 default 无法读取（{kb.db_path}）：")
     with pytest.raises(sqlite3.ProgrammingError):
         kb.count()
 

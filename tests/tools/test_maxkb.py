@@ -1,8 +1,6 @@
-"""The MaxKB backend against the fake MaxKB over real HTTP: three modes, errors, retries, fallback."""
+"""The MaxKB backend against the fake MaxKB over real HTTP: three modes, errors, retries, health."""
 
-import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,6 @@ from agent.settings import Settings
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault, load_fixture_knowledge
 from tools.base import Passage
 from tools.maxkb import (
-    FALLBACK_NOTE,
-    FallbackKnowledge,
     MaxKBAuthError,
     MaxKBConfig,
     MaxKBConfigError,
@@ -269,7 +265,8 @@ async def test_show_source_off_is_an_actionable_config_error(
 
     with pytest.raises(MaxKBConfigError, match="显示知识来源"):
         await knowledge.search(QUESTION, 3)
-    assert "显示知识来源" in (await knowledge.health() or "")
+    health = await knowledge.health()
+    assert health.misconfigured and "显示知识来源" in health.message
 
 
 async def test_a_pasted_bearer_prefix_is_tolerated(fake: FakeMaxKB, backend: Factory) -> None:
@@ -353,7 +350,8 @@ async def test_unpublished_application(fake: FakeMaxKB, backend: Factory) -> Non
 
     with pytest.raises(MaxKBError, match="not been published"):
         await knowledge.search(QUESTION, 3)
-    assert "还没有发布" in (await knowledge.health() or "")
+    health = await knowledge.health()
+    assert not health.serving and "还没有发布" in health.message
 
 
 async def test_wrong_admin_path_is_a_missing_route(backend: Factory) -> None:
@@ -462,122 +460,19 @@ async def test_connection_refused_is_reported_with_the_url() -> None:
         await knowledge.aclose()
 
 
-# ----------------------------------------------------------------------- health and fallback
+# ----------------------------------------------------------------------- health
 
 
 @pytest.mark.parametrize("mode", ["knowledge_hit_test_v2", "app_hit_test_v1", "app_chat_v2"])
-async def test_health_is_none_when_fine(backend: Factory, mode: str) -> None:
-    assert await backend(mode).health() is None
+async def test_health_is_up_when_fine(backend: Factory, mode: str) -> None:
+    assert (await backend(mode).health()).ok
 
 
 async def test_health_reports_a_bad_token(backend: Factory) -> None:
-    message = await backend(token="expired-token").health()
+    health = await backend(token="expired-token").health()
 
-    assert message is not None and "QQRAG_MAXKB_TOKEN" in message
-
-
-class StaticKnowledge:
-    """A tiny backend standing in for the embedded knowledge base."""
-
-    name = "embedded"
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    async def search(self, query: str, k: int) -> list[Passage]:
-        self.queries.append(query)
-        passage = Passage(
-            id="local-1", title="本地", source="guide.md", text="本地资料", score=1.0, kb="default"
-        )
-        return [passage][:k]
-
-    async def health(self) -> str | None:
-        return None
-
-
-async def test_fallback_serves_the_embedded_kb_while_maxkb_is_down(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fake = FakeMaxKB(knowledge=[load_fixture_knowledge(FIXTURES)]).start()
-    primary = MaxKBKnowledge(
-        MaxKBConfig(
-            url=fake.url, token=fake.user_token, knowledge_ids=(FIXTURE_KNOWLEDGE_ID,), retries=0
-        )
-    )
-    local = StaticKnowledge()
-    knowledge = FallbackKnowledge(primary, local)
-    try:
-        assert knowledge.name == "maxkb"
-        assert (await knowledge.search(QUESTION, 3))[0]["id"] == GOLD
-        fake.stop()
-
-        with caplog.at_level(logging.WARNING, logger="tools.maxkb"):
-            first = await knowledge.search(QUESTION, 3)
-            second = await knowledge.search("铁路", 3)
-            health = await knowledge.health()
-        assert [first[0]["id"], second[0]["id"]] == ["local-1", "local-1"]
-        assert local.queries == [QUESTION, "铁路"]
-        assert health is not None
-        assert "无法连接 MaxKB" in health and health.endswith(FALLBACK_NOTE)
-        assert sum("改用嵌入式知识库" in record.message for record in caplog.records) == 1
-
-        fake.start()
-        assert (await knowledge.search(QUESTION, 3))[0]["id"] == GOLD
-        assert await knowledge.health() is None
-        assert "MaxKB 恢复了" in caplog.text
-    finally:
-        await knowledge.aclose()
-        fake.stop()
-
-
-async def test_breaker_skips_maxkb_during_an_outage_and_tries_again_later(fake: FakeMaxKB) -> None:
-    primary = MaxKBKnowledge(
-        MaxKBConfig(
-            url=fake.url, token=fake.user_token, knowledge_ids=(FIXTURE_KNOWLEDGE_ID,), retries=0
-        )
-    )
-    knowledge = FallbackKnowledge(primary, StaticKnowledge(), failures=2, reset_after=0.3)
-    try:
-        fake.reset()
-        fake.fail_next(Fault.HTTP_500, times=5)
-        for _ in range(4):
-            assert (await knowledge.search(QUESTION, 3))[0]["id"] == "local-1"
-        # Two failures opened the breaker: the next two searches never reached MaxKB.
-        assert len(fake.requests) == 2
-        await asyncio.sleep(0.35)
-        fake.reset()
-        assert (await knowledge.search(QUESTION, 3))[0]["id"] == GOLD
-        assert len(fake.requests) == 1
-    finally:
-        await knowledge.aclose()
-
-
-async def test_fallback_also_covers_failing_answers(fake: FakeMaxKB) -> None:
-    primary = MaxKBKnowledge(
-        MaxKBConfig(url=fake.url, token=fake.user_token, knowledge_ids=(FIXTURE_KNOWLEDGE_ID,))
-    )
-    knowledge = FallbackKnowledge(primary, StaticKnowledge())
-    try:
-        fake.fail_next(Fault.CODE_500_IN_200)
-        assert (await knowledge.search(QUESTION, 3))[0]["id"] == "local-1"
-        fake.fail_next(Fault.AUTH_401)
-        health = await knowledge.health()
-        assert health is not None and "QQRAG_MAXKB_TOKEN" in health and FALLBACK_NOTE in health
-    finally:
-        await knowledge.aclose()
-
-
-async def test_fallback_does_not_hide_configuration_errors(fake: FakeMaxKB) -> None:
-    fake.show_source = False
-    primary = MaxKBKnowledge(MaxKBConfig(url=fake.url, mode="app_chat_v2", api_key=fake.api_key))
-    knowledge = FallbackKnowledge(primary, StaticKnowledge())
-    try:
-        with pytest.raises(MaxKBConfigError, match="显示知识来源"):
-            await knowledge.search(QUESTION, 3)
-        health = await knowledge.health()
-        assert health is not None and FALLBACK_NOTE not in health
-    finally:
-        await knowledge.aclose()
+    assert not health.serving and not health.misconfigured
+    assert "QQRAG_MAXKB_TOKEN" in health.message
 
 
 # ----------------------------------------------------------------------- configuration

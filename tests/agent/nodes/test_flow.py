@@ -13,6 +13,7 @@ from agent.services import Services
 from agent.turns import QAGraph, run_turn, turn_config, turn_input
 from tests.conftest import ScriptedModels
 from tools.base import KnowledgeUnavailable, Passage
+from tools.health import Health
 
 PRICE = "星尘打印机标准版售价 1999 元[1]。"
 
@@ -321,8 +322,8 @@ class FailingAfter:
         self.left -= 1
         return cast(list[Passage], await self.kb.search(query, k))
 
-    async def health(self) -> str | None:
-        return None
+    async def health(self) -> Health:
+        return Health.up()
 
 
 async def test_an_unreachable_knowledge_base_is_said_so_without_a_model_call(

@@ -1,0 +1,72 @@
+"""`/v1/chat`: one turn, answered whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agent.api.deps import PrincipalDep, RuntimeDep, check_length
+from agent.api.schemas import INTERNAL_ERROR_MESSAGE, ChatRequest, ChatResponse, internal_error
+from agent.gateway import Refusal
+
+log = logging.getLogger("qqrag.server")
+
+router = APIRouter(prefix="/v1/chat", tags=["chat"])
+
+
+@router.post("", response_model=ChatResponse)
+async def post_chat(
+    body: ChatRequest, rt: RuntimeDep, principal: PrincipalDep
+) -> ChatResponse | JSONResponse:
+    check_length(body.text, rt.settings)
+    turn = await rt.gateway.admit(principal, body.speaker(), body.text)
+    try:
+        answer = await rt.gateway.answer(turn)
+    except Refusal:
+        raise
+    except Exception:
+        log.exception("turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
+        return internal_error(turn.trace_id)
+    return ChatResponse.of(answer)
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.post("/stream")
+async def post_chat_stream(
+    body: ChatRequest, rt: RuntimeDep, principal: PrincipalDep
+) -> StreamingResponse:
+    check_length(body.text, rt.settings)
+    turn = await rt.gateway.admit(principal, body.speaker(), body.text)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for kind, payload in rt.gateway.run(turn, tokens=True):
+                if kind == "answer":
+                    yield _sse("result", ChatResponse.of(payload).model_dump())
+                elif kind == "token":
+                    yield _sse("token", {"text": payload})
+                else:
+                    yield _sse("node", payload)
+        except Refusal as refusal:
+            yield _sse("error", {"code": refusal.code, "message": refusal.message})
+        except Exception:
+            log.exception("streamed turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
+            yield _sse(
+                "error",
+                {
+                    "code": "internal_error",
+                    "message": INTERNAL_ERROR_MESSAGE,
+                    "trace_id": turn.trace_id,
+                },
+            )
+
+    headers = {"X-Trace-Id": turn.trace_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

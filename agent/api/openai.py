@@ -1,0 +1,108 @@
+"""`/v1/chat/completions`: OpenAI-compatible chat on the same gateway and graph."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agent import gateway
+from agent.api.deps import PrincipalDep, RuntimeDep, check_length
+from agent.api.schemas import INTERNAL_ERROR_MESSAGE, CompletionRequest, internal_error
+from agent.gateway import Answer, Refusal
+
+log = logging.getLogger("qqrag.server")
+
+router = APIRouter(prefix="/v1/chat/completions", tags=["openai"])
+
+
+def _completion_text(answer: Answer) -> str:
+    if not answer.citations:
+        return answer.answer
+    sources = "\n".join(f"[{c['index']}] {c['source']} · {c['title']}" for c in answer.citations)
+    return f"{answer.answer}\n\n来源：\n{sources}"
+
+
+@router.post("", response_model=None)
+async def post_completions(
+    body: CompletionRequest,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    x_qqrag_thread: Annotated[str | None, Header(max_length=128)] = None,
+) -> JSONResponse | StreamingResponse:
+    """OpenAI-compatible chat on the same graph. The conversation lives in the service: only
+    the last user message is used; `user` (or the X-QQRAG-Thread header) picks the thread."""
+    question = next((m for m in reversed(body.messages) if m.role == "user"), None)
+    if question is None or not isinstance(question.content, str) or not question.content.strip():
+        raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
+    check_length(question.content, rt.settings)
+    who = x_qqrag_thread or body.user or "anonymous"
+    speaker = gateway.Speaker(platform="openai", scene="private", user_id=who)
+    turn = await rt.gateway.admit(principal, speaker, question.content)
+    created = int(time.time())
+    completion_id = f"chatcmpl-{turn.trace_id}"
+    model = turn.context.chat_model
+
+    if not body.stream:
+        try:
+            answer = await rt.gateway.answer(turn)
+        except Refusal:
+            raise
+        except Exception:
+            log.exception("completion failed (trace %s)", turn.trace_id)
+            return internal_error(turn.trace_id)
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": _completion_text(answer)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "total_tokens": answer.tokens,
+                },
+                "citations": answer.citations,
+                "thread_id": answer.thread_id,
+            }
+        )
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            # The checked answer, not raw model tokens: citation checking may still change it.
+            answer = await rt.gateway.answer(turn)
+            yield chunk({"content": _completion_text(answer)})
+            yield chunk({}, "stop")
+        except Refusal as refusal:
+            yield chunk({"content": refusal.message})
+            yield chunk({}, "stop")
+        except Exception:
+            log.exception("streamed completion failed (trace %s)", turn.trace_id)
+            yield chunk({"content": INTERNAL_ERROR_MESSAGE})
+            yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
