@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.text import citation_numbers, split_sentences, strip_citations, support_score
 from agent.turns import TurnResult
 from tools.base import Passage
+from tools.text import citation_numbers, split_sentences, strip_citations, support_score
 
 if TYPE_CHECKING:
     from evals.suite import Expect

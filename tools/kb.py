@@ -33,10 +33,10 @@ import sqlite_utils
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, track
 
-from agent.text import content_tokens, tokenize
 from tools.base import Passage
 from tools.embeddings import Embedder, EmbeddingError, passage_text
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
+from tools.text import content_tokens, tokenize
 
 log = logging.getLogger(__name__)
 
