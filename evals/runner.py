@@ -109,23 +109,6 @@ class _PinnedSettings(Settings):
         return (init_settings,)
 
 
-def base_context(settings: Settings) -> Context:
-    """The service's defaults as a Context, taken from these settings rather than the process's."""
-    return Context(
-        chat_model=settings.chat_model,
-        classify_model=settings.effective_classify_model,
-        thinking=settings.thinking,
-        top_k=settings.top_k,
-        rerank_top_n=settings.rerank_top_n,
-        relevance_threshold=settings.relevance_threshold,
-        reranker=settings.reranker,
-        knowledge_bases=(settings.kb_name,),
-        prompt_variant=settings.prompt_variant,
-        history_turns=settings.history_turns,
-        rewrite=settings.rewrite,
-    )
-
-
 def profile_context(book: ProfileBook, name: str, base: Context, notes: list[str]) -> Context:
     """The base context with profile `name`'s overrides; its knowledge bases are ignored."""
     if name not in book.profiles:
@@ -382,7 +365,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         "embed_model": options.embed_model,
         "rerank_model": options.rerank_model,
     }
-    defaults = base_context(_PinnedSettings(**settings_args))
+    defaults = Context.from_settings(_PinnedSettings(**settings_args))
     contexts = {
         name: dataclasses.replace(
             profile_context(book, name, defaults, notes), knowledge_bases=(full.knowledge.name,)
