@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 
 from agent.state import Citation, SentenceCheck, Verdict
-from agent.text import citation_numbers, content_tokens, split_sentences, strip_citations
-from agent.text import support_score as _support
 from tools.base import Passage
+from tools.text import citation_numbers, content_tokens, split_sentences, strip_citations
+from tools.text import support_score as _support
 
 REFUSAL_MARKERS = (
     "没有找到",

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from agent.settings import get_settings
+from agent.settings import Settings, get_settings
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _one_base(name: str) -> tuple[str, ...]:
+    return (name,)
+
+
+def setting(name: str, description: str, convert: Callable[[Any], Any] = _same) -> Any:
+    """A field whose default is the process setting `name` (a `Settings` attribute), converted.
+
+    The metadata names the setting, so `Context.from_settings` takes every such field from
+    any settings object with this one mechanism, and a test can see which fields are mapped.
+    """
+    return field(
+        default_factory=lambda: convert(getattr(get_settings(), name)),
+        metadata={"description": description, "setting": name, "convert": convert},
+    )
 
 
 @dataclass(kw_only=True)
@@ -15,59 +37,45 @@ class Context:
     Gray release (later) picks a different Context per group or user; evals pin one.
     """
 
-    chat_model: str = field(
-        default_factory=lambda: get_settings().chat_model,
-        metadata={"description": "Ollama model that writes the answer, e.g. qwen3:8b."},
+    chat_model: str = setting("chat_model", "Ollama model that writes the answer, e.g. qwen3:8b.")
+    classify_model: str = setting(
+        "effective_classify_model", "Ollama model for intent and the standalone rewrite."
     )
-    classify_model: str = field(
-        default_factory=lambda: get_settings().effective_classify_model,
-        metadata={"description": "Ollama model for intent and the standalone rewrite."},
+    thinking: bool = setting(
+        "thinking", "Let the answer model think first; thinking never reaches users."
     )
-    thinking: bool = field(
-        default_factory=lambda: get_settings().thinking,
-        metadata={"description": "Let the answer model think first; thinking never reaches users."},
+    top_k: int = setting("top_k", "Passages fetched from the knowledge base per search.")
+    rerank_top_n: int = setting(
+        "rerank_top_n", "Passages kept after reranking and shown to the answer model."
     )
-    top_k: int = field(
-        default_factory=lambda: get_settings().top_k,
-        metadata={"description": "Passages fetched from the knowledge base per search."},
+    relevance_threshold: float = setting(
+        "relevance_threshold",
+        "Reranked passages scoring below this (0..1) are not evidence.",
     )
-    rerank_top_n: int = field(
-        default_factory=lambda: get_settings().rerank_top_n,
-        metadata={"description": "Passages kept after reranking and shown to the answer model."},
+    reranker: Literal["lexical", "embedding", "qwen3-reranker", "none"] = setting(
+        "reranker",
+        "lexical: query-term coverage; embedding: cosine of Ollama embeddings; "
+        "qwen3-reranker: P(yes) of a Qwen3-Reranker model; none: retrieval order.",
     )
-    relevance_threshold: float = field(
-        default_factory=lambda: get_settings().relevance_threshold,
-        metadata={"description": "Reranked passages scoring below this (0..1) are not evidence."},
+    knowledge_bases: tuple[str, ...] = setting(
+        "kb_name",
+        "Embedded knowledge bases searched together (MaxKB: its own).",
+        _one_base,
     )
-    reranker: Literal["lexical", "embedding", "qwen3-reranker", "none"] = field(
-        default_factory=lambda: get_settings().reranker,
-        metadata={
-            "description": "lexical: query-term coverage; embedding: cosine of Ollama embeddings; "
-            "qwen3-reranker: P(yes) of a Qwen3-Reranker model; none: retrieval order."
-        },
+    prompt_variant: str = setting(
+        "prompt_variant", "Prompt files NAME.VARIANT.md override NAME.md when present."
     )
-    knowledge_bases: tuple[str, ...] = field(
-        default_factory=lambda: (get_settings().kb_name,),
-        metadata={"description": "Embedded knowledge bases searched together (MaxKB: its own)."},
+    history_turns: int = setting(
+        "history_turns", "Earlier question/answer pairs shown to the models."
     )
-    prompt_variant: str = field(
-        default_factory=lambda: get_settings().prompt_variant,
-        metadata={"description": "Prompt files NAME.VARIANT.md override NAME.md when present."},
-    )
-    history_turns: int = field(
-        default_factory=lambda: get_settings().history_turns,
-        metadata={"description": "Earlier question/answer pairs shown to the models."},
-    )
-    rewrite: Literal["model", "history"] = field(
-        default_factory=lambda: get_settings().rewrite,
-        metadata={
-            "description": "Follow-ups that lean on the conversation (它/那…, or few topic "
-            "terms). model: the classify model rewrites them to stand alone, one more model "
-            "call before the answer. history: no model call; intent by rules (commands, "
-            "greetings, injections, else knowledge), retrieval searches the earlier questions "
-            "too, and the answer model resolves the reference from the conversation it sees. "
-            "classify_always asks the model regardless."
-        },
+    rewrite: Literal["model", "history"] = setting(
+        "rewrite",
+        "Follow-ups that lean on the conversation (它/那…, or few topic "
+        "terms). model: the classify model rewrites them to stand alone, one more model "
+        "call before the answer. history: no model call; intent by rules (commands, "
+        "greetings, injections, else knowledge), retrieval searches the earlier questions "
+        "too, and the answer model resolves the reference from the conversation it sees. "
+        "classify_always asks the model regardless.",
     )
     keep_turns: int = field(
         default=20,
@@ -103,3 +111,14 @@ class Context:
     temperature: float = field(
         default=0.2, metadata={"description": "Sampling temperature of the answer model."}
     )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Context:
+        """The defaults taken from `settings` rather than the process's."""
+        return cls(
+            **{
+                f.name: f.metadata["convert"](getattr(settings, f.metadata["setting"]))
+                for f in dataclasses.fields(cls)
+                if "setting" in f.metadata
+            }
+        )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from agent import prompts
-from agent.text import split_sentences, support_score
 from tools.base import Passage
+from tools.text import split_sentences, support_score
 
 MAX_QUOTES = 3
 

@@ -15,6 +15,7 @@ from circuitbreaker import CircuitBreaker
 from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 
+from agent import prompts
 from agent.audit import AuditLog
 from agent.context import Context
 from agent.models import ChatModelFactory, OllamaChatModels, call_model, ollama_breaker
@@ -126,7 +127,7 @@ class Services:
             top_k=ctx.top_k,
             top_n=ctx.rerank_top_n,
             threshold=ctx.relevance_threshold,
-            variant=ctx.prompt_variant,
+            description=prompts.load("search_tool", ctx.prompt_variant),
         )
 
     def reranker(self, name: str) -> Reranker:

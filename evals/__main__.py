@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evals.metrics import METRICS, Tolerance
-from evals.runner import DEFAULT_CHAT_MODEL, DEFAULT_CONCURRENCY, EvalOptions, run_eval
+from evals.outcome import DEFAULT_CHAT_MODEL, DEFAULT_CONCURRENCY, EvalOptions
+from evals.runner import run_eval
 from evals.suite import available_suites
 
 

@@ -15,14 +15,11 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from agent.text import citation_numbers, split_sentences, strip_citations, support_score
 from agent.turns import TurnResult
 from tools.base import Passage
-
-if TYPE_CHECKING:
-    from evals.suite import Expect
+from tools.text import citation_numbers, split_sentences, strip_citations, support_score
 
 EPSILON = 1e-9
 """Float noise: differences below it are no change."""
@@ -190,6 +187,27 @@ def ndcg(passages: Sequence[Passage], gold: Sequence[str]) -> float:
     dcg = sum(1 / math.log2(rank + 1) for rank in found)
     ideal = sum(1 / math.log2(rank + 1) for rank in range(1, min(len(gold), len(passages)) + 1))
     return dcg / ideal
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What one turn should do; an empty field expects nothing."""
+
+    intent: str | None = None
+    gold: tuple[str, ...] = ()
+    """Passages that answer the turn: ids or titles. Feed the retrieval and citation metrics."""
+    answers: tuple[str, ...] = ()
+    """Reference answers: the answer must contain one of them (normalised); also scored by F1."""
+    contains: tuple[str, ...] = ()
+    """The answer must contain every one of these (normalised)."""
+    not_contains: tuple[str, ...] = ()
+    refuse: bool | None = None
+    """True: blocked or "not found"; False: a real answer."""
+    cite: bool | None = None
+    """True: the answer cites at least one passage; False: it cites none."""
+    max_model_calls: int | None = None
+    query_contains: tuple[str, ...] = ()
+    """The classify node's rewritten question must contain these: the follow-up resolved."""
 
 
 @dataclass(frozen=True)

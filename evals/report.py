@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape as rich_escape
@@ -15,11 +15,9 @@ from rich.table import Table
 
 from agent.context import Context
 from evals.metrics import METRICS, NODES, Comparison, MetricChange, is_gold
+from evals.outcome import CaseRun, EvalOutcome, SuiteRun
 from evals.suite import Case
 from tools.base import Passage
-
-if TYPE_CHECKING:
-    from evals.runner import CaseRun, EvalOutcome, SuiteRun
 
 SNIPPET_CHARS = 160
 STATUS = {

@@ -28,11 +28,10 @@ import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -61,15 +60,13 @@ from evals.metrics import (
     DIGITS,
     CaseOutcome,
     Check,
-    Comparison,
-    MetricValue,
-    Tolerance,
     TurnOutcome,
     TurnRecord,
     aggregate,
     compare,
     observe,
 )
+from evals.outcome import CaseRun, EvalOptions, EvalOutcome, SuiteRun
 from evals.report import context_json, print_summary, write_reports
 from evals.suite import Case, Suite, SuiteError, load_suite
 from graphs.qa import build
@@ -79,8 +76,6 @@ from tools.rerank import build_rerankers
 
 BASELINES_DIR = Path(__file__).parent / "baselines"
 REPORTS_DIR = Path(__file__).parent / "reports"
-DEFAULT_CHAT_MODEL = "qwen3:8b"
-DEFAULT_CONCURRENCY = 4
 BASELINE_FORMAT = 1
 FAKE_BACKEND = "fake"
 FAKE_NOTE = (
@@ -99,111 +94,6 @@ class Baseline:
     cases: dict[str, CaseOutcome]
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """Everything `qqrag eval` accepts; see `evals/README.md`."""
-
-    suite: str
-    """A shipped suite's name (smoke, cmrc2018, cmrc2018-followup) or a suite file."""
-    profile: str = "default"
-    profiles_path: Path | None = None
-    """Gray-release profiles (YAML); default: the service's (QQRAG_PROFILES_PATH)."""
-    baseline: Path | None = None
-    """Default: evals/baselines/SUITE.PROFILE.json (with a real model: …PROFILE.MODEL.json)."""
-    update_baseline: bool = False
-    compare: tuple[str, str] | None = None
-    """Two profiles, A then B: is B better than A? No baseline is read or written."""
-    sample: int | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
-    ollama_url: str | None = None
-    """None: an in-process fake Ollama."""
-    chat_model: str = DEFAULT_CHAT_MODEL
-    embed_model: str = ""
-    rerank_model: str = ""
-    judge_model: str | None = None
-    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
-    """Override the suite's tolerances for this run."""
-    out: Path | None = None
-    """Report folder; default evals/reports/."""
-    progress: bool = True
-
-
-@dataclass
-class CaseRun:
-    case: Case
-    records: list[TurnRecord]
-    checks: list[list[Check]]
-    """Every check of every turn, passed or not."""
-    outcome: CaseOutcome
-
-
-@dataclass
-class SuiteRun:
-    """One profile's run of a suite."""
-
-    profile: str
-    context: Context
-    cases: list[CaseRun]
-    seconds: float
-
-    @property
-    def outcomes(self) -> dict[str, CaseOutcome]:
-        return {run.case.id: run.outcome for run in self.cases}
-
-    @property
-    def metrics(self) -> dict[str, MetricValue]:
-        return aggregate([run.outcome for run in self.cases])
-
-    @property
-    def errors(self) -> int:
-        return sum(record.error is not None for run in self.cases for record in run.records)
-
-    @property
-    def degraded(self) -> int:
-        return sum(record.result.degraded for run in self.cases for record in run.records)
-
-    def latency(self) -> dict[str, Any]:
-        """Wall time per turn and mean time per node, in ms: shown, never compared (they vary
-        with the machine and with the concurrency)."""
-        records = [record for run in self.cases for record in run.records]
-        seconds = np.array([r.seconds for r in records] or [0.0]) * 1000
-        nodes: dict[str, list[float]] = {}
-        for record in records:
-            for node, spent in record.result.node_seconds.items():
-                nodes.setdefault(node, []).append(spent * 1000)
-        return {
-            "turn_ms": {
-                "mean": round(float(seconds.mean()), 1),
-                "p50": round(float(np.percentile(seconds, 50)), 1),
-                "p95": round(float(np.percentile(seconds, 95)), 1),
-            },
-            "node_ms": {node: round(sum(v) / len(v), 1) for node, v in sorted(nodes.items())},
-        }
-
-
-@dataclass
-class EvalOutcome:
-    suite: Suite
-    runs: list[SuiteRun]
-    backend: str
-    knowledge: dict[str, Any]
-    """The ingested base: name, passages, sources, seconds."""
-    comparison: Comparison | None
-    baseline: Path | None
-    """The baseline compared with, or written."""
-    baseline_written: bool
-    notes: list[str]
-    options: EvalOptions
-    reports: list[Path] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        if self.baseline_written:
-            return 0
-        regressed = self.comparison is not None and self.comparison.regressed
-        return 1 if regressed or any(run.errors for run in self.runs) else 0
-
-
 # —— settings and context ——
 
 
@@ -220,23 +110,6 @@ class _PinnedSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
-
-
-def base_context(settings: Settings) -> Context:
-    """The service's defaults as a Context, taken from these settings rather than the process's."""
-    return Context(
-        chat_model=settings.chat_model,
-        classify_model=settings.effective_classify_model,
-        thinking=settings.thinking,
-        top_k=settings.top_k,
-        rerank_top_n=settings.rerank_top_n,
-        relevance_threshold=settings.relevance_threshold,
-        reranker=settings.reranker,
-        knowledge_bases=(settings.kb_name,),
-        prompt_variant=settings.prompt_variant,
-        history_turns=settings.history_turns,
-        rewrite=settings.rewrite,
-    )
 
 
 def profile_context(book: ProfileBook, name: str, base: Context, notes: list[str]) -> Context:
@@ -521,7 +394,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         "embed_model": options.embed_model,
         "rerank_model": options.rerank_model,
     }
-    defaults = base_context(_PinnedSettings(**settings_args))
+    defaults = Context.from_settings(_PinnedSettings(**settings_args))
     contexts = {
         name: dataclasses.replace(
             profile_context(book, name, defaults, notes), knowledge_bases=(full.knowledge.name,)

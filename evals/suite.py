@@ -43,7 +43,7 @@ from typing import Any, Literal
 import yaml
 
 from agent.settings import Settings
-from evals.metrics import METRICS, Tolerance
+from evals.metrics import METRICS, Expect, Tolerance
 from evals.retrieval import DATA_DIR as CMRC_DIR
 from evals.retrieval import follow_up, load_questions
 from tools.ingest import SUPPORTED_SUFFIXES, chunk_document, read_document
@@ -82,27 +82,6 @@ _INTENTS = ("knowledge", "chitchat", "command", "blocked")
 
 class SuiteError(ValueError):
     """A suite that cannot be used; the message (Chinese) names the file and the place."""
-
-
-@dataclass(frozen=True)
-class Expect:
-    """What one turn should do; an empty field expects nothing."""
-
-    intent: str | None = None
-    gold: tuple[str, ...] = ()
-    """Passages that answer the turn: ids or titles. Feed the retrieval and citation metrics."""
-    answers: tuple[str, ...] = ()
-    """Reference answers: the answer must contain one of them (normalised); also scored by F1."""
-    contains: tuple[str, ...] = ()
-    """The answer must contain every one of these (normalised)."""
-    not_contains: tuple[str, ...] = ()
-    refuse: bool | None = None
-    """True: blocked or "not found"; False: a real answer."""
-    cite: bool | None = None
-    """True: the answer cites at least one passage; False: it cites none."""
-    max_model_calls: int | None = None
-    query_contains: tuple[str, ...] = ()
-    """The classify node's rewritten question must contain these: the follow-up resolved."""
 
 
 @dataclass(frozen=True)

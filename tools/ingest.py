@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from agent.text import split_sentences
+from tools.text import split_sentences
 
 MIN_CHARS = 200
 """Chunks shorter than this are avoided when a section is split (short sections stay short)."""

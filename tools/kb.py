@@ -33,11 +33,11 @@ import sqlite_utils
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, track
 
-from agent.text import content_tokens, tokenize
 from tools.base import KnowledgeUnavailable, Passage
 from tools.embeddings import Embedder, EmbeddingError, passage_text
 from tools.health import Health
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
+from tools.text import content_tokens, tokenize
 
 log = logging.getLogger(__name__)
 

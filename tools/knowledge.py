@@ -10,7 +10,6 @@ from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from agent import prompts
 from tools.base import KnowledgeBackend, KnowledgeMisconfigured, KnowledgeUnavailable, Passage
 from tools.health import Health
 from tools.rerank import Reranker, select_evidence
@@ -46,9 +45,13 @@ def make_search_tool(
     top_k: int,
     top_n: int,
     threshold: float,
-    variant: str = "default",
+    description: str,
 ) -> StructuredTool:
-    """A tool returning evidence passages; the graph's tools node numbers and formats them."""
+    """A tool returning evidence passages; the graph's tools node numbers and formats them.
+
+    The description is the prompt the answer model reads about the tool; the caller loads it,
+    so this layer knows nothing of prompt files.
+    """
 
     async def search_knowledge(query: str) -> list[Passage]:
         return await find_evidence(
@@ -58,7 +61,7 @@ def make_search_tool(
     return StructuredTool.from_function(
         coroutine=search_knowledge,
         name=SEARCH_TOOL_NAME,
-        description=prompts.load("search_tool", variant),
+        description=description,
         args_schema=SearchArgs,
     )
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import ollama
 
-from agent.text import content_tokens, coverage, tokenize
 from tools.base import Passage
 from tools.embeddings import OLLAMA_ERRORS, Embedder, EmbeddingError, LoopLocal, passage_text
+from tools.text import content_tokens, coverage, tokenize
 
 if TYPE_CHECKING:
     from agent.settings import Settings

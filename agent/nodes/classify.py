@@ -16,7 +16,7 @@ from agent.evidence import current_question, history_messages, recent_exchanges
 from agent.models import DEPENDENCY_ERRORS, usage_tokens
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
-from agent.text import content_tokens
+from tools.text import content_tokens
 
 log = logging.getLogger(__name__)
 

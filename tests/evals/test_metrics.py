@@ -13,6 +13,7 @@ from evals.metrics import (
     METRICS,
     CaseOutcome,
     Check,
+    Expect,
     Tolerance,
     TurnOutcome,
     TurnRecord,
@@ -25,7 +26,6 @@ from evals.metrics import (
     normalize,
     observe,
 )
-from evals.suite import Expect
 from tools.base import Passage
 
 THRESHOLD = 0.6

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from evals.outcome import EvalOptions, EvalOutcome
 from evals.report import render_html, report_json, verdict, write_reports
-from evals.runner import BASELINES_DIR, EvalOptions, EvalOutcome, evaluate
+from evals.runner import BASELINES_DIR, evaluate
 from evals.suite import load_suite
 
 

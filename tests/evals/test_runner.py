@@ -16,7 +16,8 @@ from rich.console import Console
 from agent.gateway import Answer, Gateway, Turn
 from evals.__main__ import main, options_from_args
 from evals.metrics import OBSERVATIONS, Tolerance
-from evals.runner import BASELINES_DIR, EvalOptions, evaluate, run_eval
+from evals.outcome import EvalOptions
+from evals.runner import BASELINES_DIR, evaluate, run_eval
 from evals.suite import SUITES_DIR
 
 SMOKE_BASELINE = BASELINES_DIR / "smoke.default.json"

@@ -1,4 +1,4 @@
-from agent.text import (
+from tools.text import (
     char_ngrams,
     citation_numbers,
     content_tokens,
