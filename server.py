@@ -499,10 +499,9 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
     knowledge_serves = problem is None or problem.endswith(FALLBACK_NOTE)
     problem = await _check_ollama(rt)
     checks["ollama"] = {"ok": problem is None, **({"error": problem} if problem else {})}
-    if rt.settings.shared_state == "redis":
-        # Turns go on without Redis (quotas unchecked, locks per process): degraded, not down.
-        problem = await rt.gateway.shared_state_health()
-        checks["redis"] = {"ok": problem is None, **({"error": problem} if problem else {})}
+    # Turns go on without Redis (quotas unchecked, locks per process): degraded, not down.
+    if (shared := await rt.gateway.shared_state_health()) is not None:
+        checks["redis"] = {"ok": shared.ok, **({"error": shared.message} if not shared.ok else {})}
 
     if not (checks[checkpoints]["ok"] and knowledge_serves):
         return JSONResponse({"status": "down", "checks": checks}, status_code=503)

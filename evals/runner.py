@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent import prompts
+from agent import backends, prompts
 from agent.context import Context
 from agent.evidence import format_evidence
 from agent.models import DEPENDENCY_ERRORS, OllamaChatModels
@@ -70,9 +70,7 @@ from evals.metrics import (
 from evals.report import context_json, print_summary, write_reports
 from evals.suite import Case, Suite, SuiteError, load_suite
 from graphs.qa import build
-from tools.embeddings import embedder_from_settings
 from tools.kb import EmbeddedKB
-from tools.rerank import build_rerankers
 
 BASELINES_DIR = Path(__file__).parent / "baselines"
 REPORTS_DIR = Path(__file__).parent / "reports"
@@ -435,13 +433,13 @@ def _fake_models(options: EvalOptions, contexts: Sequence[Context]) -> list[str]
 
 
 def _services(settings: Settings, suite: Suite, folder: Path) -> tuple[Services, EmbeddedKB]:
-    embedder = embedder_from_settings(settings)
+    embedder = backends.embedder(settings)
     kb = EmbeddedKB(folder / "kb.sqlite", suite.knowledge.name, embedder)
     services = Services(
         settings=settings,
         knowledge=kb,
         chat_models=OllamaChatModels(settings),
-        rerankers=build_rerankers(settings, embedder),
+        rerankers=backends.rerankers(settings, embedder),
         embedded={kb.name: kb},
         embedder=embedder,
     )

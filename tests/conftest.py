@@ -59,6 +59,15 @@ def redis_key_prefix() -> Iterator[str]:
         client.close()
 
 
+@pytest.fixture
+def redis_space() -> Iterator[str]:
+    """A key prefix of the test's own in the test Redis, for the Redis runs of a suite over
+    every implementation of an interface; skipped or failed (`require_servers`) without Redis."""
+    require_servers(redis_problem())
+    with redis_key_prefix() as prefix:
+        yield prefix
+
+
 class ScriptedChatModel(BaseChatModel):
     """Replies from a script, records what it was sent; `bind_tools` returns itself.
 
