@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -28,17 +29,21 @@ RERANK_MODEL = "dengcao/Qwen3-Reranker-0.6B:Q8_0"
 APP_KEY = "application-0123456789abcdef0123456789abcdef"
 
 
-def test_local_state_lives_in_the_data_folder_and_each_process(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
+def policy_settings(data_dir: Path, **values: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
         quota_user_rpm=5,
         quota_group_rpm=6,
         quota_user_daily_tokens=800,
         quota_group_daily_tokens=900,
-        max_inflight_turns=10,
         workers=3,
         _env_file=None,  # type: ignore[call-arg]
+        **values,
     )
+
+
+def test_local_state_lives_in_the_data_folder_and_each_process(tmp_path: Path) -> None:
+    settings = policy_settings(tmp_path, max_inflight_turns=10)
     assert backends.shared_state_client(settings) is None
 
     quota = backends.quota_store(settings)
@@ -58,18 +63,12 @@ def test_local_state_lives_in_the_data_folder_and_each_process(tmp_path: Path) -
 
 
 def test_redis_state_shares_one_client_under_the_prefix(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
+    settings = policy_settings(
+        tmp_path,
         shared_state="redis",
         redis_url="redis://redis:6379/0",
         redis_prefix="site-a:",
-        quota_user_rpm=5,
-        quota_group_rpm=6,
-        quota_user_daily_tokens=800,
-        quota_group_daily_tokens=900,
         max_inflight_turns=7,
-        workers=3,
-        _env_file=None,  # type: ignore[call-arg]
     )
     # Made without connecting: the factories only wire it in.
     client = redis.Redis(port=free_port())
@@ -92,11 +91,8 @@ def test_redis_state_shares_one_client_under_the_prefix(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_shared_redis_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        shared_state="redis",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        _env_file=None,  # type: ignore[call-arg]
+    settings = policy_settings(
+        tmp_path, shared_state="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0"
     )
     with pytest.raises(SharedStateError, match="QQRAG_REDIS_URL"):
         backends.shared_state_client(settings)
