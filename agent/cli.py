@@ -48,12 +48,12 @@ def serve(
 
 
 def _open_kb(name: str | None) -> Any:
-    from tools.embeddings import embedder_from_settings
+    from agent.backends import embedder
     from tools.kb import EmbeddedKB
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return EmbeddedKB(settings.kb_path, name or settings.kb_name, embedder_from_settings(settings))
+    return EmbeddedKB(settings.kb_path, name or settings.kb_name, embedder(settings))
 
 
 @kb_app.command("add")

@@ -212,9 +212,10 @@ def check_knowledge(settings: Settings) -> list[Finding]:
 async def check_maxkb(settings: Settings) -> list[Finding]:
     if settings.knowledge_backend != "maxkb":
         return []
-    from tools.maxkb import MaxKBConfig, MaxKBError, MaxKBKnowledge
+    from agent.backends import maxkb_config
+    from tools.maxkb import MaxKBError, MaxKBKnowledge
 
-    config = MaxKBConfig.from_settings(settings)
+    config = maxkb_config(settings)
     try:
         knowledge = MaxKBKnowledge(config)
     except MaxKBError as exc:

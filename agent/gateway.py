@@ -7,7 +7,6 @@ and what gets recorded. HTTP routes (`server.py`) call it; it knows nothing of H
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -15,25 +14,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from agent import prompts
+from agent import backends, prompts
 from agent.context import Context
 from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
 from agent.policy.profiles import GrayRelease
-from agent.policy.quota import QuotaLimits, QuotaStore
-from agent.policy.redis_store import (
-    RedisAdmission,
-    RedisQuotaStore,
-    RedisThreadLocks,
-    connect_redis,
-)
+from agent.policy.quota import QuotaStore
 from agent.policy.safety import Hit, SafetyFilter
 from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.state import Citation
-from agent.threads import FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
+from agent.threads import ThreadLocks, thread_id
 from agent.turns import QAGraph, TurnResult, stream_turn
+from tools.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +102,12 @@ class Gateway:
         graph: QAGraph,
         *,
         tenants: TenantStore,
-        quota: QuotaStore | RedisQuotaStore,
-        admission: Admission | RedisAdmission,
+        quota: QuotaStore,
+        admission: Admission,
+        locks: ThreadLocks,
         safety: SafetyFilter,
         gray: GrayRelease,
         metrics: Metrics,
-        locks: ThreadLocks | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -124,49 +118,31 @@ class Gateway:
         self.safety = safety
         self.gray = gray
         self.metrics = metrics
-        self.locks = locks or KeyedLocks()
+        self.locks = locks
 
     @classmethod
     def from_settings(cls, settings: Settings, services: Services, graph: QAGraph) -> Gateway:
-        limits = QuotaLimits(
-            user_rpm=settings.quota_user_rpm,
-            group_rpm=settings.quota_group_rpm,
-            user_daily_tokens=settings.quota_user_daily_tokens,
-            group_daily_tokens=settings.quota_group_daily_tokens,
-        )
-        quota: QuotaStore | RedisQuotaStore
-        admission: Admission | RedisAdmission
-        locks: ThreadLocks
-        if settings.shared_state == "redis":
-            # One client for all three: the quota store closes it at shutdown.
-            client = connect_redis(settings.redis_url)
-            prefix = settings.redis_prefix
-            quota = RedisQuotaStore(client, limits, prefix=prefix)
-            admission = RedisAdmission(client, settings.max_inflight_turns, prefix=prefix)
-            locks = RedisThreadLocks(client, prefix=prefix)
-        else:
-            quota = QuotaStore(settings.quota_path, limits)
-            # Each worker process counts its own turns: together they keep the configured bound.
-            admission = Admission(-(-settings.max_inflight_turns // settings.workers))
-            locks = FileKeyedLocks(settings.data_dir / "threads.lock")
+        # One client for all three when state is shared in Redis: the quota store closes it.
+        client = backends.shared_state_client(settings)
         return cls(
             settings,
             services,
             graph,
             tenants=TenantStore(settings.tenants_path),
-            quota=quota,
-            admission=admission,
+            quota=backends.quota_store(settings, client),
+            admission=backends.admission(settings, client),
+            locks=backends.thread_locks(settings, client),
             safety=SafetyFilter(settings.effective_sensitive_words_dir),
             gray=GrayRelease(settings.effective_profiles_path),
             metrics=Metrics(),
-            locks=locks,
         )
 
-    async def shared_state_health(self) -> str | None:
-        """None when the state shared between replicas (Redis) answers, or none is shared."""
-        if isinstance(self.quota, RedisQuotaStore):
-            return await asyncio.to_thread(self.quota.health)
-        return None
+    async def shared_state_health(self) -> Health | None:
+        """How the state shared between replicas is doing; None when none is shared. The quota
+        store answers for it: admission and locks share its Redis and fall back with it."""
+        if not self.quota.shared:
+            return None
+        return await self.quota.health()
 
     def count_outage(self, dependency: str) -> None:
         """A failed call to `dependency` (ollama, maxkb, …), for the metrics."""

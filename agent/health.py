@@ -1,5 +1,5 @@
-"""The service's dependencies as Health: one Ollama probe, the Redis adapter, and the latest
-checks that /readyz takes afresh and /metrics reuses for a few seconds."""
+"""The service's dependencies as Health: one Ollama probe, and the latest checks that
+/readyz takes afresh and /metrics reuses for a few seconds."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import httpx
 from tools.health import Health
 
 if TYPE_CHECKING:
-    from agent.gateway import Gateway
     from agent.settings import Settings
 
 METRICS_MAX_AGE_S = 10.0
@@ -65,13 +64,6 @@ def ollama_health(probe: OllamaProbe, models: Iterable[str]) -> Health:
             "；".join(f"运行 ollama pull {model}" for model in missing),
         )
     return Health.up()
-
-
-async def shared_state_health(gateway: Gateway) -> Health:
-    """Redis, as the gateway reports it. Degraded, not down: turns go on without it (quotas
-    unchecked, locks per process)."""
-    problem = await gateway.shared_state_health()
-    return Health.up() if problem is None else Health.degraded(problem)
 
 
 class LatestChecks:

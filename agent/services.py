@@ -15,15 +15,15 @@ from circuitbreaker import CircuitBreaker
 from langchain_core.messages import BaseMessage
 from langchain_core.tools import StructuredTool
 
-from agent import prompts
+from agent import backends, prompts
 from agent.audit import AuditLog
 from agent.context import Context
 from agent.models import ChatModelFactory, OllamaChatModels, call_model, ollama_breaker
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
-from tools.embeddings import Embedder, EmbeddingError, embedder_from_settings
+from tools.embeddings import Embedder, EmbeddingError
 from tools.knowledge import FallbackKnowledge, MergedKnowledge, make_search_tool
-from tools.rerank import LexicalReranker, NoReranker, Reranker, build_rerankers
+from tools.rerank import LexicalReranker, NoReranker, Reranker
 
 if TYPE_CHECKING:
     from tools.kb import EmbeddedKB
@@ -155,14 +155,14 @@ def services_from_settings(settings: Settings) -> Services:
     from tools.kb import EmbeddedKB
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    embedder = embedder_from_settings(settings)
+    embedder = backends.embedder(settings)
     embedded = EmbeddedKB(settings.kb_path, settings.kb_name, embedder)
     knowledge: KnowledgeBackend = embedded
     maxkb = None
     if settings.knowledge_backend == "maxkb":
-        from tools.maxkb import MaxKBConfig, MaxKBKnowledge
+        from tools.maxkb import MaxKBKnowledge
 
-        maxkb = MaxKBKnowledge(MaxKBConfig.from_settings(settings))
+        maxkb = MaxKBKnowledge(backends.maxkb_config(settings))
         knowledge = (
             FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb
         )
@@ -170,7 +170,7 @@ def services_from_settings(settings: Settings) -> Services:
         settings=settings,
         knowledge=knowledge,
         chat_models=OllamaChatModels(settings),
-        rerankers=build_rerankers(settings, embedder),
+        rerankers=backends.rerankers(settings, embedder),
         audit=AuditLog(settings.audit_path),
         embedded={settings.kb_name: embedded},
         embedder=embedder,

@@ -11,6 +11,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
+from tools.health import Health
+
 
 def thread_id(
     platform: str,
@@ -50,6 +52,9 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    async def health(self) -> Health:
+        return Health.up()
+
     def close(self) -> None:
         """Nothing to release: the locks live in this process only."""
 
@@ -78,7 +83,13 @@ async def poll(attempt: Callable[[], bool]) -> None:
 
 
 class ThreadLocks(Protocol):
+    """One turn at a time per conversation: `KeyedLocks` within a process, `FileKeyedLocks`
+    across the processes of one machine, `RedisThreadLocks` (agent/policy/redis_store.py)
+    across replicas."""
+
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def health(self) -> Health: ...
 
     def close(self) -> None: ...
 
@@ -122,6 +133,9 @@ class FileKeyedLocks:
         except (BlockingIOError, PermissionError):
             return False
         return True
+
+    async def health(self) -> Health:
+        return Health.up()
 
     def close(self) -> None:
         os.close(self._fd)

@@ -47,7 +47,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from rich.console import Console
 from rich.table import Table
 
-from agent import prompts
+from agent import backends, prompts
 from agent.audit import AuditLog
 from agent.context import Context
 from agent.evidence import format_evidence
@@ -58,7 +58,6 @@ from evals.fakes.maxkb import FakeMaxKB
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess
 from tools.base import KnowledgeBackend
-from tools.embeddings import embedder_from_settings
 from tools.ingest import chunk_document
 from tools.kb import EmbeddedKB
 from tools.maxkb import MaxKBConfig, MaxKBKnowledge
@@ -602,7 +601,7 @@ async def run_naive(
         settings.chat_model, reasoning=settings.thinking, temperature=Context().temperature
     )
     if maxkb is None:
-        embedder = embedder_from_settings(settings)
+        embedder = backends.embedder(settings)
         with EmbeddedKB(settings.kb_path, settings.kb_name, embedder) as kb:
             return await drive_naive(users, kb, model, settings.rerank_top_n)
     remote = MaxKBKnowledge(

@@ -41,14 +41,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agent import backends
 from agent.context import Context
 from agent.evidence import format_evidence
 from agent.gateway import Gateway, Pin, Speaker
 from agent.models import DEPENDENCY_ERRORS, OllamaChatModels
-from agent.policy.admission import Admission
+from agent.policy.admission import LocalAdmission
 from agent.policy.metrics import Metrics
 from agent.policy.profiles import GrayRelease, ProfileBook, ProfileError
-from agent.policy.quota import QuotaLimits, QuotaStore
+from agent.policy.quota import QuotaLimits, SqliteQuotaStore
 from agent.policy.safety import SafetyFilter
 from agent.policy.tenants import OPEN_PRINCIPAL, TenantStore
 from agent.services import Services, set_services
@@ -70,9 +71,7 @@ from evals.outcome import CaseRun, EvalOptions, EvalOutcome, SuiteRun
 from evals.report import context_json, print_summary, write_reports
 from evals.suite import Case, Suite, SuiteError, load_suite
 from graphs.qa import build
-from tools.embeddings import embedder_from_settings
 from tools.kb import EmbeddedKB
-from tools.rerank import build_rerankers
 
 BASELINES_DIR = Path(__file__).parent / "baselines"
 REPORTS_DIR = Path(__file__).parent / "reports"
@@ -315,13 +314,13 @@ def _fake_models(options: EvalOptions, contexts: Sequence[Context]) -> list[str]
 
 
 def _services(settings: Settings, suite: Suite, folder: Path) -> tuple[Services, EmbeddedKB]:
-    embedder = embedder_from_settings(settings)
+    embedder = backends.embedder(settings)
     kb = EmbeddedKB(folder / "kb.sqlite", suite.knowledge.name, embedder)
     services = Services(
         settings=settings,
         knowledge=kb,
         chat_models=OllamaChatModels(settings),
-        rerankers=build_rerankers(settings, embedder),
+        rerankers=backends.rerankers(settings, embedder),
         embedded={kb.name: kb},
         embedder=embedder,
     )
@@ -341,8 +340,8 @@ def _gateway(services: Services, suite: Suite, folder: Path, concurrency: int) -
         services,
         build(InMemorySaver()),
         tenants=TenantStore(run / "tenants.sqlite"),
-        quota=QuotaStore(run / "quota.sqlite", QuotaLimits()),
-        admission=Admission(concurrency),
+        quota=SqliteQuotaStore(run / "quota.sqlite", QuotaLimits()),
+        admission=LocalAdmission(concurrency),
         safety=SafetyFilter(words),
         gray=GrayRelease(run / "profiles.yaml"),
         metrics=Metrics(),

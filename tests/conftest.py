@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
+from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.checkpoints import LoopSqliteSaver
@@ -27,6 +29,9 @@ from tools.kb import EmbeddedKB
 FIXTURES = Path(__file__).parent / "fixtures"
 
 REDIS_URL = os.environ.get("QQRAG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "QQRAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 SCALE_OUT_REQUIRED = os.environ.get("QQRAG_REQUIRE_SCALE_OUT") == "1"
 """`.ci/run` sets it: there a missing PostgreSQL or Redis fails the tests instead of skipping."""
 
@@ -38,6 +43,28 @@ def redis_problem() -> str | None:
     except redis.RedisError as exc:
         return f"Redis not reachable at {REDIS_URL} ({exc})"
     return None
+
+
+def postgres_problem() -> str | None:
+    """Why the test PostgreSQL cannot be used, or None when it answers."""
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {POSTGRES_URL} ({exc})"
+    return None
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A connection string whose tables land in a fresh schema, dropped afterwards."""
+    schema = f"qqrag_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield psycopg.conninfo.make_conninfo(POSTGRES_URL, options=f"-c search_path={schema}")
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 def require_servers(problem: str | None) -> None:
@@ -57,6 +84,15 @@ def redis_key_prefix() -> Iterator[str]:
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()
+
+
+@pytest.fixture
+def redis_space() -> Iterator[str]:
+    """A key prefix of the test's own in the test Redis, for the Redis runs of a suite over
+    every implementation of an interface; skipped or failed (`require_servers`) without Redis."""
+    require_servers(redis_problem())
+    with redis_key_prefix() as prefix:
+        yield prefix
 
 
 class ScriptedChatModel(BaseChatModel):

@@ -11,8 +11,6 @@ schema of this run's own, dropped afterwards; the Redis keys under a prefix of t
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +18,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from agent.checkpoints import CheckpointerError, open_checkpointer
 from agent.settings import Settings
@@ -30,25 +27,18 @@ from tests.conftest import (
     FIXTURES,
     REDIS_URL,
     drop_developer_settings,
+    postgres_problem,
+    postgres_schema,
     redis_key_prefix,
     redis_problem,
     require_servers,
 )
 
-POSTGRES_URL = os.environ.get(
-    "QQRAG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 THREAD = "default:qq:group:20002:30003"
 
 
 def _servers_problem() -> str | None:
-    problems = []
-    try:
-        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
-    except psycopg.Error as exc:
-        problems.append(f"PostgreSQL not reachable at {POSTGRES_URL} ({exc})")
-    if redis_trouble := redis_problem():
-        problems.append(redis_trouble)
+    problems = [problem for problem in (postgres_problem(), redis_problem()) if problem]
     if problems:
         return "; ".join([*problems, "set QQRAG_TEST_POSTGRES_URL / QQRAG_TEST_REDIS_URL"])
     return None
@@ -61,14 +51,8 @@ SERVERS_PROBLEM = _servers_problem()
 def postgres_url() -> Iterator[str]:
     """A connection string whose tables land in a fresh schema, dropped afterwards."""
     require_servers(SERVERS_PROBLEM)
-    schema = f"qqrag_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield psycopg.conninfo.make_conninfo(POSTGRES_URL, options=f"-c search_path={schema}")
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +128,7 @@ def test_a_conversation_started_on_one_replica_continues_on_the_other(replicas, 
         assert stored.fetchone() == (1,)
 
     ready = httpx.get(f"{b.url}/readyz", timeout=10).json()
-    assert ready["checks"]["postgres"] == ready["checks"]["redis"] == {"ok": True}
+    assert ready["checks"]["postgres"] == ready["checks"]["redis"] == {"ok": True, "status": "ok"}
     assert httpx.delete(f"{b.url}/v1/threads/{THREAD}", timeout=10).json()["deleted"] is True
     assert httpx.get(f"{a.url}/v1/threads/{THREAD}", timeout=10).status_code == 404
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import httpx
 import numpy as np
 import ollama
-
-if TYPE_CHECKING:
-    from agent.settings import Settings
 
 T = TypeVar("T")
 
@@ -137,18 +134,6 @@ class OllamaEmbedder:
         if isinstance(exc, TimeoutError | httpx.TimeoutException):
             return EmbeddingError(f"Ollama（{self.url}）生成向量超时（模型 {self.model}）")
         return EmbeddingError(f"Ollama（{self.url}）生成向量失败（模型 {self.model}）：{exc}")
-
-
-def embedder_from_settings(settings: Settings) -> OllamaEmbedder | None:
-    """The configured embedder, None when no embedding model is set (lexical retrieval only)."""
-    if not settings.embed_model:
-        return None
-    return OllamaEmbedder(
-        settings.ollama_url,
-        settings.embed_model,
-        batch_size=settings.embed_batch_size,
-        timeout=settings.ollama_timeout,
-    )
 
 
 def passage_text(title: str, text: str) -> str:

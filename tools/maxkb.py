@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,9 +39,6 @@ from tenacity import (
 
 from tools.base import KnowledgeMisconfigured, KnowledgeUnavailable, Passage
 from tools.health import Health
-
-if TYPE_CHECKING:
-    from agent.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -117,24 +114,6 @@ class MaxKBConfig:
     similarity: float = 0.0
     timeout: float = 10.0
     retries: int = 2
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MaxKBConfig:
-        return cls(
-            url=settings.maxkb_url,
-            mode=settings.maxkb_mode,
-            api_key=settings.maxkb_api_key.get_secret_value(),
-            token=settings.maxkb_token.get_secret_value(),
-            application_id=settings.maxkb_application_id,
-            knowledge_ids=tuple(settings.maxkb_knowledge_ids),
-            workspace=settings.maxkb_workspace,
-            admin_path=settings.maxkb_admin_path,
-            v1_method=settings.maxkb_v1_method,
-            search_mode=settings.maxkb_search_mode,
-            similarity=settings.maxkb_similarity,
-            timeout=settings.maxkb_timeout,
-            retries=settings.maxkb_retries,
-        )
 
     @property
     def base_url(self) -> str:

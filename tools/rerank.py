@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import ollama
@@ -19,9 +19,6 @@ import ollama
 from tools.base import Passage
 from tools.embeddings import OLLAMA_ERRORS, Embedder, EmbeddingError, LoopLocal, passage_text
 from tools.text import content_tokens, coverage, tokenize
-
-if TYPE_CHECKING:
-    from agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -235,22 +232,6 @@ def _describe(exc: BaseException, model: str) -> str:
     if isinstance(exc, ollama.ResponseError) and exc.status_code == 404:
         return f"没有模型 {model}：先运行 ollama pull {model}"
     return str(exc) or type(exc).__name__
-
-
-def build_rerankers(settings: Settings, embedder: Embedder | None) -> dict[str, Reranker]:
-    """Every strategy the settings allow: lexical and none always, embedding with an embedder,
-    qwen3-reranker with a rerank model."""
-    rerankers: dict[str, Reranker] = {"lexical": LexicalReranker(), "none": NoReranker()}
-    if embedder is not None:
-        rerankers["embedding"] = EmbeddingReranker(embedder)
-    if settings.rerank_model:
-        rerankers["qwen3-reranker"] = Qwen3Reranker(
-            settings.ollama_url,
-            settings.rerank_model,
-            concurrency=settings.rerank_concurrency,
-            timeout=settings.ollama_timeout,
-        )
-    return rerankers
 
 
 def select_evidence(ranked: list[Passage], top_n: int, threshold: float) -> list[Passage]:

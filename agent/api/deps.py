@@ -17,7 +17,6 @@ from agent.health import (
     ollama_health,
     probe_ollama,
     serving_models,
-    shared_state_health,
 )
 from agent.policy.tenants import Principal
 from agent.services import Services
@@ -53,8 +52,9 @@ class AppRuntime:
             "knowledge": knowledge,
             "ollama": ollama_health(ollama, serving_models(settings)),
         }
-        if settings.shared_state == "redis":
-            checks["redis"] = await shared_state_health(self.gateway)
+        # Turns go on without Redis (quotas unchecked, locks per process): degraded, not down.
+        if (shared := await self.gateway.shared_state_health()) is not None:
+            checks["redis"] = shared
         self.gateway.metrics.record_health(checks)
         return checks
 

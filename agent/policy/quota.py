@@ -1,22 +1,28 @@
-"""Per-user and per-group quotas: requests per minute and daily model tokens, kept in SQLite.
+"""Per-user and per-group quotas: requests per minute and daily model tokens.
 
 Rates are token buckets (capacity = requests per minute, refilled continuously), so a burst up
-to the limit passes and then one request per 60/rpm seconds. State lives in the file the caller
-names, so restarts keep it and several processes sharing the file share one quota.
+to the limit passes and then one request per 60/rpm seconds. `QuotaStore` decides; where the
+counts live is its implementation's business: `SqliteQuotaStore` here keeps them in the file
+the caller names, so restarts keep them and several processes sharing the file share one
+quota; `RedisQuotaStore` (agent/policy/redis_store.py) shares them between replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
+
+from tools.health import Health
 
 Scope = Literal["user", "group"]
 LimitName = Literal["user_rpm", "group_rpm", "user_daily", "group_daily"]
@@ -78,7 +84,7 @@ ALLOWED = QuotaDecision(allowed=True)
 
 
 @dataclass(frozen=True, slots=True)
-class _Subject:
+class Subject:
     scope: Scope
     id: str
     rpm: int
@@ -87,18 +93,84 @@ class _Subject:
     daily_limit: LimitName
 
 
-class QuotaRules:
-    """What both quota stores (SQLite here, Redis for replicas) count against, and when a day
-    ends: the limits, the subjects of a request, the local calendar day."""
+class QuotaStore(ABC):
+    """Where quota state lives: SQLite (`SqliteQuotaStore`, one machine) or Redis
+    (`RedisQuotaStore`, every replica). The limits, the subjects of a request, the calendar day
+    and the decisions are the same for both; a store only keeps the counts."""
+
+    shared: ClassVar[bool]
+    """Whether replicas on other machines share this state (/readyz then reports its health)."""
 
     def __init__(self, limits: QuotaLimits, day_tz: tzinfo) -> None:
         self.limits = limits
         self._day_tz = day_tz
 
-    def _subjects(self, user_id: str, group_id: str | None) -> list[_Subject]:
+    def check_and_take(
+        self, tenant: str, user_id: str, group_id: str | None, now: float | None = None
+    ) -> QuotaDecision:
+        """Admit one request or say why not; takes from the buckets only when admitted.
+
+        Daily budgets are checked here and charged afterwards by `add_tokens`, so the turn
+        that crosses a budget still finishes and the next one is refused.
+        """
+        now = time.time() if now is None else now
+        refused = self._take(tenant, self._subjects(user_id, group_id), now, self._day(now))
+        if refused is None:
+            return ALLOWED
+        subject, wait = refused
+        if wait is None:
+            return _refusal(subject.daily_limit, self._seconds_to_midnight(now))
+        return _refusal(subject.rpm_limit, wait)
+
+    def add_tokens(
+        self,
+        tenant: str,
+        user_id: str,
+        group_id: str | None,
+        tokens: int,
+        now: float | None = None,
+    ) -> None:
+        """Charge a finished turn's model tokens (prompt + completion) to today's budgets."""
+        if tokens <= 0:
+            return
+        now = time.time() if now is None else now
+        self._charge(tenant, self._subjects(user_id, group_id), tokens, now, self._day(now))
+
+    def used_today(
+        self, tenant: str, scope: Scope, subject_id: str, now: float | None = None
+    ) -> int:
+        """Tokens charged today to one user or group."""
+        now = time.time() if now is None else now
+        return self._used(tenant, scope, subject_id, self._day(now))
+
+    @abstractmethod
+    async def health(self) -> Health: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _take(
+        self, tenant: str, subjects: list[Subject], now: float, day: str
+    ) -> tuple[Subject, int | None] | None:
+        """Take one request from every subject's bucket, all or none.
+
+        None when admitted; else the subject that refused and the seconds until its bucket
+        has a request again, or None for the wait when its daily budget is spent.
+        """
+
+    @abstractmethod
+    def _charge(
+        self, tenant: str, subjects: list[Subject], tokens: int, now: float, day: str
+    ) -> None: ...
+
+    @abstractmethod
+    def _used(self, tenant: str, scope: Scope, subject_id: str, day: str) -> int: ...
+
+    def _subjects(self, user_id: str, group_id: str | None) -> list[Subject]:
         limits = self.limits
         subjects = [
-            _Subject(
+            Subject(
                 "user",
                 user_id,
                 limits.user_rpm,
@@ -109,7 +181,7 @@ class QuotaRules:
         ]
         if group_id:
             subjects.append(
-                _Subject(
+                Subject(
                     "group",
                     group_id,
                     limits.group_rpm,
@@ -129,8 +201,10 @@ class QuotaRules:
         return max(1, math.ceil(midnight.timestamp() - now))
 
 
-class QuotaStore(QuotaRules):
+class SqliteQuotaStore(QuotaStore):
     """Quota state in one SQLite file; safe from several threads and processes."""
+
+    shared = False
 
     def __init__(self, path: Path | str, limits: QuotaLimits, *, day_tz: tzinfo = CHINA_TZ) -> None:
         super().__init__(limits, day_tz)
@@ -143,36 +217,28 @@ class QuotaStore(QuotaRules):
         self._lock = threading.Lock()
         self._last_sweep = -math.inf
 
-    def check_and_take(
-        self, tenant: str, user_id: str, group_id: str | None, now: float | None = None
-    ) -> QuotaDecision:
-        """Admit one request or say why not; takes from the buckets only when admitted.
-
-        Daily budgets are checked here and charged afterwards by `add_tokens`, so the turn
-        that crosses a budget still finishes and the next one is refused.
-        """
-        now = time.time() if now is None else now
-        day = self._day(now)
-        subjects = self._subjects(user_id, group_id)
+    def _take(
+        self, tenant: str, subjects: list[Subject], now: float, day: str
+    ) -> tuple[Subject, int | None] | None:
         with self._transaction(now) as conn:
             for subject in subjects:
                 if subject.daily_tokens and (
-                    _used(conn, tenant, subject, day) >= subject.daily_tokens
+                    _spent(conn, tenant, subject, day) >= subject.daily_tokens
                 ):
-                    return _refusal(subject.daily_limit, self._seconds_to_midnight(now))
-            refusals: list[tuple[int, LimitName]] = []
-            levels: list[tuple[_Subject, float]] = []
+                    return subject, None
+            refusals: list[tuple[int, Subject]] = []
+            levels: list[tuple[Subject, float]] = []
             for subject in subjects:
                 if not subject.rpm:
                     continue
                 level = _bucket_level(conn, tenant, subject, now)
                 if level < 1:
-                    wait = math.ceil((1 - level) * 60 / subject.rpm)
-                    refusals.append((wait, subject.rpm_limit))
+                    refusals.append((math.ceil((1 - level) * 60 / subject.rpm), subject))
                 levels.append((subject, level))
             if refusals:
-                wait, limit = max(refusals)
-                return _refusal(limit, wait)
+                # The longest wait wins; the user, listed first, wins ties.
+                wait, subject = max(refusals, key=lambda refusal: refusal[0])
+                return subject, wait
             for subject, level in levels:
                 conn.execute(
                     "INSERT INTO rate_buckets VALUES (?, ?, ?, ?, ?) "
@@ -180,23 +246,13 @@ class QuotaStore(QuotaRules):
                     "updated_at = excluded.updated_at",
                     (tenant, subject.scope, subject.id, level - 1, now),
                 )
-        return ALLOWED
+        return None
 
-    def add_tokens(
-        self,
-        tenant: str,
-        user_id: str,
-        group_id: str | None,
-        tokens: int,
-        now: float | None = None,
+    def _charge(
+        self, tenant: str, subjects: list[Subject], tokens: int, now: float, day: str
     ) -> None:
-        """Charge a finished turn's model tokens (prompt + completion) to today's budgets."""
-        if tokens <= 0:
-            return
-        now = time.time() if now is None else now
-        day = self._day(now)
         with self._transaction(now) as conn:
-            for subject in self._subjects(user_id, group_id):
+            for subject in subjects:
                 conn.execute(
                     "INSERT INTO daily_tokens VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (tenant, scope, subject, day) "
@@ -204,21 +260,33 @@ class QuotaStore(QuotaRules):
                     (tenant, subject.scope, subject.id, day, tokens),
                 )
 
-    def used_today(
-        self, tenant: str, scope: Scope, subject_id: str, now: float | None = None
-    ) -> int:
-        """Tokens charged today to one user or group."""
-        now = time.time() if now is None else now
+    def _used(self, tenant: str, scope: Scope, subject_id: str, day: str) -> int:
         with self._lock:
             row = self._conn.execute(
                 "SELECT tokens FROM daily_tokens "
                 "WHERE tenant = ? AND scope = ? AND subject = ? AND day = ?",
-                (tenant, scope, subject_id, self._day(now)),
+                (tenant, scope, subject_id, day),
             ).fetchone()
         return int(row[0]) if row else 0
 
+    async def health(self) -> Health:
+        """Up while the file takes writes; down otherwise, since every turn writes to it."""
+        try:
+            await asyncio.to_thread(self._try_write)
+        except sqlite3.Error as exc:
+            return Health.down(
+                f"配额数据库无法写入：{exc}", "检查 QQRAG_DATA_DIR 所在磁盘的空间和权限"
+            )
+        return Health.up()
+
     def close(self) -> None:
         self._conn.close()
+
+    def _try_write(self) -> None:
+        # Taking the write lock and rolling back proves writes would pass, changing nothing.
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
 
     @contextmanager
     def _transaction(self, now: float) -> Iterator[sqlite3.Connection]:
@@ -244,7 +312,7 @@ class QuotaStore(QuotaRules):
         )
 
 
-def _used(conn: sqlite3.Connection, tenant: str, subject: _Subject, day: str) -> int:
+def _spent(conn: sqlite3.Connection, tenant: str, subject: Subject, day: str) -> int:
     row = conn.execute(
         "SELECT tokens FROM daily_tokens WHERE tenant = ? AND scope = ? AND subject = ? AND day = ?",
         (tenant, subject.scope, subject.id, day),
@@ -252,7 +320,7 @@ def _used(conn: sqlite3.Connection, tenant: str, subject: _Subject, day: str) ->
     return int(row[0]) if row else 0
 
 
-def _bucket_level(conn: sqlite3.Connection, tenant: str, subject: _Subject, now: float) -> float:
+def _bucket_level(conn: sqlite3.Connection, tenant: str, subject: Subject, now: float) -> float:
     row = conn.execute(
         "SELECT tokens, updated_at FROM rate_buckets "
         "WHERE tenant = ? AND scope = ? AND subject = ?",

@@ -1,8 +1,8 @@
 """Quotas and the in-flight bound in Redis, shared by every replica of the service.
 
-`RedisQuotaStore` keeps the token buckets and daily budgets of `QuotaStore` (same limits, same
-decisions, same Chinese messages); `RedisAdmission` bounds turns in flight across processes the
-way `Admission` does within one; `RedisThreadLocks` keeps each conversation to one turn at a
+`RedisQuotaStore` keeps the token buckets and daily budgets of a `QuotaStore` (same limits, same
+decisions, same Chinese messages as the SQLite one); `RedisAdmission` bounds turns in flight
+across processes the way `LocalAdmission` does within one; `RedisThreadLocks` keeps each conversation to one turn at a
 time across them. Every read-modify-write is one Lua script, so it is atomic
 however many processes share the Redis, and every key carries a TTL, so nothing grows forever.
 
@@ -28,17 +28,10 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 from redis.retry import Retry
 
-from agent.policy.admission import Admission
-from agent.policy.quota import (
-    ALLOWED,
-    CHINA_TZ,
-    QuotaDecision,
-    QuotaLimits,
-    QuotaRules,
-    Scope,
-    _refusal,
-)
+from agent.policy.admission import Admission, LocalAdmission
+from agent.policy.quota import CHINA_TZ, QuotaLimits, QuotaStore, Scope, Subject
 from agent.threads import KeyedLocks, poll
+from tools.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +106,20 @@ def _unreachable(exc: BaseException) -> str:
     return f"无法连接 Redis（请检查 QQRAG_REDIS_URL）：{exc}"
 
 
+async def redis_health(client: redis.Redis) -> Health:
+    """Up when Redis answers a PING; degraded otherwise, since every Redis-backed policy falls
+    back to a per-process one and turns go on."""
+    try:
+        # A PING blocks for up to the socket timeout: not on the event loop.
+        await asyncio.to_thread(client.ping)
+    except redis.RedisError as exc:
+        return Health.degraded(
+            f"{_unreachable(exc)}；问答照常，但暂不检查配额，并发上限和会话锁改由各进程各自把关",
+            "确认 Redis 正在运行、QQRAG_REDIS_URL 指向它；恢复后自动改回共享状态",
+        )
+    return Health.up()
+
+
 def connect_redis(url: str) -> redis.Redis:
     """A client for `url`, checked with a PING; raises `SharedStateError` naming the setting."""
     if not url.strip():
@@ -135,8 +142,10 @@ def connect_redis(url: str) -> redis.Redis:
     return client
 
 
-class RedisQuotaStore(QuotaRules):
-    """`QuotaStore`'s quotas in Redis: one quota for every process sharing the Redis."""
+class RedisQuotaStore(QuotaStore):
+    """The quotas in Redis: one quota for every process sharing the Redis."""
+
+    shared = True
 
     def __init__(
         self,
@@ -149,19 +158,11 @@ class RedisQuotaStore(QuotaRules):
         super().__init__(limits, day_tz)
         self._client = client
         self._prefix = f"{prefix}quota:"
-        self._take = client.register_script(_TAKE)
+        self._take_script = client.register_script(_TAKE)
 
-    def check_and_take(
-        self, tenant: str, user_id: str, group_id: str | None, now: float | None = None
-    ) -> QuotaDecision:
-        """Admit one request or say why not; takes from the buckets only when admitted.
-
-        Daily budgets are checked here and charged afterwards by `add_tokens`, so the turn
-        that crosses a budget still finishes and the next one is refused.
-        """
-        now = time.time() if now is None else now
-        day = self._day(now)
-        subjects = self._subjects(user_id, group_id)
+    def _take(
+        self, tenant: str, subjects: list[Subject], now: float, day: str
+    ) -> tuple[Subject, int | None] | None:
         keys: list[str] = []
         args: list[str | int] = [repr(now)]
         for subject in subjects:
@@ -170,33 +171,21 @@ class RedisQuotaStore(QuotaRules):
             args += [subject.rpm, subject.daily_tokens]
         args.append(_BUCKET_TTL_MS)
         try:
-            verdict = self._take(keys=keys, args=args)
+            verdict = self._take_script(keys=keys, args=args)
         except redis.RedisError:
             log.warning("Redis unreachable: request admitted without a quota check", exc_info=True)
-            return ALLOWED
+            return None
         if verdict[0] == 0:
-            return ALLOWED
+            return None
         subject = subjects[verdict[1] - 1]
-        if verdict[0] == 1:
-            return _refusal(subject.daily_limit, self._seconds_to_midnight(now))
-        return _refusal(subject.rpm_limit, int(verdict[2]))
+        return subject, None if verdict[0] == 1 else int(verdict[2])
 
-    def add_tokens(
-        self,
-        tenant: str,
-        user_id: str,
-        group_id: str | None,
-        tokens: int,
-        now: float | None = None,
+    def _charge(
+        self, tenant: str, subjects: list[Subject], tokens: int, now: float, day: str
     ) -> None:
-        """Charge a finished turn's model tokens (prompt + completion) to today's budgets."""
-        if tokens <= 0:
-            return
-        now = time.time() if now is None else now
-        day = self._day(now)
         ttl = self._seconds_to_midnight(now) + _DAY_GRACE_S
         with self._client.pipeline(transaction=True) as pipe:
-            for subject in self._subjects(user_id, group_id):
+            for subject in subjects:
                 key = self._daily_key(tenant, day, subject.scope, subject.id)
                 pipe.incrby(key, tokens)
                 pipe.expire(key, ttl)
@@ -205,23 +194,12 @@ class RedisQuotaStore(QuotaRules):
             except redis.RedisError:
                 log.warning("Redis unreachable: %d tokens not charged", tokens, exc_info=True)
 
-    def used_today(
-        self, tenant: str, scope: Scope, subject_id: str, now: float | None = None
-    ) -> int:
-        """Tokens charged today to one user or group."""
-        now = time.time() if now is None else now
-        value = self._client.get(self._daily_key(tenant, self._day(now), scope, subject_id))
+    def _used(self, tenant: str, scope: Scope, subject_id: str, day: str) -> int:
+        value = self._client.get(self._daily_key(tenant, day, scope, subject_id))
         return int(value) if value else 0
 
-    def health(self) -> str | None:
-        """None when Redis answers a PING, else what is wrong and what it costs, in Chinese."""
-        try:
-            self._client.ping()
-        except redis.RedisError as exc:
-            return (
-                f"{_unreachable(exc)}；问答照常，但暂不检查配额，并发上限和会话锁改由各进程各自把关"
-            )
-        return None
+    async def health(self) -> Health:
+        return await redis_health(self._client)
 
     def close(self) -> None:
         """Close the Redis client, shared with the service's `RedisAdmission` (done by then)."""
@@ -234,7 +212,7 @@ class RedisQuotaStore(QuotaRules):
         return f"{self._prefix}{tenant}:daily:{day}:{scope}:{subject_id}"
 
 
-class RedisAdmission:
+class RedisAdmission(Admission):
     """At most `limit` turns at a time across every process sharing the Redis; 0: unlimited.
 
     Each slot is a lease: this process renews its slots' leases while it holds them, so the
@@ -244,9 +222,7 @@ class RedisAdmission:
     def __init__(
         self, client: redis.Redis, limit: int, *, prefix: str = "qqrag:", lease_s: float = 30.0
     ) -> None:
-        if limit < 0:
-            raise ValueError("limit must be 0 (unlimited) or more")
-        self.limit = limit
+        super().__init__(limit)
         self.lease_s = lease_s
         self._client = client
         self._key = f"{prefix}admission"
@@ -255,7 +231,7 @@ class RedisAdmission:
         self._held: list[str | None] = []
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
-        self._local = Admission(limit)
+        self._local = LocalAdmission(limit)
 
     @property
     def in_flight(self) -> int:
@@ -263,7 +239,6 @@ class RedisAdmission:
         return int(self._client.zcount(self._key, f"({time.time()!r}", "+inf"))
 
     def try_enter(self, now: float | None = None) -> bool:
-        """Take a slot if one is free; every True must be paired with one `leave()`."""
         now = time.time() if now is None else now
         slot = uuid.uuid4().hex
         lease_ms = math.ceil(self.lease_s * 1000)
@@ -304,6 +279,9 @@ class RedisAdmission:
             self._client.zrem(self._key, slot)
         except redis.RedisError:
             log.warning("Redis unreachable: a slot frees when its lease ends", exc_info=True)
+
+    async def health(self) -> Health:
+        return await redis_health(self._client)
 
     def _renew(self) -> None:
         """Extend this process's leases every third of a lease; ends when none is held."""
@@ -373,6 +351,9 @@ class RedisThreadLocks:
             log.warning("Redis unavailable, conversations serialised per process: %s", exc)
             return False
         return True
+
+    async def health(self) -> Health:
+        return await redis_health(self._client)
 
     def close(self) -> None:
         """Nothing to release here: the quota store, which shares the client, closes it."""

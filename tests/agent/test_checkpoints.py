@@ -1,16 +1,80 @@
-"""SQLite checkpoints written from the event loop, and pruned to one per conversation."""
+"""Every checkpointer `open_checkpointer` picks (SQLite, and PostgreSQL when reachable) keeps a
+conversation alike: one suite run over each. Then the SQLite saver's own: checkpoints written
+from the event loop, and pruned to one per conversation.
+
+The PostgreSQL runs are skipped when it is not reachable (QQRAG_TEST_POSTGRES_URL, default
+postgresql://postgres@127.0.0.1:5432/test), failed instead when QQRAG_REQUIRE_SCALE_OUT=1.
+"""
 
 from __future__ import annotations
 
+import operator
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Annotated, TypedDict
 
 import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 
-from agent.checkpoints import LoopSqliteSaver, checkpointer_health
+from agent.checkpoints import Checkpointer, LoopSqliteSaver, checkpointer_health, open_checkpointer
 from agent.context import Context
+from agent.settings import Settings
 from agent.turns import QAGraph, run_turn, turn_config
-from tests.conftest import ScriptedModels
+from tests.conftest import ScriptedModels, postgres_problem, postgres_schema, require_servers
+
+OpenCheckpointer = Callable[[], AbstractAsyncContextManager[Checkpointer]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_saver(request: pytest.FixtureRequest, settings: Settings) -> Iterator[OpenCheckpointer]:
+    """Opens the checkpointer the settings pick, on one database each time."""
+    if request.param == "sqlite":
+        yield lambda: open_checkpointer(settings)
+        return
+    require_servers(postgres_problem())
+    with postgres_schema() as url:
+        chosen = settings.model_copy(update={"checkpointer": "postgres", "postgres_url": url})
+        yield lambda: open_checkpointer(chosen)
+
+
+class Said(TypedDict):
+    said: Annotated[list[str], operator.add]
+
+
+def echo(saver: Checkpointer) -> CompiledStateGraph[Said, None, Said, Said]:
+    def repeat(state: Said) -> Said:
+        return {"said": [f"回声{len(state['said'])}"]}
+
+    builder = StateGraph(Said)
+    builder.add_node("repeat", repeat)
+    builder.add_edge(START, "repeat")
+    builder.add_edge("repeat", END)
+    return builder.compile(checkpointer=saver)
+
+
+async def test_a_conversation_outlives_its_checkpointer_and_is_deleted_whole(
+    open_saver: OpenCheckpointer,
+):
+    async with open_saver() as saver:
+        graph = echo(saver)
+        await graph.ainvoke({"said": ["你好"]}, turn_config("t1"))
+        await graph.ainvoke({"said": ["再见"]}, turn_config("t1"))
+        await graph.ainvoke({"said": ["别的"]}, turn_config("t2"))
+        assert (await checkpointer_health(saver)).ok
+
+    async with open_saver() as saver:
+        graph = echo(saver)
+        state = await graph.aget_state(turn_config("t1"))
+        assert state.values["said"] == ["你好", "回声1", "再见", "回声3"]
+        await saver.adelete_thread("t1")
+        assert (await graph.aget_state(turn_config("t1"))).values == {}
+        assert (await graph.aget_state(turn_config("t2"))).values["said"] == ["别的", "回声1"]
+
+
+# —— the SQLite saver ——
 
 
 def rows(path: Path, table: str) -> dict[str, int]:

@@ -1,10 +1,22 @@
+"""Conversation ids, then one suite run over every kind of conversation lock (this process's,
+this machine's, and Redis's when reachable), then what each kind does alone. The Redis locks
+across processes are in tests/agent/policy/test_redis_store.py."""
+
+from __future__ import annotations
+
 import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from agent.threads import FileKeyedLocks, KeyedLocks, thread_id
+import pytest
+
+from agent.policy.redis_store import RedisThreadLocks, connect_redis
+from agent.threads import FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
+from tests.conftest import REDIS_URL
+from tools.health import Health
 
 
 def test_thread_ids():
@@ -13,33 +25,59 @@ def test_thread_ids():
     assert thread_id("onebot", "private", "U1", "G1") == "onebot:private:U1"
 
 
-async def test_keyed_locks_serialise_one_key_and_free_it_afterwards():
-    locks = KeyedLocks()
-    order: list[str] = []
+@pytest.fixture(params=["process", "file", "redis"])
+def locks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadLocks]:
+    made: ThreadLocks
+    if request.param == "process":
+        made = KeyedLocks()
+    elif request.param == "file":
+        made = FileKeyedLocks(tmp_path / "threads.lock")
+    else:
+        made = RedisThreadLocks(
+            connect_redis(REDIS_URL), prefix=request.getfixturevalue("redis_space")
+        )
+    yield made
+    made.close()
 
-    async def hold(key: str, name: str, seconds: float) -> None:
+
+async def test_one_key_is_held_by_one_turn_at_a_time(locks: ThreadLocks):
+    order: list[str] = []
+    other_key_done = asyncio.Event()
+
+    async def hold(key: str, name: str) -> None:
         async with locks.hold(key):
             order.append(f"{name}+")
-            await asyncio.sleep(seconds)
+            if name == "a":
+                # Another key is not held up by "t": it finishes while "t" is held.
+                await other_key_done.wait()
             order.append(f"{name}-")
+            if name == "c":
+                other_key_done.set()
 
-    await asyncio.gather(hold("t", "a", 0.05), hold("t", "b", 0.0), hold("u", "c", 0.01))
+    await asyncio.gather(hold("t", "a"), hold("t", "b"), hold("u", "c"))
     assert order.index("a-") < order.index("b+")
-    # Another key is not held up by "t".
-    assert order.index("c+") < order.index("a-")
-    assert len(locks) == 0
+    assert order.index("c-") < order.index("a-")
 
 
-async def test_keyed_locks_release_on_error():
-    locks = KeyedLocks()
-    try:
+async def test_a_failing_turn_frees_its_key(locks: ThreadLocks):
+    with pytest.raises(RuntimeError, match="boom"):
         async with locks.hold("t"):
             raise RuntimeError("boom")
-    except RuntimeError:
+    async with asyncio.timeout(5), locks.hold("t"):
         pass
+
+
+async def test_working_locks_are_healthy(locks: ThreadLocks):
+    assert await locks.health() == Health.up()
+
+
+async def test_keyed_locks_drop_a_key_nobody_holds():
+    locks = KeyedLocks()
+    with pytest.raises(RuntimeError):
+        async with locks.hold("t"):
+            assert len(locks) == 1
+            raise RuntimeError("boom")
     assert len(locks) == 0
-    async with locks.hold("t"):
-        assert len(locks) == 1
 
 
 HOLDER = """

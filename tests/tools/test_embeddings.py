@@ -9,12 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from agent.settings import Settings
 from evals.fakes.ollama import EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.embeddings import (
     EmbeddingError,
     OllamaEmbedder,
-    embedder_from_settings,
     normalise_rows,
     passage_text,
 )
@@ -136,11 +134,6 @@ def test_passage_text() -> None:
     assert passage_text("", "七天内退款。") == "七天内退款。"
 
 
-def test_embedder_from_settings(settings: Settings) -> None:
-    assert embedder_from_settings(settings) is None
-    configured = settings.model_copy(update={"embed_model": MODEL, "embed_batch_size": 8})
-    embedder = embedder_from_settings(configured)
-    assert embedder is not None
-    assert (embedder.url, embedder.model, embedder.batch_size) == (settings.ollama_url, MODEL, 8)
+def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        OllamaEmbedder(settings.ollama_url, MODEL, batch_size=0)
+        OllamaEmbedder("http://127.0.0.1:9", MODEL, batch_size=0)

@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from agent.settings import Settings
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault, load_fixture_knowledge
 from tools.base import Passage
 from tools.maxkb import (
@@ -532,37 +530,3 @@ def test_valid_configurations_pass(fields: dict[str, Any]) -> None:
 def test_a_bad_configuration_fails_before_any_call() -> None:
     with pytest.raises(MaxKBConfigError):
         MaxKBKnowledge(MaxKBConfig(url="http://127.0.0.1:9", mode="app_chat_v2"))
-
-
-def test_from_settings_reads_the_maxkb_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QQRAG_MAXKB_KNOWLEDGE_IDS", "a, b")
-    settings = Settings(
-        maxkb_url="http://maxkb:8080",
-        maxkb_mode="app_hit_test_v1",
-        maxkb_api_key=SecretStr(APP_KEY),
-        maxkb_token=SecretStr("tok"),
-        maxkb_application_id="app-1",
-        maxkb_v1_method="get",
-        maxkb_search_mode="embedding",
-        maxkb_similarity=0.4,
-        maxkb_timeout=3.0,
-        maxkb_retries=1,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-
-    config = MaxKBConfig.from_settings(settings)
-
-    assert config == MaxKBConfig(
-        url="http://maxkb:8080",
-        mode="app_hit_test_v1",
-        api_key=APP_KEY,
-        token="tok",
-        application_id="app-1",
-        knowledge_ids=("a", "b"),
-        v1_method="get",
-        search_mode="embedding",
-        similarity=0.4,
-        timeout=3.0,
-        retries=1,
-    )
-    config.validate()

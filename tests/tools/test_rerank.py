@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from ollama import GenerateResponse
 
-from agent.settings import Settings
 from evals.fakes.ollama import FakeOllama, Fault, LatencyModel, embed_text, overlap
 from tools.base import Passage
 from tools.embeddings import OllamaEmbedder
@@ -27,7 +26,6 @@ from tools.rerank import (
     Qwen3Reranker,
     Reranker,
     RerankError,
-    build_rerankers,
     qwen3_rerank_prompt,
     select_evidence,
     yes_probability,
@@ -235,30 +233,22 @@ def test_yes_probability() -> None:
         yes_probability(GenerateResponse(response="yes"))
 
 
-async def test_every_strategy_scores_zero_to_one(ollama: FakeOllama, settings: Settings) -> None:
-    configured = settings.model_copy(
-        update={"ollama_url": ollama.url, "rerank_model": RERANK_MODEL}
-    )
-    rerankers = build_rerankers(configured, OllamaEmbedder(ollama.url, EMBED_MODEL))
-    assert sorted(rerankers) == ["embedding", "lexical", "none", "qwen3-reranker"]
-    for name, reranker in rerankers.items():
-        assert reranker.name == name
+async def test_every_strategy_scores_zero_to_one(ollama: FakeOllama) -> None:
+    rerankers: list[Reranker] = [
+        LexicalReranker(),
+        NoReranker(),
+        EmbeddingReranker(OllamaEmbedder(ollama.url, EMBED_MODEL)),
+        Qwen3Reranker(ollama.url, RERANK_MODEL),
+    ]
+    assert [r.name for r in rerankers] == ["lexical", "none", "embedding", "qwen3-reranker"]
+    for reranker in rerankers:
+        name = reranker.name
         # lexical and none keep the retrieval order; the model-based ones sort by score.
         ordered = name not in ("lexical", "none")
         check_ranked(await reranker.rerank(QUERY, PASSAGES), PASSAGES, by_score=ordered)
         assert await reranker.rerank(QUERY, []) == []
 
 
-def test_build_rerankers_offers_what_is_configured(settings: Settings) -> None:
-    assert sorted(build_rerankers(settings, None)) == ["lexical", "none"]
-    embedder = OllamaEmbedder(settings.ollama_url, EMBED_MODEL)
-    assert sorted(build_rerankers(settings, embedder)) == ["embedding", "lexical", "none"]
-    configured = settings.model_copy(
-        update={"rerank_model": RERANK_MODEL, "rerank_concurrency": 3, "ollama_timeout": 9.0}
-    )
-    rerankers: dict[str, Reranker] = build_rerankers(configured, None)
-    qwen3 = rerankers["qwen3-reranker"]
-    assert isinstance(qwen3, Qwen3Reranker)
-    assert (qwen3.url, qwen3.model) == (settings.ollama_url, RERANK_MODEL)
+def test_qwen3_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="concurrency"):
-        Qwen3Reranker(settings.ollama_url, RERANK_MODEL, concurrency=0)
+        Qwen3Reranker("http://127.0.0.1:9", RERANK_MODEL, concurrency=0)

@@ -1,24 +1,57 @@
+"""Every quota store (SQLite, and Redis when reachable) keeps the same quotas: one suite run over
+each, then what only the SQLite file does. Redis-only behaviour is in test_redis_store.py.
+
+The Redis runs are skipped when Redis is not reachable (QQRAG_TEST_REDIS_URL, default
+redis://127.0.0.1:6379/0), failed instead when QQRAG_REQUIRE_SCALE_OUT=1.
+"""
+
+from __future__ import annotations
+
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from agent.policy.quota import ALLOWED, CHINA_TZ, QuotaLimits, QuotaStore
+from agent.policy.quota import ALLOWED, CHINA_TZ, QuotaLimits, QuotaStore, SqliteQuotaStore
+from agent.policy.redis_store import RedisQuotaStore, connect_redis
+from tests.conftest import REDIS_URL
+from tools.health import Health
 
 # 10:00 in China: 14 hours before midnight.
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=CHINA_TZ).timestamp()
 MIDNIGHT = datetime(2025, 3, 2, 0, 0, tzinfo=CHINA_TZ).timestamp()
 
-
-def store(path: Path, **limits: int) -> QuotaStore:
-    return QuotaStore(path / "quota.sqlite", QuotaLimits(**limits))
+OpenStore = Callable[..., QuotaStore]
 
 
-def test_user_bucket_exhausts_and_refills_with_time(tmp_path: Path):
-    quota = store(tmp_path, user_rpm=3)
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens stores with the given limits, all on one state (one file, or one Redis prefix),
+    each with its own connection as separate processes would have; closed afterwards."""
+    stores: list[QuotaStore] = []
+
+    def remember(store: QuotaStore) -> QuotaStore:
+        stores.append(store)
+        return store
+
+    if request.param == "sqlite":
+        path = tmp_path / "quota.sqlite"
+        yield lambda **limits: remember(SqliteQuotaStore(path, QuotaLimits(**limits)))
+    else:
+        prefix = request.getfixturevalue("redis_space")
+        yield lambda **limits: remember(
+            RedisQuotaStore(connect_redis(REDIS_URL), QuotaLimits(**limits), prefix=prefix)
+        )
+    for store in stores:
+        store.close()
+
+
+def test_user_bucket_exhausts_and_refills_with_time(open_store: OpenStore):
+    quota = open_store(user_rpm=3)
 
     assert [quota.check_and_take("t", "u", None, now=T0).allowed for _ in range(3)] == [True] * 3
     refused = quota.check_and_take("t", "u", None, now=T0)
@@ -41,8 +74,8 @@ def test_user_bucket_exhausts_and_refills_with_time(tmp_path: Path):
     ]
 
 
-def test_users_groups_and_tenants_are_counted_apart(tmp_path: Path):
-    quota = store(tmp_path, user_rpm=2, group_rpm=3)
+def test_users_groups_and_tenants_are_counted_apart(open_store: OpenStore):
+    quota = open_store(user_rpm=2, group_rpm=3)
 
     assert quota.check_and_take("t", "alice", "g1", now=T0).allowed
     assert quota.check_and_take("t", "alice", "g1", now=T0).allowed
@@ -58,10 +91,12 @@ def test_users_groups_and_tenants_are_counted_apart(tmp_path: Path):
     assert quota.check_and_take("t", "carol", "g2", now=T0).allowed
     assert quota.check_and_take("t", "carol", None, now=T0).allowed
     assert quota.check_and_take("other", "alice", "g1", now=T0).allowed
+    # Ids may hold the key separator without reaching into someone else's bucket.
+    assert quota.check_and_take("t", "rate:user:alice", None, now=T0).allowed
 
 
-def test_the_longer_wait_is_reported_when_both_buckets_are_empty(tmp_path: Path):
-    quota = store(tmp_path, user_rpm=1, group_rpm=2)
+def test_the_longer_wait_is_reported_when_both_buckets_are_empty(open_store: OpenStore):
+    quota = open_store(user_rpm=1, group_rpm=2)
     assert quota.check_and_take("t", "u", "g", now=T0).allowed
     assert quota.check_and_take("t", "v", "g", now=T0).allowed
 
@@ -71,26 +106,26 @@ def test_the_longer_wait_is_reported_when_both_buckets_are_empty(tmp_path: Path)
     assert (decision.limit, decision.retry_after) == ("user_rpm", 50)
 
 
-def test_zero_means_unlimited(tmp_path: Path):
-    quota = store(tmp_path)
+def test_zero_means_unlimited(open_store: OpenStore):
+    quota = open_store()
     assert all(quota.check_and_take("t", "u", "g", now=T0).allowed for _ in range(1000))
     with pytest.raises(ValueError, match="user_rpm"):
         QuotaLimits(user_rpm=-1)
 
 
-def test_buckets_survive_a_restart(tmp_path: Path):
-    first = store(tmp_path, user_rpm=2)
+def test_buckets_survive_a_restart(open_store: OpenStore):
+    first = open_store(user_rpm=2)
     first.check_and_take("t", "u", None, now=T0)
     first.check_and_take("t", "u", None, now=T0)
     first.close()
 
-    second = store(tmp_path, user_rpm=2)
+    second = open_store(user_rpm=2)
     assert second.check_and_take("t", "u", None, now=T0 + 1).retry_after == 29
     assert second.check_and_take("t", "u", None, now=T0 + 30).allowed
 
 
-def test_daily_token_budget_refuses_until_the_next_day(tmp_path: Path):
-    quota = store(tmp_path, user_daily_tokens=1000, group_daily_tokens=1500)
+def test_daily_token_budget_refuses_until_the_next_day(open_store: OpenStore):
+    quota = open_store(user_daily_tokens=1000, group_daily_tokens=1500)
 
     assert quota.check_and_take("t", "u", "g", now=T0).allowed
     quota.add_tokens("t", "u", "g", 600, now=T0)
@@ -117,19 +152,9 @@ def test_daily_token_budget_refuses_until_the_next_day(tmp_path: Path):
     assert quota.used_today("t", "user", "u", now=MIDNIGHT) == 0
 
 
-def test_old_days_are_swept(tmp_path: Path):
-    quota = store(tmp_path, user_daily_tokens=10)
-    quota.add_tokens("t", "u", None, 5, now=T0)
-    quota.add_tokens("t", "u", None, 5, now=MIDNIGHT + 3600)
-
-    with sqlite3.connect(tmp_path / "quota.sqlite") as conn:
-        rows = conn.execute("SELECT day, tokens FROM daily_tokens").fetchall()
-    assert rows == [("2025-03-02", 5)]
-
-
-def test_two_stores_on_one_file_share_the_quota(tmp_path: Path):
-    first = store(tmp_path, user_rpm=4)
-    second = store(tmp_path, user_rpm=4)
+def test_two_stores_on_one_state_share_the_quota(open_store: OpenStore):
+    first = open_store(user_rpm=4)
+    second = open_store(user_rpm=4)
 
     results = [
         (first if i % 2 else second).check_and_take("t", "u", None, now=T0).allowed
@@ -140,10 +165,31 @@ def test_two_stores_on_one_file_share_the_quota(tmp_path: Path):
     assert first.used_today("t", "user", "u", now=T0) == 7
 
 
+async def test_a_working_store_is_healthy(open_store: OpenStore):
+    assert await open_store().health() == Health.up()
+
+
+# —— the SQLite file ——
+
+
+def store(path: Path, **limits: int) -> SqliteQuotaStore:
+    return SqliteQuotaStore(path / "quota.sqlite", QuotaLimits(**limits))
+
+
+def test_old_days_are_swept(tmp_path: Path):
+    quota = store(tmp_path, user_daily_tokens=10)
+    quota.add_tokens("t", "u", None, 5, now=T0)
+    quota.add_tokens("t", "u", None, 5, now=MIDNIGHT + 3600)
+
+    with sqlite3.connect(tmp_path / "quota.sqlite") as conn:
+        rows = conn.execute("SELECT day, tokens FROM daily_tokens").fetchall()
+    assert rows == [("2025-03-02", 5)]
+
+
 _WORKER = """
 import sys
-from agent.policy.quota import QuotaLimits, QuotaStore
-quota = QuotaStore(sys.argv[1], QuotaLimits(user_rpm=50))
+from agent.policy.quota import QuotaLimits, SqliteQuotaStore
+quota = SqliteQuotaStore(sys.argv[1], QuotaLimits(user_rpm=50))
 now = float(sys.argv[2])
 print(sum(quota.check_and_take("t", "u", None, now=now).allowed for _ in range(100)))
 """
@@ -151,7 +197,7 @@ print(sum(quota.check_and_take("t", "u", None, now=now).allowed for _ in range(1
 
 def test_processes_sharing_the_file_keep_one_quota(tmp_path: Path):
     path = tmp_path / "quota.sqlite"
-    QuotaStore(path, QuotaLimits(user_rpm=50)).close()
+    SqliteQuotaStore(path, QuotaLimits(user_rpm=50)).close()
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", _WORKER, str(path), str(T0)], stdout=subprocess.PIPE, text=True
@@ -161,3 +207,14 @@ def test_processes_sharing_the_file_keep_one_quota(tmp_path: Path):
     admitted = [int(worker.communicate(timeout=60)[0]) for worker in workers]
 
     assert sum(admitted) == 50
+
+
+async def test_a_store_that_cannot_write_is_down(tmp_path: Path):
+    quota = store(tmp_path)
+    quota.close()
+
+    health = await quota.health()
+
+    # Every turn writes its request to the store: without it no turn passes.
+    assert (health.ok, health.serving) == (False, False)
+    assert health.message.startswith("配额数据库无法写入")
