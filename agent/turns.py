@@ -79,24 +79,6 @@ def result_from_state(
     )
 
 
-async def run_turn(
-    graph: QAGraph,
-    thread: str,
-    text: str,
-    context: Context,
-    *,
-    message_id: str | None = None,
-    trace_id: str | None = None,
-) -> TurnResult:
-    """One whole turn; the result carries the final state and each node's wall time."""
-    async for kind, payload in stream_turn(
-        graph, thread, text, context, message_id=message_id, trace_id=trace_id, tokens=False
-    ):
-        if kind == "result":
-            result: TurnResult = payload
-    return result
-
-
 class ThinkFilter:
     """Drops `<think>…</think>` from a token stream, even when a tag is split across chunks."""
 

@@ -20,9 +20,10 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.checkpoints import LoopSqliteSaver
+from agent.context import Context
 from agent.services import Services, set_services
 from agent.settings import Settings, get_settings
-from agent.turns import QAGraph
+from agent.turns import QAGraph, TurnResult, stream_turn
 from graphs.qa import build
 from tools.kb import EmbeddedKB
 
@@ -213,3 +214,11 @@ def services(settings: Settings, kb: EmbeddedKB, models: ScriptedModels) -> Iter
 async def graph(services: Services, tmp_path: Path) -> AsyncIterator[QAGraph]:
     async with LoopSqliteSaver.open(tmp_path / "checkpoints.sqlite") as saver:
         yield build(saver)
+
+
+async def run_turn(graph: QAGraph, thread: str, text: str, context: Context) -> TurnResult:
+    """One whole turn straight through the graph, without the gateway's gates."""
+    events = [event async for event in stream_turn(graph, thread, text, context, tokens=False)]
+    kind, result = events[-1]
+    assert kind == "result" and isinstance(result, TurnResult)
+    return result

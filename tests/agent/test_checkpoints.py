@@ -22,8 +22,14 @@ from langgraph.graph.state import CompiledStateGraph
 from agent.checkpoints import Checkpointer, LoopSqliteSaver, checkpointer_health, open_checkpointer
 from agent.context import Context
 from agent.settings import Settings
-from agent.turns import QAGraph, run_turn, turn_config
-from tests.conftest import ScriptedModels, postgres_problem, postgres_schema, require_servers
+from agent.turns import QAGraph, turn_config
+from tests.conftest import (
+    ScriptedModels,
+    postgres_problem,
+    postgres_schema,
+    require_servers,
+    run_turn,
+)
 
 OpenCheckpointer = Callable[[], AbstractAsyncContextManager[Checkpointer]]
 

@@ -10,8 +10,9 @@ from langchain_core.messages import AIMessage
 from agent.context import Context
 from agent.models import OllamaChatModels, message_text, usage_tokens
 from agent.services import Services
-from agent.turns import QAGraph, run_turn
+from agent.turns import QAGraph
 from evals.fakes.ollama import FakeOllama, Fault
+from tests.conftest import run_turn
 
 
 @pytest.fixture(scope="module")

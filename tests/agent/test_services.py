@@ -12,7 +12,6 @@ from agent.checkpoints import LoopSqliteSaver
 from agent.context import Context
 from agent.services import ensure_default_knowledge, services_from_settings, set_services
 from agent.settings import Settings
-from agent.turns import run_turn
 from evals.fakes.maxkb import (
     DEFAULT_USER_TOKEN,
     FIXTURE_KNOWLEDGE_ID,
@@ -20,7 +19,7 @@ from evals.fakes.maxkb import (
 )
 from evals.fakes.ollama import FakeOllama
 from graphs.qa import build
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_turn
 from tools.knowledge import FallbackKnowledge, MergedKnowledge
 
 

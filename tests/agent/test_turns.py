@@ -1,8 +1,8 @@
 import pytest
 
 from agent.context import Context
-from agent.turns import QAGraph, ThinkFilter, run_turn, summarize_update, turn_config
-from tests.conftest import ScriptedModels
+from agent.turns import QAGraph, ThinkFilter, summarize_update, turn_config
+from tests.conftest import ScriptedModels, run_turn
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from agent.nodes.cite_check import cite_check
 from agent.nodes.classify import history_query
 from agent.settings import get_settings
 from agent.state import State
-from agent.turns import QAGraph, run_turn
-from tests.conftest import ScriptedModels
+from agent.turns import QAGraph
+from tests.conftest import ScriptedModels, run_turn
 from tools.base import Passage
 
 WARRANTY = "星尘打印机整机保修两年[1]。"

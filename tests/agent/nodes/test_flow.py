@@ -10,8 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from agent.context import Context
 from agent.nodes.tools import SEARCH_FAILED
 from agent.services import Services
-from agent.turns import QAGraph, run_turn, turn_config, turn_input
-from tests.conftest import ScriptedModels
+from agent.turns import QAGraph, turn_config, turn_input
+from tests.conftest import ScriptedModels, run_turn
 from tools.base import KnowledgeUnavailable, Passage
 from tools.health import Health
 
