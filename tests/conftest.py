@@ -24,6 +24,7 @@ from agent.context import Context
 from agent.services import Services, set_services
 from agent.settings import Settings, get_settings
 from agent.turns import QAGraph, TurnResult, stream_turn
+from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, load_fixture_knowledge
 from graphs.qa import build
 from tools.kb import EmbeddedKB
 
@@ -222,3 +223,23 @@ async def run_turn(graph: QAGraph, thread: str, text: str, context: Context) -> 
     kind, result = events[-1]
     assert kind == "result" and isinstance(result, TurnResult)
     return result
+
+
+@pytest.fixture(scope="module")
+def maxkb_server() -> Iterator[FakeMaxKB]:
+    with FakeMaxKB(knowledge=[load_fixture_knowledge(FIXTURES / "maxkb")]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def maxkb(maxkb_server: FakeMaxKB) -> FakeMaxKB:
+    """The module's fake MaxKB as good as new: requests, faults and every switch reset."""
+    maxkb_server.reset()
+    maxkb_server.knowledge = {FIXTURE_KNOWLEDGE_ID: load_fixture_knowledge(FIXTURES / "maxkb")}
+    maxkb_server.v1_put_supported = True
+    maxkb_server.show_source = True
+    maxkb_server.published = True
+    maxkb_server.llm_fails = False
+    maxkb_server.access_num = 100
+    maxkb_server.workspace = "default"
+    return maxkb_server

@@ -1,13 +1,13 @@
 """The MaxKB backend against the fake MaxKB over real HTTP: three modes, errors, retries, health."""
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault, load_fixture_knowledge
+from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault
 from tools.base import Passage
 from tools.maxkb import (
     MaxKBAuthError,
@@ -28,23 +28,9 @@ SECOND_KB = "0b5e3c1a-7d2f-4e8a-9c61-2f1d3a4b5c6d"
 Factory = Callable[..., MaxKBKnowledge]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeMaxKB]:
-    with FakeMaxKB(knowledge=[load_fixture_knowledge(FIXTURES)]) as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server: FakeMaxKB) -> FakeMaxKB:
-    server.reset()
-    server.knowledge = {FIXTURE_KNOWLEDGE_ID: load_fixture_knowledge(FIXTURES)}
-    server.v1_put_supported = True
-    server.show_source = True
-    server.published = True
-    server.llm_fails = False
-    server.access_num = 100
-    server.workspace = "default"
-    return server
+def fake(maxkb: FakeMaxKB) -> FakeMaxKB:
+    return maxkb
 
 
 @pytest.fixture

@@ -31,22 +31,9 @@ REPLAYED = sorted(
 )
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeMaxKB]:
-    with FakeMaxKB(knowledge=[load_fixture_knowledge(FIXTURES)]) as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server: FakeMaxKB) -> FakeMaxKB:
-    server.reset()
-    server.knowledge = {FIXTURE_KNOWLEDGE_ID: load_fixture_knowledge(FIXTURES)}
-    server.v1_put_supported = True
-    server.show_source = True
-    server.published = True
-    server.llm_fails = False
-    server.access_num = 100
-    return server
+def fake(maxkb: FakeMaxKB) -> FakeMaxKB:
+    return maxkb
 
 
 @pytest.fixture
