@@ -15,6 +15,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import InvalidStatus
 
+from agent.audit import AuditLog
 from evals.fakes import qq as fake_qq
 from evals.fakes.ollama import FakeOllama
 from evals.harness import ServiceProcess
@@ -64,7 +65,7 @@ def bot(tmp_path_factory: pytest.TempPathFactory, fake_api: fake_qq.FakeQQ) -> I
                 process.stop()
 
 
-def group_event(text: str) -> dict[str, Any]:
+def group_event(text: str, *, user_id: int = USER_ID, message_id: int = 42) -> dict[str, Any]:
     """A group message that @-mentions the bot, as NapCat reports it."""
     return {
         "time": int(time.time()),
@@ -72,9 +73,9 @@ def group_event(text: str) -> dict[str, Any]:
         "post_type": "message",
         "message_type": "group",
         "sub_type": "normal",
-        "message_id": 42,
+        "message_id": message_id,
         "group_id": GROUP_ID,
-        "user_id": USER_ID,
+        "user_id": user_id,
         "anonymous": None,
         "font": 0,
         "raw_message": f"[CQ:at,qq={SELF_ID}] {text}",
@@ -82,7 +83,7 @@ def group_event(text: str) -> dict[str, Any]:
             {"type": "at", "data": {"qq": str(SELF_ID)}},
             {"type": "text", "data": {"text": f" {text}"}},
         ],
-        "sender": {"user_id": USER_ID, "nickname": "u", "card": "", "role": "member"},
+        "sender": {"user_id": user_id, "nickname": "u", "card": "", "role": "member"},
     }
 
 
@@ -119,6 +120,43 @@ async def test_onebot_group_question_over_reverse_websocket(bot: BotProcess) -> 
     answer, citations = text.split("\n\n")
     assert WARRANTY in answer
     assert citations.splitlines()[0] == "[1] stardust.md · 星尘打印机 › 保修"
+
+
+async def _sent_text(ws: websockets.ClientConnection) -> str:
+    """The text of the bot's next `send_msg`, acknowledged as NapCat would."""
+    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
+    await ws.send(
+        json.dumps(
+            {"status": "ok", "retcode": 0, "data": {"message_id": 99}, "echo": frame["echo"]}
+        )
+    )
+    assert frame["action"] == "send_msg"
+    return "".join(s["data"]["text"] for s in frame["params"]["message"] if s["type"] == "text")
+
+
+async def test_onebot_feedback_goes_through_chat_and_is_recorded(bot: BotProcess) -> None:
+    url = f"ws://127.0.0.1:{bot.port}/onebot/v11/ws"
+    headers = {"X-Self-ID": str(SELF_ID), "Authorization": f"Bearer {ONEBOT_TOKEN}"}
+    user = USER_ID + 1
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await ws.send(json.dumps(lifecycle_event()))
+        await ws.send(json.dumps(group_event("星尘打印机保修多久？", user_id=user)))
+        answer = await _sent_text(ws)
+        await ws.send(json.dumps(group_event("/反馈 差 太短", user_id=user, message_id=43)))
+        thanks = await _sent_text(ws)
+
+    assert WARRANTY in answer, bot.log()
+    assert thanks == "收到，谢谢你的反馈！"
+    # The service's data folder sits next to the bot's log (see the `bot` fixture).
+    audit = AuditLog(bot.log_path.parent / "data" / "audit.sqlite")
+    [row] = audit.feedback(f"default:onebot:group:{GROUP_ID}:{user}")
+    audit.close()
+    assert (row["rating"], row["comment"], row["question"], row["message_id"]) == (
+        "bad",
+        "太短",
+        "星尘打印机保修多久？",
+        "43",
+    )
 
 
 @pytest.mark.parametrize("authorization", ["Bearer wrong-token", None])
