@@ -1,12 +1,15 @@
 """Where the settings pick each backend: one factory per axis, the only code that names an
-implementation. Everything else sees the interface (`QuotaStore`, `Admission`, `ThreadLocks`,
-`Embedder`, `Reranker`), and `tools/` takes plain arguments, never `Settings`.
+implementation. Everything else sees the interface (`KnowledgeBackend`, `QuotaStore`,
+`Admission`, `ThreadLocks`, `Embedder`, `Reranker`), and `tools/` takes plain arguments, never
+`Settings`.
 
 The checkpointer's factory is `agent.checkpoints.open_checkpointer`: it is an async context
 manager that opens a database pool, and lives beside the savers it picks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import redis
 
@@ -20,8 +23,10 @@ from agent.policy.redis_store import (
 )
 from agent.settings import Settings
 from agent.threads import FileKeyedLocks, ThreadLocks
+from tools.base import KnowledgeBackend
 from tools.embeddings import Embedder, OllamaEmbedder
-from tools.maxkb import MaxKBConfig
+from tools.knowledge import FallbackKnowledge
+from tools.maxkb import MaxKBConfig, MaxKBKnowledge
 from tools.rerank import EmbeddingReranker, LexicalReranker, NoReranker, Qwen3Reranker, Reranker
 
 
@@ -125,3 +130,18 @@ def maxkb_config(settings: Settings) -> MaxKBConfig:
         timeout=settings.maxkb_timeout,
         retries=settings.maxkb_retries,
     )
+
+
+def knowledge(
+    settings: Settings, embedded: KnowledgeBackend, on_outage: Callable[[str], None]
+) -> KnowledgeBackend:
+    """The default knowledge backend: the embedded base, or MaxKB (with the embedded base
+    standing in while it is out, when the settings allow). `on_outage` hears of every failed
+    MaxKB search, even one the fallback covers: the operator should see MaxKB fail."""
+    match settings.knowledge_backend:
+        case "embedded":
+            return embedded
+        case "maxkb":
+            maxkb = MaxKBKnowledge(maxkb_config(settings))
+            maxkb.on_outage = on_outage
+            return FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb

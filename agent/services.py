@@ -22,7 +22,7 @@ from agent.models import ChatModelFactory, OllamaChatModels, call_model, ollama_
 from agent.settings import Settings, get_settings
 from tools.base import KnowledgeBackend
 from tools.embeddings import Embedder, EmbeddingError
-from tools.knowledge import FallbackKnowledge, MergedKnowledge, make_search_tool
+from tools.knowledge import MergedKnowledge, make_search_tool
 from tools.rerank import LexicalReranker, NoReranker, Reranker
 
 if TYPE_CHECKING:
@@ -151,33 +151,23 @@ class Services:
 
 
 def services_from_settings(settings: Settings) -> Services:
-    """Production wiring: embedded knowledge base (or MaxKB), rerankers, Ollama chat models."""
+    """Production wiring: the knowledge backend, rerankers and embedder the settings pick
+    (`agent.backends`), Ollama chat models, the audit log."""
     from tools.kb import EmbeddedKB
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedder = backends.embedder(settings)
     embedded = EmbeddedKB(settings.kb_path, settings.kb_name, embedder)
-    knowledge: KnowledgeBackend = embedded
-    maxkb = None
-    if settings.knowledge_backend == "maxkb":
-        from tools.maxkb import MaxKBKnowledge
-
-        maxkb = MaxKBKnowledge(backends.maxkb_config(settings))
-        knowledge = (
-            FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb
-        )
     services = Services(
         settings=settings,
-        knowledge=knowledge,
+        knowledge=embedded,
         chat_models=OllamaChatModels(settings),
         rerankers=backends.rerankers(settings, embedder),
         audit=AuditLog(settings.audit_path),
         embedded={settings.kb_name: embedded},
         embedder=embedder,
     )
-    if maxkb is not None:
-        # Counted even while the embedded base stands in: the operator should see MaxKB fail.
-        maxkb.on_outage = services.report_outage
+    services.knowledge = backends.knowledge(settings, embedded, services.report_outage)
     return services
 
 

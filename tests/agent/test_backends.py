@@ -21,7 +21,9 @@ from agent.policy.redis_store import (
 from agent.settings import Settings
 from agent.threads import FileKeyedLocks
 from evals.harness import free_port
-from tools.maxkb import MaxKBConfig
+from tools.kb import EmbeddedKB
+from tools.knowledge import FallbackKnowledge
+from tools.maxkb import MaxKBConfig, MaxKBKnowledge
 from tools.rerank import Qwen3Reranker
 
 EMBED_MODEL = "qwen3-embedding:0.6b"
@@ -158,3 +160,42 @@ def test_maxkb_config_reads_the_maxkb_settings(monkeypatch: pytest.MonkeyPatch) 
         retries=1,
     )
     config.validate()
+
+
+@pytest.mark.parametrize(
+    ("backend", "fallback", "picked"),
+    [
+        ("embedded", True, EmbeddedKB),
+        ("maxkb", True, FallbackKnowledge),
+        ("maxkb", False, MaxKBKnowledge),
+    ],
+)
+def test_knowledge_backend_follows_the_settings(
+    tmp_path: Path, backend: str, fallback: bool, picked: type
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        knowledge_backend=backend,  # type: ignore[arg-type]
+        maxkb_url="http://127.0.0.1:9",
+        maxkb_api_key=SecretStr(APP_KEY),
+        maxkb_application_id="app-1",
+        maxkb_mode="app_hit_test_v1",
+        maxkb_fallback_embedded=fallback,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    embedded = EmbeddedKB(tmp_path / "kb.sqlite", "default")
+    outages: list[str] = []
+    try:
+        knowledge = backends.knowledge(settings, embedded, outages.append)
+        assert isinstance(knowledge, picked)
+        if isinstance(knowledge, FallbackKnowledge):
+            assert knowledge.fallback is embedded
+            maxkb = knowledge.primary
+        else:
+            maxkb = knowledge
+        if isinstance(maxkb, MaxKBKnowledge):
+            assert maxkb.on_outage is not None
+            maxkb.on_outage("maxkb")
+            assert outages == ["maxkb"]
+    finally:
+        embedded.close()
