@@ -53,7 +53,7 @@ from agent.context import Context
 from agent.evidence import format_evidence
 from agent.models import OllamaChatModels, usage_tokens
 from agent.settings import Settings
-from evals import write_json
+from evals import publish
 from evals.fakes.maxkb import FakeMaxKB
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess
@@ -880,9 +880,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         workers=args.workers,
         repeat=args.repeat,
     )
-    print_report(report, Console())
-    if args.json:
-        write_json(args.json, report)
+    publish(report, print_report, args.json)
     return report
 
 

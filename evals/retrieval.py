@@ -18,7 +18,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from agent.nodes.classify import classify
 from agent.services import Services, set_services
 from agent.settings import Settings
 from agent.state import State
-from evals import write_json
+from evals import publish
 from evals.fakes.ollama import FakeOllama
 from tools.base import Passage
 from tools.embeddings import OllamaEmbedder
@@ -347,7 +347,7 @@ def run_benchmark(
     return report
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
+def print_report(report: Mapping[str, Any], console: Console) -> None:
     """The report's figures as a table, then its notes."""
     table = Table(title=f"检索基准 cmrc2018（{report['retrieval']}）")
     table.add_column("指标")
@@ -419,9 +419,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    print_report(report, Console())
-    if args.json:
-        write_json(args.json, report)
+    publish(report, print_report, args.json)
     return report
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -25,6 +29,7 @@ from agent.services import Services, set_services
 from agent.settings import Settings, get_settings
 from agent.turns import QAGraph, TurnResult, stream_turn
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, load_fixture_knowledge
+from evals.harness import free_port
 from graphs.qa import build
 from tools.kb import EmbeddedKB
 
@@ -243,3 +248,27 @@ def maxkb(maxkb_server: FakeMaxKB) -> FakeMaxKB:
     maxkb_server.access_num = 100
     maxkb_server.workspace = "default"
     return maxkb_server
+
+
+@contextmanager
+def fake_in_foreground(module: str, *args: str) -> Iterator[str]:
+    """`python -m MODULE --port P ARGS…` run the way a person tries a fake; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", module, "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def when_up(call: Callable[[], httpx.Response], timeout: float = 10.0) -> httpx.Response:
+    """The response of `call` once the server accepts connections."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.05)

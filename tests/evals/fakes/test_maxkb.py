@@ -2,9 +2,6 @@
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ from evals.fakes.maxkb import (
     load_fixture_knowledge,
     score,
 )
+from tests.conftest import fake_in_foreground, when_up
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "maxkb"
 QUESTION = "广三铁路在哪年建成？"
@@ -505,42 +503,10 @@ def test_stopped_fake_refuses_connections_and_restarts_on_the_same_url() -> None
 
 
 def test_module_runs_in_the_foreground() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evals.fakes.maxkb",
-            "--port",
-            str(port),
-            "--fixtures",
-            str(FIXTURES),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                response = httpx.put(
-                    f"http://127.0.0.1:{port}{HIT_TEST}",
-                    headers={"Authorization": "Bearer fake-maxkb-user-token"},
-                    json={
-                        "query_text": QUESTION,
-                        "top_number": 1,
-                        "similarity": 0,
-                        "search_mode": "blend",
-                    },
-                    timeout=1,
-                )
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "the fake did not come up"
-                time.sleep(0.05)
-        assert response.json()["data"][0]["id"] == GOLD
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    body = {"query_text": QUESTION, "top_number": 1, "similarity": 0, "search_mode": "blend"}
+    auth = {"Authorization": "Bearer fake-maxkb-user-token"}
+    with fake_in_foreground("evals.fakes.maxkb", "--fixtures", str(FIXTURES)) as url:
+        response = when_up(
+            lambda: httpx.put(f"{url}{HIT_TEST}", headers=auth, json=body, timeout=1)
+        )
+    assert response.json()["data"][0]["id"] == GOLD

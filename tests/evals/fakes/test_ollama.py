@@ -3,9 +3,6 @@
 import json
 import math
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +26,7 @@ from evals.fakes.ollama import (
     LatencyModel,
     count_tokens,
 )
+from tests.conftest import fake_in_foreground, when_up
 
 CHAT_MODEL = "qwen3:8b"
 EMBED_MODEL = "qwen3-embedding:0.6b"
@@ -594,24 +592,6 @@ def test_prefill_speed_scales_with_prompt_length() -> None:
 
 
 def test_module_runs_in_the_foreground() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evals.fakes.ollama", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=1)
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "the fake did not come up"
-                time.sleep(0.05)
-        assert response.json()["models"][0]["name"] == CHAT_MODEL
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with fake_in_foreground("evals.fakes.ollama") as url:
+        response = when_up(lambda: httpx.get(f"{url}/api/tags", timeout=1))
+    assert response.json()["models"][0]["name"] == CHAT_MODEL
