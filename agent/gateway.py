@@ -1,7 +1,7 @@
 """The governance around each turn: who asks, how often, what may pass, which profile answers,
 and what gets recorded. HTTP routes (`server.py`) call it; it knows nothing of HTTP.
 
-    authenticate → quota → input safety → profile → [thread lock → admission → graph]
+    authenticate → input safety → profile → [thread lock → admission → quota → graph]
                  → output safety → tokens → audit + metrics
 """
 
@@ -183,16 +183,8 @@ class Gateway:
     async def admit(
         self, principal: Principal, speaker: Speaker, text: str, *, pin: Pin | None = None
     ) -> Turn:
-        """Quota, input safety and profile (gray release's, or `pin`'s); raises `Refusal` for
-        quota."""
-        # Quota and audit writes run on the event loop, as the checkpoints do: each is a
-        # sub-millisecond SQLite commit (WAL, synchronous=NORMAL) or Redis round trip (0.5 s
-        # socket timeout), and a hand-off to a worker thread cost more CPU than the write.
-        decision = self.quota.check_and_take(principal.tenant, speaker.user_id, speaker.group_id)
-        if not decision.allowed:
-            self.metrics.quota_rejections.labels(decision.limit or "unknown").inc()
-            raise Refusal(429, "quota_exceeded", decision.message, retry_after=decision.retry_after)
-
+        """Input safety and profile (gray release's, or `pin`'s). The quota is taken by `run`,
+        once the turn is sure to be served: a busy refusal costs nothing."""
         if pin is None:
             assignment = self.gray.assign(principal.tenant, speaker.group_id, speaker.user_id)
             profile, context = assignment.profile, assignment.apply(Context())
@@ -220,9 +212,10 @@ class Gateway:
 
     async def run(self, turn: Turn, *, tokens: bool = False) -> AsyncIterator[tuple[str, Any]]:
         """("node", …) events (and ("token", …) with `tokens`), then ("answer", Answer).
-        Raises `Refusal` (busy) before the first event."""
+        Raises `Refusal` (busy, then quota) before the first event."""
         started = time.perf_counter()
         if turn.question_hits:
+            self._take_quota(turn)
             answer = self._blocked(turn)
             await self._finish(turn, answer, None, time.perf_counter() - started)
             yield "answer", answer
@@ -231,6 +224,11 @@ class Gateway:
             if not self.admission.try_enter():
                 self.metrics.busy_rejections.inc()
                 raise Refusal(503, "busy", "现在提问的人太多了，请稍后再试。", retry_after=5)
+            try:
+                self._take_quota(turn)
+            except Refusal:
+                self.admission.leave()
+                raise
             self.metrics.inflight_turns.inc()
             try:
                 result: TurnResult | None = None
@@ -268,6 +266,19 @@ class Gateway:
         )
         await self._finish(turn, answer, result, time.perf_counter() - started)
         yield "answer", answer
+
+    def _take_quota(self, turn: Turn) -> None:
+        """One request off the speaker's quotas; raises `Refusal` (429) when one is used up."""
+        # Quota and audit writes run on the event loop, as the checkpoints do: each is a
+        # sub-millisecond SQLite commit (WAL, synchronous=NORMAL) or Redis round trip (0.5 s
+        # socket timeout), and a hand-off to a worker thread cost more CPU than the write.
+        speaker = turn.speaker
+        decision = self.quota.check_and_take(
+            turn.principal.tenant, speaker.user_id, speaker.group_id
+        )
+        if not decision.allowed:
+            self.metrics.quota_rejections.labels(decision.limit or "unknown").inc()
+            raise Refusal(429, "quota_exceeded", decision.message, retry_after=decision.retry_after)
 
     async def answer(self, turn: Turn) -> Answer:
         async for kind, payload in self.run(turn):
