@@ -21,12 +21,21 @@ def thread_id(
     group_id: str | None = None,
     scope: Literal["member", "group"] = "member",
 ) -> str:
-    """`qq:group:G:U` per member in a group (or `qq:group:G` per group), `qq:private:U`."""
+    """`qq:group:G:U` per member in a group (or `qq:group:G` per group), `qq:private:U`.
+
+    One id per speaker and place, never shared: a `:` (or `%`) inside a part is escaped, so
+    group `1:2` with user `3` and group `1` with user `2:3` stay two conversations.
+    """
+    platform, user_id = _part(platform), _part(user_id)
     if scene == "private":
         return f"{platform}:private:{user_id}"
     if scope == "group":
-        return f"{platform}:group:{group_id}"
-    return f"{platform}:group:{group_id}:{user_id}"
+        return f"{platform}:group:{_part(group_id or '')}"
+    return f"{platform}:group:{_part(group_id or '')}:{user_id}"
+
+
+def _part(value: str) -> str:
+    return value.replace("%", "%25").replace(":", "%3A")
 
 
 class KeyedLocks:

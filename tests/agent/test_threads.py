@@ -25,6 +25,16 @@ def test_thread_ids():
     assert thread_id("onebot", "private", "U1", "G1") == "onebot:private:U1"
 
 
+def test_thread_ids_never_map_two_speakers_to_one_conversation():
+    """Ids may contain `:`: group 1:2 with user 3 once shared group 1 with user 2:3's thread
+    (one speaker could read the other's /原文 passages)."""
+    pairs = [("1:2", "3"), ("1", "2:3"), ("1%3A2", "3"), ("1", "2%3A3")]
+    ids = {thread_id("qq", "group", user, group) for group, user in pairs}
+    assert len(ids) == len(pairs)
+    private = {thread_id("qq", "private", user) for user in ("a:b", "a%3Ab", "a")}
+    assert len(private) == 3
+
+
 @pytest.fixture(params=["process", "file", "redis"])
 def locks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadLocks]:
     made: ThreadLocks
