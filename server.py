@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from http import HTTPStatus
 
 import httpx
 from fastapi import FastAPI, Request
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.api import admin, chat, health, openai, threads
 from agent.api.deps import AppRuntime
-from agent.api.schemas import error_response
+from agent.api.schemas import INTERNAL_ERROR_MESSAGE, error_response
 from agent.gateway import Refusal
 from agent.policy.metrics import live_gauges_of_this_process
 from agent.runtime import open_runtime
@@ -64,9 +65,20 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}
-        return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
-        )
+        # Starlette's own details are the English status phrases; ours are Chinese already.
+        plain = {
+            404: f"没有这个接口：{request.url.path}",
+            405: f"{request.url.path} 不接受 {request.method} 请求",
+        }
+        message = str(exc.detail)
+        if message == HTTPStatus(exc.status_code).phrase:
+            message = plain.get(exc.status_code, f"请求出错（HTTP {exc.status_code}）")
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises after answering, so the traceback still reaches the log.
+        return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, exc: Refusal) -> JSONResponse:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+import server
+from agent.settings import get_settings
 from evals.fakes.ollama import FakeOllama, LatencyModel
 from evals.harness import ServiceProcess
 from tests.conftest import FIXTURES
@@ -377,3 +380,34 @@ def test_a_turn_killed_midway_is_cleanly_absent_after_restart(
         # The thread goes on normally.
         follow_up = ask(restarted, "星尘打印机支持哪些耗材？")
         assert "PLA" in follow_up["answer"]
+
+
+def test_an_unexpected_error_is_the_json_envelope_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not plain-text "Internal Server Error": clients and the bot read one error shape."""
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    with TestClient(server.create_app(), raise_server_exceptions=False) as client:
+        audit = client.app.state.runtime.services.audit  # type: ignore[attr-defined]
+
+        def broken(*args: object, **kwargs: object) -> list[object]:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(audit, "turns", broken)
+        response = client.get("/v1/audit")
+        missing = client.get("/v1/nowhere")
+        wrong_method = client.get("/v1/chat")
+    get_settings.cache_clear()
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "服务内部出错了，请稍后再试。"}
+    }
+    assert missing.json() == {
+        "error": {"code": "not_found", "message": "没有这个接口：/v1/nowhere"}
+    }
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["message"] == "/v1/chat 不接受 GET 请求"
