@@ -411,3 +411,36 @@ def test_an_unexpected_error_is_the_json_envelope_too(
     }
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["message"] == "/v1/chat 不接受 GET 请求"
+
+
+def test_unencodable_text_is_answered_and_unencodable_ids_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone UTF-16 surrogate is valid JSON but cannot be stored: in a question it becomes
+    U+FFFD and the turn is stored whole; in an id (which picks the conversation) it is a 422."""
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    speaker = {"platform": "qq", "scene": "private", "user_id": "u1"}
+    with TestClient(server.create_app()) as client:
+
+        def post(path: str, body: dict[str, object]) -> httpx.Response:
+            # ASCII-escaped JSON carries the lone surrogate as "\ud800", as clients send it.
+            headers = {"Content-Type": "application/json"}
+            return client.post(path, content=json.dumps(body), headers=headers)
+
+        asked = post("/v1/chat", {**speaker, "text": "星尘打印机\ud800售价多少？"})
+        history = client.get(f"/v1/threads/{asked.json()['thread_id']}")
+        bad_id = post("/v1/chat", {**speaker, "user_id": "u\udc00", "text": "你好"})
+        bad_user = post(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "你好"}], "user": "\ud800"},
+        )
+    get_settings.cache_clear()
+    assert asked.status_code == 200 and asked.json()["citations"]
+    assert history.json()["messages"][0]["content"] == "星尘打印机\ufffd售价多少？"
+    assert len(history.json()["messages"]) == 2
+    for refused in (bad_id, bad_user):
+        assert refused.status_code == 422
+        assert "代理字符" in refused.json()["error"]["message"]

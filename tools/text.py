@@ -33,6 +33,9 @@ _TOKEN_RE = re.compile(r"\w", re.UNICODE)
 _SENTENCE_RE = re.compile(r"(?:[^。！？!?；;.\n]|\.(?!\s))+(?:[。！？!?；;]+|\.(?=\s|$))*|\n")
 _CITATION_RE = re.compile(r"\[(\d{1,3})\]")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+# A str holds a surrogate code point only when it arrived unpaired ("\ud800" is valid JSON):
+# such text cannot be encoded, so it could be neither stored nor sent.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def tokenize(text: str, *, search: bool = True) -> list[str]:
@@ -122,3 +125,13 @@ def citation_numbers(text: str) -> list[int]:
 def strip_citations(text: str) -> str:
     """The text without its `[n]` markers."""
     return _CITATION_RE.sub("", text)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    return _SURROGATE_RE.search(text) is not None
+
+
+def encodable(text: str) -> str:
+    """`text` with every unpaired UTF-16 surrogate replaced by U+FFFD, so it can be stored and
+    sent as UTF-8; any other text comes back as it is."""
+    return _SURROGATE_RE.sub("\ufffd", text)

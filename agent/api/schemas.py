@@ -5,11 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    model_validator,
+)
 
 from agent import gateway
 from agent.gateway import Answer
 from agent.state import Citation
+from tools.text import encodable, has_lone_surrogate
 
 
 def _id_text(value: Any) -> Any:
@@ -17,7 +26,21 @@ def _id_text(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-IdText = Annotated[StrictStr, BeforeValidator(_id_text), Field(min_length=1, max_length=128)]
+def _encodable_id(value: str) -> str:
+    # An id picks a conversation: changing it would file the turn elsewhere, so refuse it.
+    if has_lone_surrogate(value):
+        raise ValueError("含有不成对的 UTF-16 代理字符，无法使用")
+    return value
+
+
+IdText = Annotated[
+    StrictStr,
+    BeforeValidator(_id_text),
+    AfterValidator(_encodable_id),
+    Field(min_length=1, max_length=128),
+]
+Text = Annotated[StrictStr, AfterValidator(encodable)]
+"""Free text from a client: an unpaired surrogate becomes U+FFFD, so it can be stored."""
 
 
 class Speaker(BaseModel):
@@ -48,7 +71,7 @@ class Speaker(BaseModel):
 
 
 class ChatRequest(Speaker):
-    text: StrictStr
+    text: Text
 
     @model_validator(mode="after")
     def _text_not_blank(self) -> ChatRequest:
@@ -59,7 +82,7 @@ class ChatRequest(Speaker):
 
 class FeedbackRequest(Speaker):
     rating: Literal["good", "bad"]
-    comment: StrictStr = Field(default="", max_length=500)
+    comment: Text = Field(default="", max_length=500)
 
 
 class ChatResponse(BaseModel):
@@ -96,7 +119,7 @@ class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: StrictStr
-    content: StrictStr | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -105,7 +128,7 @@ class CompletionRequest(BaseModel):
     model: StrictStr = "qqrag"
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
-    user: StrictStr | None = Field(default=None, max_length=128)
+    user: Annotated[StrictStr, AfterValidator(_encodable_id), Field(max_length=128)] | None = None
 
 
 INTERNAL_ERROR_MESSAGE = "服务内部出错了，请稍后再试。"

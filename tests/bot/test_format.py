@@ -110,3 +110,9 @@ def test_fit_parts_truncates_the_last_allowed_part(fmt: ModuleType) -> None:
     assert fitted == [parts[0], "六七八九十。" * 3 + fmt.TRUNCATED]
     assert all(len(part) <= 30 for part in fitted)
     assert fmt.fit_parts(parts, 0, 30) == []
+
+
+def test_clean_text_makes_unpaired_surrogates_sendable(fmt: ModuleType) -> None:
+    cleaned = fmt.clean_text("保修\ud800多久？")
+    assert cleaned == "保修\ufffd多久？"
+    cleaned.encode("utf-8")

@@ -3,6 +3,8 @@ from tools.text import (
     citation_numbers,
     content_tokens,
     coverage,
+    encodable,
+    has_lone_surrogate,
     split_sentences,
     strip_citations,
     support_score,
@@ -37,3 +39,9 @@ def test_overlap_measures():
     assert support_score("默认监听 8000 端口", "服务默认监听 8000 端口。") == 1.0
     assert support_score("服务监听 8000 端口", "默认监听 8000 端口。") == 0.75
     assert support_score("完全无关的句子", "服务监听 8000 端口") == 0.0
+
+
+def test_encodable_replaces_only_unpaired_surrogates():
+    assert encodable("a\ud800b\udfff") == "a\ufffdb\ufffd"
+    assert encodable("😀 表情与中文") == "😀 表情与中文"
+    assert has_lone_surrogate("x\udc00") and not has_lone_surrogate("😀")

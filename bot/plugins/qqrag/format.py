@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 
+from tools.text import encodable
+
 from .client import Citation
 
 TRUNCATED = "…（内容过长，已截断）"
@@ -29,8 +31,9 @@ _SENTENCE_END_RE = re.compile(r"(?<=[。！？!?；;…\n])|(?<=[.])(?=\s)")
 
 
 def clean_text(text: str) -> str:
-    """The question as the service should see it: markup removed, whitespace tidied."""
-    text = _MARKUP_RE.sub(" ", text)
+    """The question as the service should see it: markup removed, whitespace tidied, and
+    nothing that cannot be encoded (an unpaired surrogate would make the request unsendable)."""
+    text = _MARKUP_RE.sub(" ", encodable(text))
     lines = (_SPACES_RE.sub(" ", line).strip() for line in text.splitlines())
     return _BLANK_LINES_RE.sub("\n\n", "\n".join(lines)).strip()
 
