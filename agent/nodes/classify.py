@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from typing import Any, Literal, cast
 
-from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
+from langchain_core.messages import HumanMessage, RemoveMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
@@ -32,6 +33,16 @@ _INJECTION = re.compile(
     r"|(输出|打印|泄露|告诉我).{0,6}(系统提示词|system\s*prompt)",
     re.IGNORECASE,
 )
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
+def plain(text: str) -> str:
+    """`text` as a filter should read it: compatibility forms (full-width letters, circled
+    digits) folded by NFKC and invisible characters dropped, so "ｉｇｎｏｒｅ" or "忽\u200b略"
+    cannot slip past a pattern written for the plain form."""
+    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+
+
 _REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才|同样|还有|另外")
 STANDALONE_MIN_TERMS = 4
 """A question with this many topic terms and no referring word is taken to stand alone."""
@@ -56,7 +67,7 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
     """The intent when rules are sure, None when the model must decide."""
     if text.startswith(("/", "／")):
         return "command"
-    if _INJECTION.search(text):
+    if _INJECTION.search(plain(text)):
         return "blocked"
     if _GREETING.match(text):
         return "chitchat"
@@ -124,7 +135,9 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update["intent"] = intent
     if intent != "blocked":
         return update
-    # Commands go on to the command node; a blocked question is answered here.
+    # Commands go on to the command node; a blocked question is answered here and, like one
+    # stopped by a sensitive word, leaves the conversation: no later model or search sees it.
     text = prompts.render("blocked", ctx.prompt_variant)
-    messages = [*update.get("messages", []), AIMessage(content=text)]
-    return update | {"answer": text, "messages": messages}
+    asked = state.messages[-1]
+    gone = [RemoveMessage(id=asked.id)] if asked.id else []
+    return update | {"answer": text, "messages": [*update.get("messages", []), *gone]}
