@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from langchain_core.messages import AIMessage, HumanMessage
+
 from agent import backends, prompts
 from agent.context import Context
+from agent.models import message_text
 from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
 from agent.policy.profiles import GrayRelease
@@ -26,7 +29,7 @@ from agent.services import Services
 from agent.settings import Settings
 from agent.state import Citation
 from agent.threads import ThreadLocks, thread_id
-from agent.turns import QAGraph, TurnResult, stream_turn
+from agent.turns import QAGraph, TurnResult, stream_turn, turn_config
 from tools.health import Health
 
 log = logging.getLogger(__name__)
@@ -221,6 +224,11 @@ class Gateway:
             yield "answer", answer
             return
         async with self.locks.hold(turn.thread):
+            # A retried message (QQ resends webhooks, clients retry after a timeout) gets the
+            # answer already stored for it, not a second turn; it costs no quota either.
+            if (replayed := await self._replayed(turn)) is not None:
+                yield "answer", replayed
+                return
             if not self.admission.try_enter():
                 self.metrics.busy_rejections.inc()
                 raise Refusal(503, "busy", "现在提问的人太多了，请稍后再试。", retry_after=5)
@@ -266,6 +274,33 @@ class Gateway:
         )
         await self._finish(turn, answer, result, time.perf_counter() - started)
         yield "answer", answer
+
+    async def _replayed(self, turn: Turn) -> Answer | None:
+        """The stored answer to this speaker's message of the same id, if it was answered."""
+        message_id = turn.speaker.message_id
+        if not message_id:
+            return None
+        values = (await self.graph.aget_state(turn_config(turn.thread))).values or {}
+        messages = values.get("messages", [])
+        for index, message in enumerate(messages[:-1]):
+            reply = messages[index + 1]
+            if (
+                isinstance(message, HumanMessage)
+                and message.additional_kwargs.get("message_id") == message_id
+                and isinstance(reply, AIMessage)
+            ):
+                latest = index + 2 == len(messages)
+                result = TurnResult(
+                    answer=message_text(reply),
+                    # Citations are kept for the conversation's latest answer only.
+                    citations=values.get("citations", []) if latest else [],
+                    intent=values.get("intent", "knowledge") if latest else "knowledge",
+                    query=values.get("query", "") if latest else "",
+                    degraded=bool(values.get("degraded")) if latest else False,
+                    question=message_text(message),
+                )
+                return self._masked(turn, result)
+        return None
 
     def _take_quota(self, turn: Turn) -> None:
         """One request off the speaker's quotas; raises `Refusal` (429) when one is used up."""

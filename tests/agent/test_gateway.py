@@ -49,23 +49,30 @@ async def test_a_shared_store_reports_its_health(
         gateway.close()
 
 
-async def test_a_busy_refusal_costs_no_quota(
-    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
-):
-    """Under overload a user gets "busy", then an answer once a slot frees: the refused
-    attempts must not use up the per-minute quota before any answer came."""
-    gateway = Gateway(
+def local_gateway(
+    settings: Settings, services: Services, graph: QAGraph, limits: QuotaLimits
+) -> Gateway:
+    """One process's gateway with one turn in flight at a time and the given quota."""
+    return Gateway(
         settings,
         services,
         graph,
         tenants=TenantStore(settings.tenants_path),
-        quota=SqliteQuotaStore(settings.quota_path, QuotaLimits(user_rpm=1)),
+        quota=SqliteQuotaStore(settings.quota_path, limits),
         admission=LocalAdmission(1),
         safety=SafetyFilter(settings.data_dir / "no-words"),
         gray=GrayRelease(settings.data_dir / "no-profiles.yaml"),
         metrics=Metrics(),
         locks=KeyedLocks(),
     )
+
+
+async def test_a_busy_refusal_costs_no_quota(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """Under overload a user gets "busy", then an answer once a slot frees: the refused
+    attempts must not use up the per-minute quota before any answer came."""
+    gateway = local_gateway(settings, services, graph, QuotaLimits(user_rpm=1))
     speaker = Speaker(platform="qq", scene="private", user_id="u1")
     try:
         assert gateway.admission.try_enter()  # another turn holds the only slot
@@ -85,5 +92,33 @@ async def test_a_busy_refusal_costs_no_quota(
             await gateway.answer(turn)
         assert limited.value.code == "quota_exceeded"
         assert gateway.admission.in_flight == 0
+    finally:
+        gateway.close()
+
+
+async def test_a_retried_message_gets_its_stored_answer_not_a_second_turn(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """QQ resends a webhook, a client retries after a timeout: the same message id from the
+    same speaker is answered from the conversation, with no model call, quota or new turn."""
+    gateway = local_gateway(settings, services, graph, QuotaLimits(user_rpm=2))
+    first = Speaker(platform="qq", scene="private", user_id="u1", message_id="m1")
+    try:
+        models.say("星尘打印机售价 2999 元[1]。")
+        turn = await gateway.admit(OPEN_PRINCIPAL, first, "星尘打印机售价多少？")
+        answered = await gateway.answer(turn)
+        calls = len(models.calls)
+        for _ in range(3):
+            retry = await gateway.admit(OPEN_PRINCIPAL, first, "星尘打印机售价多少？")
+            again = await gateway.answer(retry)
+            assert (again.answer, again.citations) == (answered.answer, answered.citations)
+        assert len(models.calls) == calls
+        state = await graph.aget_state({"configurable": {"thread_id": answered.thread_id}})
+        assert len(state.values["messages"]) == 2
+        # Another message is a new turn, and the retries left the quota for it.
+        models.say("星尘打印机整机保修两年[1]。")
+        other = Speaker(platform="qq", scene="private", user_id="u1", message_id="m2")
+        turn = await gateway.admit(OPEN_PRINCIPAL, other, "星尘打印机保修多久？")
+        assert "保修" in (await gateway.answer(turn)).answer
     finally:
         gateway.close()
