@@ -221,6 +221,8 @@ def test_audit_row_holds_the_whole_turn_and_feedback(data: Path):
 def test_openai_client_talks_to_the_same_graph(data: Path):
     with app_client() as client:
         api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+        # Chat front ends list the models before the first question.
+        assert [model.id for model in api.models.list()] == ["qqrag"]
         first = api.chat.completions.create(
             model="qqrag",
             messages=[{"role": "user", "content": "月光扫地机器人的续航有多久？"}],

@@ -1,4 +1,5 @@
-"""`/v1/chat/completions`: OpenAI-compatible chat on the same gateway and graph."""
+"""`/v1/chat/completions` and `/v1/models`: OpenAI-compatible chat on the same gateway and
+graph, for clients (Open WebUI, LobeChat, Cherry Studio, NextChat) that list models first."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from agent.gateway import Answer, Refusal
 
 log = logging.getLogger("qqrag.server")
 
-router = APIRouter(prefix="/v1/chat/completions", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"])
+MODEL_ID = "qqrag"
+"""The one model clients pick: the knowledge-base agent (its answer model is the service's)."""
 
 
 def _completion_text(answer: Answer) -> str:
@@ -28,7 +31,15 @@ def _completion_text(answer: Answer) -> str:
     return f"{answer.answer}\n\n来源：\n{sources}"
 
 
-@router.post("", response_model=None)
+@router.get("/models")
+async def list_models(principal: PrincipalDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "qqrag"}],
+    }
+
+
+@router.post("/chat/completions", response_model=None)
 async def post_completions(
     body: CompletionRequest,
     rt: RuntimeDep,
