@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,24 @@ app = typer.Typer(help="QQ 知识库问答智能体", no_args_is_help=True, add_
 kb_app = typer.Typer(help="管理嵌入式知识库", no_args_is_help=True)
 tenant_app = typer.Typer(help="管理租户", no_args_is_help=True)
 key_app = typer.Typer(help="管理 API 密钥", no_args_is_help=True)
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        console.print(f"qqrag {version('qqrag')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="显示版本号后退出"),
+    ] = False,
+) -> None:
+    """QQ 知识库问答智能体"""
+
+
 app.add_typer(kb_app, name="kb")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")

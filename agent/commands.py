@@ -66,6 +66,8 @@ def _source(call: CommandCall) -> Reply:
     if not sources:
         return Reply(prompts.render("source_none", call.variant))
     if not call.argument.isdigit() or not 1 <= int(call.argument) <= len(sources):
+        if len(sources) == 1:
+            return Reply(prompts.render("source_usage_one", call.variant))
         return Reply(prompts.render("source_usage", call.variant, count=len(sources)))
     passage = sources[int(call.argument) - 1]
     return Reply(f"[{call.argument}] {passage['title']} · {passage['source']}\n{passage['text']}")

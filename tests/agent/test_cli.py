@@ -128,3 +128,10 @@ def test_eval_runs_a_suite_against_its_baseline(data_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "没有回归" in result.output
     assert (tmp_path / "r" / "smoke.default.html").is_file()
+
+
+def test_version_is_the_installed_package_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"qqrag {version('qqrag')}"

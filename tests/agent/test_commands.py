@@ -56,7 +56,9 @@ def test_reset_asks_for_the_conversation_to_be_cleared() -> None:
 
 def test_source_shows_the_cited_passage_or_the_usage() -> None:
     assert run("/原文 1").text == "[1] 保修 · kb/a.md\n整机保修两年。"
-    assert "/原文 1 到 /原文 1" in run("/原文 7").text
+    assert run("/原文 7").text == "上一条回答只有 1 条引用，请发送 /原文 1 查看它的全文。"
+    two = run("/原文 3", sources=[PASSAGE, PASSAGE]).text
+    assert "/原文 1 到 /原文 2" in two
     assert "没有引用" in run("/原文 1", sources=[]).text
 
 

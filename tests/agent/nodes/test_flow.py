@@ -281,7 +281,7 @@ async def test_source_command_shows_the_full_cited_passage(graph: QAGraph, model
     assert shown.citations == []
     # Still available after a command turn; out of range gets the usage.
     again = await run_turn(graph, "t17", "/原文 3", Context())
-    assert again.answer == "上一条回答有 1 条引用，请发送 /原文 1 到 /原文 1 查看对应的全文。"
+    assert again.answer == "上一条回答只有 1 条引用，请发送 /原文 1 查看它的全文。"
 
 
 async def test_feedback_command_rates_the_last_answer(
