@@ -29,6 +29,8 @@ class Watched(Generic[T]):
     errors: ClassVar[tuple[type[Exception], ...]]
     """What a failed load raises: caught and logged, never raised to a reader."""
     missing_level: ClassVar[int] = logging.WARNING
+    when_missing: ClassVar[str] = "using the built-in default"
+    """What a missing path means, for the log line."""
 
     def __init__(
         self,
@@ -82,9 +84,10 @@ class Watched(Generic[T]):
             if changed:
                 log.log(
                     self.missing_level,
-                    "%s: nothing at %s, using the built-in default",
+                    "%s: nothing at %s, %s",
                     self.what,
                     self.path,
+                    self.when_missing,
                 )
             return False
         try:

@@ -179,6 +179,7 @@ class SafetyFilter(Watched[SensitiveWords]):
 
     what = "sensitive words"
     errors = (OSError, UnicodeDecodeError)
+    when_missing = "so no word is filtered (there is no built-in list)"
 
     @property
     def words(self) -> SensitiveWords:

@@ -158,6 +158,9 @@ def test_a_missing_folder_filters_nothing_and_is_picked_up_later(
         clock.now += 1
         assert safety.mask("加微信") == ("加微信", [])
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    # No built-in list exists: the log says nothing is filtered rather than promise a default.
+    assert "no word is filtered" in caplog.records[0].getMessage()
+    assert "built-in default" not in caplog.records[0].getMessage()
 
     write_lists(tmp_path / "absent", ads="加微信\n")
     clock.now += 1
