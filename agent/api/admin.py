@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from agent.api.deps import AdminDep, PrincipalDep, RuntimeDep
+from agent.audit import AuditLog
 
 router = APIRouter(prefix="/v1", tags=["audit"])
+
+
+async def _read(audit: AuditLog | None, query: Callable[[AuditLog], list[Any]]) -> list[Any]:
+    """Rows from the audit log off the event loop (a read may scan many rows); none without one."""
+    return await asyncio.to_thread(query, audit) if audit is not None else []
 
 
 @router.get("/audit")
@@ -21,12 +28,7 @@ async def get_audit(
 ) -> dict[str, Any]:
     """The caller's own turns; an admin may read any tenant's (or all, without `tenant`)."""
     scope = tenant if principal.is_admin else principal.tenant
-    rows = (
-        await asyncio.to_thread(rt.services.audit.turns, scope, limit=limit)
-        if rt.services.audit
-        else []
-    )
-    return {"turns": rows}
+    return {"turns": await _read(rt.services.audit, lambda log: log.turns(scope, limit=limit))}
 
 
 @router.get("/admin/gaps")
@@ -37,9 +39,5 @@ async def get_gaps(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     """Questions answered with "not found": what the knowledge base is missing."""
-    rows = (
-        await asyncio.to_thread(rt.services.audit.gaps, tenant, days=days)
-        if rt.services.audit
-        else []
-    )
-    return {"days": days, "gaps": rows}
+    gaps = await _read(rt.services.audit, lambda log: log.gaps(tenant, days=days))
+    return {"days": days, "gaps": gaps}
