@@ -7,6 +7,7 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
@@ -350,8 +351,24 @@ def gaps(
 
 @app.command("config")
 def show_config() -> None:
-    """显示当前生效的配置（环境变量与 .env）。"""
-    console.print_json(json.dumps(get_settings().model_dump(mode="json"), ensure_ascii=False))
+    """显示当前生效的配置（环境变量与 .env）；密钥与地址里的密码以 *** 显示。"""
+    shown = {
+        key: _without_password(value)
+        for key, value in get_settings().model_dump(mode="json").items()
+    }
+    console.print_json(json.dumps(shown, ensure_ascii=False))
+
+
+def _without_password(value: Any) -> Any:
+    """A database or Redis URL with its password starred; any other value as it is."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,23 @@ def test_config_shows_effective_settings(data_dir: Path):
     assert json.loads(result.output)["data_dir"] == str(data_dir)
 
 
+def test_config_stars_passwords_in_urls_and_secrets(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QQRAG_REDIS_URL", "redis://:s3cret@10.0.0.5:6379/0")
+    monkeypatch.setenv("QQRAG_POSTGRES_URL", "postgresql://qq:pa55@db:5432/qq")
+    monkeypatch.setenv("QQRAG_MAXKB_API_KEY", "application-topsecret")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["config"])
+    get_settings.cache_clear()  # the next test reads its own settings
+    assert result.exit_code == 0
+    for secret in ("s3cret", "pa55", "topsecret"):
+        assert secret not in result.output
+    shown = json.loads(result.output)
+    assert shown["redis_url"] == "redis://:***@10.0.0.5:6379/0"
+    assert shown["postgres_url"] == "postgresql://qq:***@db:5432/qq"
+
+
 def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ollama: FakeOllama):
     from agent.audit import AuditLog
 
