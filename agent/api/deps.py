@@ -46,7 +46,7 @@ class AppRuntime:
             probe_ollama(self.http, settings.ollama_url),
         )
         if ollama.error:
-            self.gateway.metrics.dependency_errors.labels("ollama").inc()
+            self.gateway.count_outage("ollama")
         checks = {
             settings.checkpointer: saver,
             "knowledge": knowledge,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from typing import Any, Literal, cast
 
 from langchain_core.messages import HumanMessage, RemoveMessage, SystemMessage
@@ -15,6 +14,7 @@ from agent import prompts
 from agent.context import Context
 from agent.evidence import current_question, history_messages, recent_exchanges
 from agent.models import DEPENDENCY_ERRORS, usage_tokens
+from agent.policy.safety import fold
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from tools.text import content_tokens
@@ -33,14 +33,8 @@ _INJECTION = re.compile(
     r"|(输出|打印|泄露|告诉我).{0,6}(系统提示词|system\s*prompt)",
     re.IGNORECASE,
 )
+# Dropped before the injection rules read a question, so "忽\u200b略" reads as "忽略".
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-
-
-def plain(text: str) -> str:
-    """`text` as a filter should read it: compatibility forms (full-width letters, circled
-    digits) folded by NFKC and invisible characters dropped, so "ｉｇｎｏｒｅ" or "忽\u200b略"
-    cannot slip past a pattern written for the plain form."""
-    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
 
 
 _REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才|同样|还有|另外")
@@ -67,7 +61,9 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
     """The intent when rules are sure, None when the model must decide."""
     if text.startswith(("/", "／")):
         return "command"
-    if _INJECTION.search(plain(text)):
+    # The form the sensitive-word filter matches (full-width letters folded), then unseen
+    # characters dropped: a disguise meant for the eye does not get past the rules.
+    if _INJECTION.search(fold(text).translate(_INVISIBLE)):
         return "blocked"
     if _GREETING.match(text):
         return "chitchat"
