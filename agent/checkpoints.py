@@ -9,6 +9,7 @@ filesystems, so replicas need `QQRAG_CHECKPOINTER=postgres`.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, closing
@@ -139,7 +140,6 @@ _CONNECTION_KWARGS: dict[str, Any] = {
     "prepare_threshold": 0,
     "row_factory": dict_row,
 }
-_CONNECT_TIMEOUT_S = 5
 _HEALTH_TIMEOUT_S = 3.0
 _MAX_POOL_SIZE = 20
 # Arbitrary but fixed: every replica of every qqrag deployment on a database agrees on it.
@@ -167,7 +167,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[Checkpointer]:
             "（如 postgresql://qqrag:密码@db:5432/qqrag）"
         )
     try:
-        await _setup(url)
+        await _setup(url, settings.postgres_timeout)
     except psycopg.Error as exc:
         raise CheckpointerError(
             f"检查点数据库 PostgreSQL 不可用（请检查 QQRAG_POSTGRES_URL）：{exc}"
@@ -176,7 +176,11 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[Checkpointer]:
         url,
         min_size=1,
         max_size=_pool_size(settings),
-        kwargs=_CONNECTION_KWARGS,
+        # Seconds, not the library's defaults (libpq waits for the operating system's TCP
+        # timeout, the pool 30 s): a PostgreSQL outage must fail a turn within its deadline.
+        timeout=settings.postgres_timeout,
+        kwargs=_CONNECTION_KWARGS
+        | {"connect_timeout": _connect_timeout(settings.postgres_timeout)},
         # A connection the server dropped (restart, idle timeout) is replaced, not handed out.
         check=AsyncConnectionPool.check_connection,
         open=False,
@@ -194,10 +198,15 @@ def _pool_size(settings: Settings) -> int:
     return min(turns + 2, _MAX_POOL_SIZE)
 
 
-async def _setup(url: str) -> None:
+def _connect_timeout(seconds: float) -> int:
+    # libpq takes whole seconds and treats anything under 2 as 2.
+    return max(2, math.ceil(seconds))
+
+
+async def _setup(url: str, connect_s: float) -> None:
     """Create or migrate the checkpoint tables, one replica at a time."""
     async with await psycopg.AsyncConnection.connect(
-        url, connect_timeout=_CONNECT_TIMEOUT_S, **_CONNECTION_KWARGS
+        url, connect_timeout=_connect_timeout(connect_s), **_CONNECTION_KWARGS
     ) as conn:
         # Replicas starting together would race on CREATE TABLE and the migrations table.
         await _lock_setup(conn)

@@ -111,6 +111,14 @@ class Context:
     temperature: float = field(
         default=0.2, metadata={"description": "Sampling temperature of the answer model."}
     )
+    deadline: float | None = field(
+        default=None,
+        metadata={
+            "description": "When the turn must have its reply (time.monotonic()), set by the "
+            "service: model calls get what is left, so a hanging model still leaves time for "
+            "the degraded answer. None: each call gets QQRAG_OLLAMA_TIMEOUT."
+        },
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:

@@ -7,10 +7,12 @@ and what gets recorded. HTTP routes (`server.py`) call it; it knows nothing of H
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -28,11 +30,15 @@ from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.state import Citation
-from agent.threads import ThreadLocks, thread_id
+from agent.threads import ConversationBusy, ThreadLocks, thread_id
 from agent.turns import QAGraph, TurnResult, stream_turn, turn_config
 from tools.health import Health
 
 log = logging.getLogger(__name__)
+
+
+TIMEOUT_MESSAGE = "这个问题这次没来得及回答，请稍后再问一次。"
+CONVERSATION_BUSY_MESSAGE = "上一个问题还在回答，请稍等，答完再问。"
 
 
 class Refusal(Exception):
@@ -79,6 +85,26 @@ class Turn:
     context: Context
     question_hits: list[Hit] = field(default_factory=list)
     answer_hits: list[Hit] = field(default_factory=list)
+    received: float = field(default_factory=time.monotonic)
+    """When the request arrived (time.monotonic()): the turn's deadline counts from here."""
+
+
+class _Slot:
+    """A turn's admission slot, given back once, by whichever comes first: the user's reply or
+    the end of the turn's task."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._held = False
+
+    def take(self) -> bool:
+        self._held = self._admission.try_enter()
+        return self._held
+
+    def free(self) -> None:
+        if self._held:
+            self._held = False
+            self._admission.leave()
 
 
 @dataclass
@@ -215,7 +241,11 @@ class Gateway:
 
     async def run(self, turn: Turn, *, tokens: bool = False) -> AsyncIterator[tuple[str, Any]]:
         """("node", …) events (and ("token", …) with `tokens`), then ("answer", Answer).
-        Raises `Refusal` (busy, then quota) before the first event."""
+
+        Raises `Refusal` before the first event: busy, conversation busy, quota; and after any,
+        "timeout" when the turn's deadline came first (nothing of the turn is kept then).
+        Every refusal is decided before any costly work.
+        """
         started = time.perf_counter()
         if turn.question_hits:
             self._take_quota(turn)
@@ -223,48 +253,35 @@ class Gateway:
             await self._finish(turn, answer, None, time.perf_counter() - started)
             yield "answer", answer
             return
-        async with self.locks.hold(turn.thread):
-            # A retried message (QQ resends webhooks, clients retry after a timeout) gets the
-            # answer already stored for it, not a second turn; it costs no quota either.
-            if (replayed := await self._replayed(turn)) is not None:
-                yield "answer", replayed
-                return
-            if not self.admission.try_enter():
-                self.metrics.busy_rejections.inc()
-                raise Refusal(503, "busy", "现在提问的人太多了，请稍后再试。", retry_after=5)
-            try:
-                self._take_quota(turn)
-            except Refusal:
-                self.admission.leave()
-                raise
-            self.metrics.inflight_turns.inc()
-            try:
-                result: TurnResult | None = None
-                async for kind, payload in stream_turn(
-                    self.graph,
-                    turn.thread,
-                    turn.text,
-                    replace(turn.context, stream_tokens=tokens),
-                    message_id=turn.speaker.message_id,
-                    trace_id=turn.trace_id,
-                    tokens=tokens,
-                ):
-                    if kind == "result":
-                        result = payload
-                    else:
-                        yield kind, payload
-            except Exception:
-                self.metrics.count_turn(
-                    intent="unknown",
-                    profile=turn.profile,
-                    outcome="error",
-                    seconds=time.perf_counter() - started,
-                )
-                raise
-            finally:
-                self.admission.leave()
-                self.metrics.inflight_turns.dec()
-        assert result is not None
+        slot = _Slot(self.admission)
+        deadline = turn.received + self.settings.turn_deadline
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # The turn runs in a task of its own, so that its deadline holds even when what it
+        # waits for does not let go at once when cancelled (psycopg spends up to 10 s trying to
+        # cancel a query on a database that stopped answering). Past the deadline the user is
+        # answered and the slot freed; the task keeps its conversation until it has ended and
+        # taken back what it stored.
+        worker = asyncio.create_task(self._work(turn, tokens, deadline, slot, events))
+        worker.add_done_callback(lambda _: slot.free())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        kind, payload = await events.get()
+                except TimeoutError as exc:
+                    raise self._timed_out(turn, started) from exc
+                if kind == "failed":
+                    raise payload
+                if kind == "result":
+                    result: TurnResult = payload
+                    break
+                yield kind, payload
+                if kind == "answer":  # a replayed answer: no turn ran
+                    return
+        finally:
+            if not worker.done():
+                worker.cancel()
+            slot.free()
         answer = self._masked(turn, result)
         self.quota.add_tokens(
             turn.principal.tenant,
@@ -274,6 +291,86 @@ class Gateway:
         )
         await self._finish(turn, answer, result, time.perf_counter() - started)
         yield "answer", answer
+
+    async def _work(
+        self,
+        turn: Turn,
+        tokens: bool,
+        deadline: float,
+        slot: _Slot,
+        events: asyncio.Queue[tuple[str, Any]],
+    ) -> None:
+        """The turn itself, for `run`: its events go to `events`, ending with ("result", …),
+        ("answer", replayed answer) or ("failed", exception).
+
+        The conversation first (a bounded queue, a wait bounded by the deadline), then the slot:
+        a message waiting for its conversation holds no slot, and every refusal (conversation
+        busy, busy, quota) is decided before any costly work, a checkpoint read included.
+        """
+        try:
+            async with AsyncExitStack() as held:
+                try:
+                    await held.enter_async_context(
+                        self.locks.hold(
+                            turn.thread,
+                            max_waiting=self.settings.max_waiting_per_conversation,
+                            wait_s=max(0.0, deadline - time.monotonic()),
+                        )
+                    )
+                except (ConversationBusy, TimeoutError) as exc:
+                    self.metrics.conversation_busy.inc()
+                    raise Refusal(
+                        503, "conversation_busy", CONVERSATION_BUSY_MESSAGE, retry_after=5
+                    ) from exc
+                if not slot.take():
+                    self.metrics.busy_rejections.inc()
+                    raise Refusal(503, "busy", "现在提问的人太多了，请稍后再试。", retry_after=5)
+                # A retried message (QQ resends webhooks, clients retry after a timeout) gets
+                # the answer already stored for it, not a second turn; it costs no quota either.
+                if (replayed := await self._replayed(turn)) is not None:
+                    events.put_nowait(("answer", replayed))
+                    return
+                self._take_quota(turn)
+                self.metrics.inflight_turns.inc()
+                try:
+                    async for event in stream_turn(
+                        self.graph,
+                        turn.thread,
+                        turn.text,
+                        replace(turn.context, stream_tokens=tokens, deadline=deadline),
+                        message_id=turn.speaker.message_id,
+                        trace_id=turn.trace_id,
+                        tokens=tokens,
+                    ):
+                        events.put_nowait(event)
+                finally:
+                    self.metrics.inflight_turns.dec()
+        except Refusal as refusal:
+            events.put_nowait(("failed", refusal))
+        except Exception as exc:
+            self.metrics.count_turn(
+                intent="unknown",
+                profile=turn.profile,
+                outcome="error",
+                seconds=time.monotonic() - turn.received,
+            )
+            events.put_nowait(("failed", exc))
+
+    def _timed_out(self, turn: Turn, started: float) -> Refusal:
+        self.metrics.turn_timeouts.inc()
+        self.metrics.count_turn(
+            intent="unknown",
+            profile=turn.profile,
+            outcome="timeout",
+            seconds=time.perf_counter() - started,
+        )
+        log.warning(
+            "turn %s on %s passed its %g s deadline; nothing of it is kept",
+            turn.trace_id,
+            turn.thread,
+            self.settings.turn_deadline,
+        )
+        return Refusal(503, "timeout", TIMEOUT_MESSAGE, retry_after=5)
 
     async def _replayed(self, turn: Turn) -> Answer | None:
         """The stored answer to this speaker's message of the same id, if it was answered."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -57,17 +58,56 @@ def ollama_breaker(failures: int = 3, reset_after: float = 30.0) -> CircuitBreak
     )
 
 
+class TurnOutOfTime(TimeoutError):
+    """The turn's deadline left no time for this model call: the node falls back as it would
+    for a slow model, but Ollama is not blamed for it (no breaker failure, no outage)."""
+
+
+DEADLINE_RESERVE_S = 1.0
+"""What a model call leaves of its turn's deadline for the fallback answer and the
+checkpoint write."""
+
+
 async def call_model(
     runnable: Any,
     messages: list[BaseMessage],
     *,
     breaker: CircuitBreaker,
     deadline_s: float,
+    turn_deadline: float | None = None,
     on_outage: Callable[[str], None] | None = None,
     stream: bool = False,
 ) -> Any:
     """One chat model call under the breaker and a deadline for the whole call (httpx's own
-    timeouts bound each read, not a slow stream as a whole)."""
+    timeouts bound each read, not a slow stream as a whole): `deadline_s`, cut short to end
+    `DEADLINE_RESERVE_S` before `turn_deadline` (a `time.monotonic()` value) when one is given.
+    """
+    if turn_deadline is None:
+        return await _guarded_call(runnable, messages, breaker, deadline_s, on_outage, stream)
+    left = turn_deadline - DEADLINE_RESERVE_S - time.monotonic()
+    if left <= 0:
+        raise TurnOutOfTime("no time left in the turn for a model call")
+    if left >= deadline_s:
+        return await _guarded_call(runnable, messages, breaker, deadline_s, on_outage, stream)
+    # Outside the breaker: running out of the turn's time is not a failure of Ollama's.
+    budget = asyncio.timeout(left)
+    try:
+        async with budget:
+            return await _guarded_call(runnable, messages, breaker, deadline_s, on_outage, stream)
+    except TimeoutError as exc:
+        if budget.expired():
+            raise TurnOutOfTime("the turn's deadline came during a model call") from exc
+        raise
+
+
+async def _guarded_call(
+    runnable: Any,
+    messages: list[BaseMessage],
+    breaker: CircuitBreaker,
+    deadline_s: float,
+    on_outage: Callable[[str], None] | None,
+    stream: bool,
+) -> Any:
     try:
         # The library checks for an open circuit in its decorators only, not in `with`.
         if breaker.opened:

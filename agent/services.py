@@ -70,13 +70,14 @@ class Services:
             self.on_outage(dependency)
 
     async def call_model(
-        self, runnable: Any, messages: list[BaseMessage], *, stream: bool = False
+        self, runnable: Any, messages: list[BaseMessage], ctx: Context, *, stream: bool = False
     ) -> Any:
         return await call_model(
             runnable,
             messages,
             breaker=self.breaker,
             deadline_s=self.settings.ollama_timeout,
+            turn_deadline=ctx.deadline,
             on_outage=self.on_outage,
             stream=stream,
         )

@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     max_inflight_turns: int = Field(
         default=8, ge=0, description="Turns in flight toward Ollama; past it, a quick busy reply."
     )
+    turn_deadline: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds within which every turn gets its reply (an answer, a degraded "
+        "answer or a short message), waiting for its conversation included.",
+    )
+    max_waiting_per_conversation: int = Field(
+        default=1,
+        ge=0,
+        description="Messages of one conversation that may wait while it is being answered; "
+        "past it, a quick '上一个问题还在回答' reply.",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -147,6 +159,11 @@ class Settings(BaseSettings):
         default="",
         description="PostgreSQL for the postgres checkpointer, e.g. "
         "postgresql://qqrag:secret@db:5432/qqrag; tables are created on first start.",
+    )
+    postgres_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to connect to PostgreSQL or to wait for a free pooled connection.",
     )
     shared_state: Literal["local", "redis"] = Field(
         default="local",

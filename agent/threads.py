@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -38,6 +39,10 @@ def _part(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A")
 
 
+class ConversationBusy(Exception):
+    """More messages of one conversation are already waiting than the bound allows."""
+
+
 class KeyedLocks:
     """An asyncio lock per key, dropped when nobody holds or waits for it."""
 
@@ -45,12 +50,23 @@ class KeyedLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, *, max_waiting: int | None = None, wait_s: float | None = None
+    ) -> AsyncIterator[None]:
+        """Held alone for the body. Raises `ConversationBusy` at once when `max_waiting` others
+        already wait for `key`, `TimeoutError` when not acquired within `wait_s` seconds."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        # Of `users`, one holds the lock (or is being handed it); the rest wait.
+        if max_waiting is not None and users > max_waiting:
+            raise ConversationBusy(key)
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            async with asyncio.timeout(wait_s):
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[key]
             if users == 1:
@@ -91,12 +107,27 @@ async def poll(attempt: Callable[[], bool]) -> None:
         wait = min(wait * 2, 0.05)
 
 
+def wait_until(wait_s: float | None) -> float | None:
+    return None if wait_s is None else time.monotonic() + wait_s
+
+
+def time_left(until: float | None) -> float | None:
+    """Seconds left before `until` (from `wait_until`), for a wait made of several steps."""
+    return None if until is None else max(0.0, until - time.monotonic())
+
+
 class ThreadLocks(Protocol):
     """One turn at a time per conversation: `KeyedLocks` within a process, `FileKeyedLocks`
     across the processes of one machine, `RedisThreadLocks` (agent/policy/redis_store.py)
     across replicas."""
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
+    def hold(
+        self, key: str, *, max_waiting: int | None = None, wait_s: float | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """One holder per key at a time. `max_waiting`: how many may wait for a key (within
+        this process); past it `ConversationBusy` is raised at once. `wait_s`: the longest
+        wait before `TimeoutError`."""
+        ...
 
     async def health(self) -> Health: ...
 
@@ -125,12 +156,16 @@ class FileKeyedLocks:
         return zlib.crc32(key.encode()) % self.SLOTS
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(
+        self, key: str, *, max_waiting: int | None = None, wait_s: float | None = None
+    ) -> AsyncIterator[None]:
         slot = self.slot(key)
-        async with self._local.hold(str(slot)):
+        until = wait_until(wait_s)
+        async with self._local.hold(str(slot), max_waiting=max_waiting, wait_s=wait_s):
             # Polled rather than blocking: a blocked fcntl call would stall the event loop, and
             # the same conversation in two processes at once is rare and brief.
-            await poll(lambda: self._try_lock(slot))
+            async with asyncio.timeout(time_left(until)):
+                await poll(lambda: self._try_lock(slot))
             try:
                 yield
             finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -21,6 +23,8 @@ from tools.base import Passage
 log = logging.getLogger(__name__)
 
 QAGraph = CompiledStateGraph[State, Context, InputState, State]
+
+_DISCARD_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -140,9 +144,11 @@ async def stream_turn(
     message_id: str | None = None,
     trace_id: str | None = None,
     tokens: bool = True,
-) -> AsyncIterator[tuple[str, Any]]:
+) -> AsyncGenerator[tuple[str, Any]]:
     """Yields ("node", summary) after each node, ("token", text) while the answer is written
     (when `tokens`), and finally ("result", TurnResult)."""
+    # Every turn is marked in its checkpoints' metadata, so a failed one can be taken back.
+    trace_id = trace_id or uuid.uuid4().hex[:16]
     visible = ThinkFilter()
     node_seconds: dict[str, float] = {}
     final: dict[str, Any] = {}
@@ -163,6 +169,24 @@ async def stream_turn(
         ),
     )
     started = time.perf_counter()
+    try:
+        async for kind, part in _parts(parts, visible, node_seconds, final, started):
+            yield kind, part
+    except BaseException:
+        # Shielded: a cancelled turn (deadline, client gone) must still take back its half.
+        await asyncio.shield(discard_turn(graph, thread, trace_id, _discard_within(context)))
+        raise
+    await _prune(graph, thread)
+    yield "result", result_from_state(final, node_seconds)
+
+
+async def _parts(
+    parts: AsyncIterator[tuple[str, Any]],
+    visible: ThinkFilter,
+    node_seconds: dict[str, float],
+    final: dict[str, Any],
+    started: float,
+) -> AsyncIterator[tuple[str, Any]]:
     async for mode, payload in parts:
         if mode == "updates":
             # Nodes run one after another, so a node's time is the time since the last update.
@@ -180,8 +204,45 @@ async def stream_turn(
                 token = visible.feed(chunk.content if isinstance(chunk.content, str) else "")
                 if token:
                     yield "token", token
-    await _prune(graph, thread)
-    yield "result", result_from_state(final, node_seconds)
+
+
+def _discard_within(context: Context) -> float:
+    """Seconds to take a failed turn back in: what its deadline leaves, at least half a second
+    (a turn at its deadline still gets its chance), at most `_DISCARD_TIMEOUT_S`."""
+    if context.deadline is None:
+        return _DISCARD_TIMEOUT_S
+    return min(_DISCARD_TIMEOUT_S, max(0.5, context.deadline - time.monotonic()))
+
+
+async def discard_turn(
+    graph: QAGraph, thread: str, trace_id: str, within_s: float = _DISCARD_TIMEOUT_S
+) -> None:
+    """Take back whatever the turn `trace_id` stored of itself: a turn that fails (an error, its
+    deadline, a client gone) leaves the conversation as it was before it, never a question
+    without its answer. Bounded in time; a failure here is logged, not raised."""
+    config = turn_config(thread)
+    try:
+        async with asyncio.timeout(within_s):
+            ours, before = False, None
+            async for snapshot in graph.aget_state_history(config):
+                if (snapshot.metadata or {}).get("trace_id") == trace_id:
+                    ours = True
+                    continue
+                before = snapshot
+                break
+            if not ours:
+                return
+            if before is None:
+                saver = graph.checkpointer
+                if isinstance(saver, BaseCheckpointSaver):
+                    await saver.adelete_thread(thread)
+                return
+            # A copy of the checkpoint before the turn becomes the newest; pruning drops the
+            # failed turn's.
+            await graph.aupdate_state(before.config, None, as_node="__copy__")
+            await _prune(graph, thread)
+    except Exception as exc:
+        log.warning("failed turn %s of %s not taken back: %s", trace_id, thread, exc)
 
 
 async def _prune(graph: QAGraph, thread: str) -> None:

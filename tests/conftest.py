@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -114,6 +115,10 @@ class ScriptedChatModel(BaseChatModel):
     script: list[AIMessage | BaseException]
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     bound_tools: list[Any] = Field(default_factory=list)
+    gate: asyncio.Event | None = None
+    """While set to an unset event, calls hang until it is set: a model that does not answer."""
+    hanging: asyncio.Event = Field(default_factory=asyncio.Event)
+    """Set once a call waits at the gate."""
 
     @property
     def _llm_type(self) -> str:
@@ -130,6 +135,14 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], *args: Any, **kwargs: Any
+    ) -> ChatResult:
+        if self.gate is not None:
+            self.hanging.set()
+            await self.gate.wait()
+        return self._generate(messages)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
         self.bound_tools = list(tools)
@@ -166,6 +179,11 @@ class ScriptedModels:
     def say(self, *replies: AIMessage | BaseException | str) -> None:
         for reply in replies:
             self.model.script.append(AIMessage(content=reply) if isinstance(reply, str) else reply)
+
+    def hang(self) -> asyncio.Event:
+        """Calls wait from now on until the returned event is set."""
+        self.model.gate = asyncio.Event()
+        return self.model.gate
 
     @property
     def calls(self) -> list[list[BaseMessage]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,56 @@ def test_maxkb_down_without_the_fallback_gets_a_short_reply(
         ]
         assert history[1]["content"] == served["answer"]
         assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_hanging_model_is_cut_short_by_the_turn_deadline(
+    env: pytest.MonkeyPatch, ollama: FakeOllama
+):
+    """The model server accepts and never answers, and its own timeout is ten minutes: the
+    turn's deadline still gets the user the quoted evidence, long before that."""
+    env.setenv("QQRAG_OLLAMA_TIMEOUT", "600")
+    env.setenv("QQRAG_TURN_DEADLINE", "3")
+    with client() as api:
+        first, _ = ask(api, FIRST)
+        ollama.fail_next(Fault.HANG)
+        reply, seconds = ask(api, STANDALONE)
+        assert reply["degraded"] is True and reply["citations"]
+        assert seconds < 60, "the turn waited for the model's own timeout"
+        history = api.get(f"/v1/threads/{first['thread_id']}").json()["messages"]
+        assert [m["content"] for m in history if m["role"] == "user"] == [FIRST, STANDALONE]
+
+
+def test_a_burst_on_one_conversation_waits_one_and_answers_the_rest_at_once(
+    env: pytest.MonkeyPatch, ollama: FakeOllama
+):
+    """Ten messages of one conversation while its model hangs used to wait 45 s each on the
+    conversation: one may wait, the others hear at once that the last question is still being
+    answered, and nobody waits past the deadline."""
+    env.setenv("QQRAG_OLLAMA_TIMEOUT", "600")
+    env.setenv("QQRAG_TURN_DEADLINE", "3")
+    with client() as api:
+        first, _ = ask(api, FIRST)
+        ollama.fail_next(Fault.HANG)
+
+        def send(index: int) -> tuple[int, dict, float]:
+            body = {"scene": "private", "user_id": "9", "text": f"{STANDALONE}（第 {index} 次）"}
+            response = api.post("/v1/chat", json=body)
+            return response.status_code, response.json(), time.perf_counter()
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            asked = len(ollama.requests)
+            holder = pool.submit(send, 0)
+            give_up = time.monotonic() + 30
+            while len(ollama.requests) == asked and time.monotonic() < give_up:
+                time.sleep(0.01)  # until the first message's model call hangs
+            replies = list(pool.map(send, range(1, 10)))
+            replies.append(holder.result(timeout=60))
+        answered = [(body, at) for status, body, at in replies if status == 200]
+        refused = [(body, at) for status, body, at in replies if status == 503]
+        assert len(answered) == 2 and len(refused) == 8, replies
+        assert {body["error"]["code"] for body, _ in refused} == {"conversation_busy"}
+        assert all("上一个问题还在回答" in body["error"]["message"] for body, _ in refused)
+        # The refusals did not queue behind the hanging turn.
+        assert max(at for _, at in refused) < min(at for _, at in answered)
+        history = api.get(f"/v1/threads/{first['thread_id']}").json()["messages"]
+        assert len(history) == 6

@@ -49,6 +49,8 @@ def service(root: Path, fake: FakeOllama) -> Iterator[ServiceProcess]:
         "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
         "QQRAG_QUOTA_USER_RPM": "0",
         "QQRAG_MAX_INFLIGHT_TURNS": "0",
+        # The batches below queue on one conversation on purpose.
+        "QQRAG_MAX_WAITING_PER_CONVERSATION": str(BATCH),
     }
     with pytest.MonkeyPatch.context() as patch:
         # The children inherit this process's environment: no developer's QQRAG_* leaks in.

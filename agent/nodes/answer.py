@@ -28,7 +28,7 @@ async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str,
     ]
     update: dict[str, Any] = {}
     try:
-        reply = await services.call_model(model, messages, stream=ctx.stream_tokens)
+        reply = await services.call_model(model, messages, ctx, stream=ctx.stream_tokens)
         text = message_text(reply)
         update |= {
             "model_calls": state.model_calls + 1,
@@ -75,7 +75,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ]
 
     try:
-        reply = await services.call_model(runnable, messages, stream=ctx.stream_tokens)
+        reply = await services.call_model(runnable, messages, ctx, stream=ctx.stream_tokens)
     except DEPENDENCY_ERRORS as exc:
         log.warning("answer fell back to extractive quotes: %s", exc)
         draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)

@@ -107,7 +107,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             HumanMessage(content=question),
         ]
         try:
-            out = cast(dict[str, Any], await get_services().call_model(structured, messages))
+            out = cast(dict[str, Any], await get_services().call_model(structured, messages, ctx))
             update["model_calls"] = 1
             update["tokens"] = usage_tokens(out["raw"])
             if out["parsing_error"] is not None or out["parsed"] is None:

@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from tools.health import Health, Status
 
-Outcome = Literal["answered", "not_found", "degraded", "blocked", "error"]
+Outcome = Literal["answered", "not_found", "degraded", "blocked", "error", "timeout"]
 Side = Literal["question", "answer"]
 
 # Nodes range from a dictionary lookup to a thinking model's answer; turns add them up.
@@ -78,6 +78,17 @@ class Metrics:
         self.busy_rejections = Counter(
             "qqrag_busy_rejections",
             "Requests refused because the bound on turns in flight was reached.",
+            registry=registry,
+        )
+        self.conversation_busy = Counter(
+            "qqrag_conversation_busy_rejections",
+            "Messages refused because their conversation was still being answered and enough "
+            "of its messages were waiting already (or waited until the turn deadline).",
+            registry=registry,
+        )
+        self.turn_timeouts = Counter(
+            "qqrag_turn_timeouts",
+            "Turns abandoned at the turn deadline (QQRAG_TURN_DEADLINE), nothing of them kept.",
             registry=registry,
         )
         self.safety_hits = Counter(

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from agent.policy.admission import Admission, LocalAdmission
 from agent.policy.quota import CHINA_TZ, QuotaLimits, QuotaStore, Scope, Subject
-from agent.threads import KeyedLocks, poll
+from agent.threads import KeyedLocks, poll, time_left, wait_until
 from tools.health import Health
 
 log = logging.getLogger(__name__)
@@ -324,12 +324,17 @@ class RedisThreadLocks:
         self._local = KeyedLocks()
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        async with self._local.hold(key):
+    async def hold(
+        self, key: str, *, max_waiting: int | None = None, wait_s: float | None = None
+    ) -> AsyncIterator[None]:
+        until = wait_until(wait_s)
+        async with self._local.hold(key, max_waiting=max_waiting, wait_s=wait_s):
             lock = self._client.lock(
                 f"{self._prefix}{key}", timeout=self.lease_s, thread_local=False
             )
-            if not await self._acquire(lock):
+            async with asyncio.timeout(time_left(until)):
+                acquired = await self._acquire(lock)
+            if not acquired:
                 yield
                 return
             renewer = asyncio.create_task(self._renew(lock))

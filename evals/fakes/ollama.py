@@ -57,6 +57,7 @@ NO_ANSWER = "知识库里没有找到相关内容。"
 # Rule 2 calls a tool when the best evidence sentence covers less of the question than this.
 TOOL_CALL_THRESHOLD = 0.34
 SLOW_FAULT_S = 30.0
+HANG_FAULT_S = 24 * 3600.0
 
 _HTTP_500_MESSAGE = "llama runner process has terminated: exit status 2"
 _STREAM_ERROR_MESSAGE = "an error was encountered while running the model: unexpected EOF"
@@ -99,6 +100,7 @@ class Fault(enum.Enum):
     STREAM_ERROR_LINE = "stream_error_line"  # some chunks, then a line {"error": "..."}
     MALFORMED_JSON = "malformed_json"  # with a ``format``: content that is not valid JSON
     SLOW = "slow"  # 30 s before answering (stop() cuts it short)
+    HANG = "hang"  # no answer at all until stop(): a model server that accepted and froze
     QUEUE_FULL = "queue_full"  # 503 "server busy, please try again. ..."
 
 
@@ -923,6 +925,8 @@ class _Api:
     async def _fault_response(self, fault: Fault | None, model: str) -> Response | None:
         if fault is Fault.SLOW:
             await self.fake.sleep(SLOW_FAULT_S)
+        elif fault is Fault.HANG:
+            await self.fake.sleep(HANG_FAULT_S)
         elif fault is Fault.HTTP_500:
             return _error(500, _HTTP_500_MESSAGE)
         elif fault is Fault.MODEL_NOT_FOUND:

@@ -3,6 +3,8 @@ the order of its gates."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -19,9 +21,11 @@ from agent.policy.tenants import OPEN_PRINCIPAL, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.threads import KeyedLocks
-from agent.turns import QAGraph
+from agent.turns import QAGraph, turn_config
 from evals.harness import free_port
 from tests.conftest import ScriptedModels
+from tools.base import Passage
+from tools.health import Health
 
 
 async def test_local_state_has_nothing_shared_to_report(
@@ -120,5 +124,135 @@ async def test_a_retried_message_gets_its_stored_answer_not_a_second_turn(
         other = Speaker(platform="qq", scene="private", user_id="u1", message_id="m2")
         turn = await gateway.admit(OPEN_PRINCIPAL, other, "星尘打印机保修多久？")
         assert "保修" in (await gateway.answer(turn)).answer
+    finally:
+        gateway.close()
+
+
+def speaker(user: str = "u1") -> Speaker:
+    return Speaker(platform="qq", scene="private", user_id=user)
+
+
+async def test_past_one_waiting_message_a_conversation_answers_please_wait(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """With a hanging model, messages of one conversation used to queue without bound on its
+    lock: now one waits, the next ones get a quick reply, and the waiting one is answered."""
+    gateway = local_gateway(settings, services, graph, QuotaLimits())
+    gateway.admission = LocalAdmission(8)
+    try:
+        gate = models.hang()
+        models.say("星尘打印机售价 2999 元[1]。", "星尘打印机整机保修两年[1]。")
+        first = asyncio.create_task(
+            gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机售价多少？"))
+        )
+        await asyncio.wait_for(models.model.hanging.wait(), 5)
+        second = asyncio.create_task(
+            gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机保修多久？"))
+        )
+        await asyncio.sleep(0.05)  # the second one is waiting for the conversation
+        for _ in range(3):
+            late = await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机有几种颜色？")
+            with pytest.raises(Refusal) as refused:
+                async with asyncio.timeout(5):
+                    await gateway.answer(late)
+            assert refused.value.code == "conversation_busy"
+            assert "上一个问题还在回答" in refused.value.message
+        gate.set()
+        assert "2999" in (await asyncio.wait_for(first, 5)).answer
+        assert "两年" in (await asyncio.wait_for(second, 5)).answer
+        assert gateway.admission.in_flight == 0
+        state = await graph.aget_state(turn_config(gateway.thread_of(OPEN_PRINCIPAL, speaker())))
+        assert len(state.values["messages"]) == 4
+    finally:
+        gateway.close()
+
+
+async def test_a_hanging_model_still_gets_the_user_a_degraded_answer_in_time(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """The model never answers and its own timeout is a minute: the turn's deadline cuts the
+    call short and the user gets the quoted evidence, without Ollama being blamed for it."""
+    gateway = local_gateway(
+        settings.model_copy(update={"turn_deadline": 1.5}), services, graph, QuotaLimits()
+    )
+    try:
+        models.hang()
+        models.say("never sent")
+        turn = await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机售价多少？")
+        # The test's guard against a hang, far past the deadline.
+        answer = await asyncio.wait_for(gateway.answer(turn), 10)
+        assert answer.degraded and answer.citations
+        assert not services.breaker.opened
+        assert gateway.metrics.dependency_errors.labels("ollama")._value.get() == 0
+    finally:
+        gateway.close()
+
+
+class HangingKnowledge:
+    """A knowledge base whose searches never come back."""
+
+    name = "hanging"
+
+    async def search(self, query: str, k: int) -> list[Passage]:
+        await asyncio.Event().wait()
+        return []
+
+    async def health(self) -> Health:
+        return Health.up()
+
+
+async def test_whatever_hangs_the_turn_ends_at_its_deadline_and_keeps_nothing(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    gateway = local_gateway(settings, services, graph, QuotaLimits())
+    models.say("星尘打印机售价 2999 元[1]。")
+    thread = gateway.thread_of(OPEN_PRINCIPAL, speaker())
+    try:
+        await gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机售价多少？"))
+        services.knowledge = HangingKnowledge()  # type: ignore[assignment]
+        gateway.settings = settings.model_copy(update={"turn_deadline": 0.5})
+        turn = await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机保修多久？")
+        with pytest.raises(Refusal) as refused:
+            await asyncio.wait_for(gateway.answer(turn), 10)
+        assert refused.value.code == "timeout" and refused.value.status == 503
+        assert gateway.metrics.turn_timeouts._value.get() == 1
+        assert gateway.admission.in_flight == 0
+        # The abandoned turn is not in the conversation: no question without its answer.
+        state = await graph.aget_state(turn_config(thread))
+        assert [m.content for m in state.values["messages"]] == [
+            "星尘打印机售价多少？",
+            "星尘打印机售价 2999 元[1]。",
+        ]
+    finally:
+        gateway.close()
+
+
+async def test_a_turn_that_fails_stores_nothing(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """A failure inside a turn (here a bug-like error from the model call, which no node
+    catches) used to leave the question stored without its answer: a half turn that the next
+    turn read as history."""
+    gateway = local_gateway(settings, services, graph, QuotaLimits())
+    thread = gateway.thread_of(OPEN_PRINCIPAL, speaker())
+    try:
+        models.say("星尘打印机售价 2999 元[1]。", ValueError("boom"))
+        await gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机售价多少？"))
+        with pytest.raises(ValueError, match="boom"):
+            await gateway.answer(
+                await gateway.admit(OPEN_PRINCIPAL, speaker(), "星尘打印机保修多久？")
+            )
+        state = await graph.aget_state(turn_config(thread))
+        assert len(state.values["messages"]) == 2
+        # A first turn that fails leaves no conversation at all.
+        models.say(ValueError("boom"))
+        with pytest.raises(ValueError, match="boom"):
+            await gateway.answer(
+                await gateway.admit(OPEN_PRINCIPAL, speaker("u2"), "星尘打印机保修多久？")
+            )
+        fresh = await graph.aget_state(
+            turn_config(gateway.thread_of(OPEN_PRINCIPAL, speaker("u2")))
+        )
+        assert not fresh.values.get("messages")
     finally:
         gateway.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.redis_store import RedisThreadLocks, connect_redis
-from agent.threads import FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
+from agent.threads import ConversationBusy, FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
 from tests.conftest import REDIS_URL
 from tools.health import Health
 
@@ -74,6 +74,66 @@ async def test_a_failing_turn_frees_its_key(locks: ThreadLocks):
         async with locks.hold("t"):
             raise RuntimeError("boom")
     async with asyncio.timeout(5), locks.hold("t"):
+        pass
+
+
+async def test_past_the_waiting_bound_a_message_is_turned_away_at_once(locks: ThreadLocks):
+    """One holds the conversation, one may wait; the next is refused without waiting, and
+    once the holder is done the waiting one gets its turn."""
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def first() -> None:
+        async with locks.hold("t", max_waiting=1):
+            held.set()
+            await release.wait()
+
+    async def second() -> str:
+        async with locks.hold("t", max_waiting=1):
+            return "served"
+
+    holder = asyncio.create_task(first())
+    await held.wait()
+    waiter = asyncio.create_task(second())
+    await asyncio.sleep(0)  # the waiter registers before the third message comes
+    with pytest.raises(ConversationBusy):
+        async with asyncio.timeout(5), locks.hold("t", max_waiting=1):
+            pytest.fail("a third message got the conversation while two were ahead of it")
+    # Other conversations are not bounded by this one's queue.
+    async with asyncio.timeout(5), locks.hold("u", max_waiting=0):
+        pass
+    release.set()
+    await holder
+    assert await asyncio.wait_for(waiter, 5) == "served"
+    async with asyncio.timeout(5), locks.hold("t", max_waiting=0):
+        pass
+
+
+async def test_a_wait_for_the_conversation_ends_at_its_limit(locks: ThreadLocks):
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def first() -> None:
+        async with locks.hold("t"):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(first())
+    await held.wait()
+
+    async def late() -> None:
+        async with locks.hold("t", wait_s=0.05):
+            pytest.fail("got the conversation while it was held")
+
+    waiter = asyncio.create_task(late())
+    # The test's own guard against a hang; the lock must give up long before it.
+    done, _ = await asyncio.wait({waiter}, timeout=5)
+    assert waiter in done, "the wait went on past its limit"
+    assert isinstance(waiter.exception(), TimeoutError)
+    release.set()
+    await holder
+    # The timed-out waiter left nothing behind: the next one gets the conversation at once.
+    async with asyncio.timeout(5), locks.hold("t", max_waiting=0, wait_s=0.05):
         pass
 
 

@@ -556,6 +556,17 @@ def test_slow_fault_times_out_clients_and_stop_interrupts_it() -> None:
     assert [reply.status_code for reply in replies] == [200]
 
 
+def test_a_hanging_model_answers_nothing_until_the_fake_stops() -> None:
+    fake = FakeOllama().start()
+    fake.fail_next(Fault.HANG)
+    llm = ChatOllama(model=CHAT_MODEL, base_url=fake.url, client_kwargs={"timeout": 1.0})
+    with pytest.raises(httpx.ReadTimeout):
+        llm.invoke("你好")
+    # Only the scripted request hangs; the next one is answered.
+    assert llm.invoke("你好").content == GREETING
+    fake.stop()
+
+
 # --------------------------------------------------------------------------- latency
 
 

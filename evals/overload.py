@@ -1,0 +1,315 @@
+"""Overload and fault figures of the HTTP service: `python -m evals.overload`.
+
+The real `qqrag serve` runs in a child process over the bundled guide (`docs/`) with the fake
+Ollama of this process; each scenario starts a fresh service and data folder:
+
+- burst: 200 users ask at once against the default 8 turns in flight, the model taking
+  `--model-seconds` per call: how many are answered, how many told "busy", and how long a
+  refusal takes (p50/p99), measured at the client;
+- retry: 64 users who retry a busy reply after 50 ms until each has 3 answers: answered
+  turns/s and the share of replies that were "busy";
+- conversation: 10 messages of one conversation at once while its model hangs: one answered
+  in time, one waiting and answered, the rest told at once that the last one is still going;
+- postgres: turns while the checkpoint database stops answering (a TCP proxy in front of the
+  PostgreSQL at `--postgres`, switched to swallow every byte): how long until each gets its
+  reply, and which. Skipped when that PostgreSQL cannot be reached.
+
+Nothing here asserts: the figures go to the terminal (and `--json`), for README's reliability
+section and for comparing two versions on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from evals.bench import docs_dir, service_env
+from evals.fakes.ollama import FakeOllama, Fault, LatencyModel
+from evals.harness import ServiceProcess, free_port
+
+BURST = 200
+SLOTS = 8
+RETRY_USERS = 64
+RETRY_ANSWERS = 3
+CONVERSATION_BURST = 10
+DEADLINE_S = 10.0
+QUESTION = "qqrag 默认监听哪个端口？"
+
+
+@dataclass
+class Reply:
+    status: int
+    code: str
+    seconds: float
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
+    return {"p50": round(float(p50), 1), "p99": round(float(p99), 1), "n": len(seconds)}
+
+
+async def ask(client: httpx.AsyncClient, user: str, text: str = QUESTION) -> Reply:
+    started = time.perf_counter()
+    response = await client.post(
+        "/v1/chat", json={"scene": "private", "user_id": user, "text": text}
+    )
+    seconds = time.perf_counter() - started
+    code = "" if response.status_code == 200 else response.json()["error"]["code"]
+    return Reply(response.status_code, code, seconds)
+
+
+def client(url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, timeout=120, limits=limits)
+
+
+@contextlib.contextmanager
+def service(ollama: FakeOllama, **settings: str) -> Iterator[ServiceProcess]:
+    with tempfile.TemporaryDirectory(prefix="qqrag-overload-") as tmp:
+        root = Path(tmp)
+        env = service_env(root / "data", ollama.url, docs_dir(), 1) | {
+            "QQRAG_MAX_INFLIGHT_TURNS": str(SLOTS),
+            "QQRAG_TURN_DEADLINE": str(DEADLINE_S),
+        }
+        with ServiceProcess(env | settings, cwd=root) as process:
+            asyncio.run(warm_up(process.url))
+            yield process
+
+
+async def warm_up(url: str) -> None:
+    async with client(url, 1) as http:
+        await ask(http, "warm-up")
+
+
+def summary(replies: Sequence[Reply], wall: float) -> dict[str, Any]:
+    answered = [r.seconds for r in replies if r.status == 200]
+    refused = [r.seconds for r in replies if r.status != 200]
+    return {
+        "replies": dict(Counter(r.code or "answered" for r in replies).most_common()),
+        "answered_ms": percentiles_ms(answered),
+        "refused_ms": percentiles_ms(refused),
+        "slowest_s": round(max(r.seconds for r in replies), 2),
+        "wall_s": round(wall, 2),
+    }
+
+
+def burst(model_seconds: float) -> dict[str, Any]:
+    with (
+        FakeOllama(latency=LatencyModel(fixed_s=model_seconds)) as ollama,
+        service(ollama) as process,
+    ):
+
+        async def run() -> tuple[list[Reply], float]:
+            async with client(process.url, BURST) as http:
+                # Connections opened beforehand: the burst measures the service, not 200 TCP
+                # handshakes in this process.
+                await asyncio.gather(*(http.get("/healthz") for _ in range(BURST)))
+                started = time.perf_counter()
+                replies = await asyncio.gather(*(ask(http, f"b{i}") for i in range(BURST)))
+                return list(replies), time.perf_counter() - started
+
+        replies, wall = asyncio.run(run())
+    return summary(replies, wall)
+
+
+def retry(model_seconds: float) -> dict[str, Any]:
+    with (
+        FakeOllama(latency=LatencyModel(fixed_s=model_seconds)) as ollama,
+        service(ollama) as process,
+    ):
+
+        async def user(http: httpx.AsyncClient, name: str) -> list[Reply]:
+            replies: list[Reply] = []
+            while sum(r.status == 200 for r in replies) < RETRY_ANSWERS:
+                reply = await ask(http, name)
+                replies.append(reply)
+                if reply.status != 200:
+                    await asyncio.sleep(0.05)
+            return replies
+
+        async def run() -> tuple[list[Reply], float]:
+            async with client(process.url, RETRY_USERS) as http:
+                started = time.perf_counter()
+                parts = await asyncio.gather(*(user(http, f"r{i}") for i in range(RETRY_USERS)))
+                return [r for part in parts for r in part], time.perf_counter() - started
+
+        replies, wall = asyncio.run(run())
+    report = summary(replies, wall)
+    answered = sum(r.status == 200 for r in replies)
+    report["answered_per_s"] = round(answered / wall, 1)
+    report["busy_share"] = round(sum(r.code == "busy" for r in replies) / len(replies), 3)
+    return report
+
+
+def conversation() -> dict[str, Any]:
+    with FakeOllama() as ollama, service(ollama, QQRAG_OLLAMA_TIMEOUT="600") as process:
+
+        async def run() -> tuple[list[Reply], float]:
+            async with client(process.url, CONVERSATION_BURST) as http:
+                await ask(http, "same")
+                ollama.fail_next(Fault.HANG)
+                asked = len(ollama.requests)
+                started = time.perf_counter()
+                holder = asyncio.create_task(ask(http, "same"))
+                await asyncio.to_thread(until_requested, ollama, asked)
+                others = [ask(http, "same", f"{QUESTION}（{i}）") for i in range(1, 10)]
+                replies = [*await asyncio.gather(*others), await holder]
+                return replies, time.perf_counter() - started
+
+        replies, wall = asyncio.run(run())
+    report = summary(replies, wall)
+    report["deadline_s"] = DEADLINE_S
+    return report
+
+
+def until_requested(ollama: FakeOllama, seen: int, timeout: float = 30.0) -> None:
+    """Until the fake has received more than `seen` requests."""
+    give_up = time.monotonic() + timeout
+    while len(ollama.requests) <= seen:
+        if time.monotonic() > give_up:
+            raise RuntimeError("the service never called the model")
+        time.sleep(0.01)
+
+
+class Blackhole:
+    """A TCP proxy to `target` that can be switched to swallow every byte, both ways, on open
+    connections and new ones alike: a database that stops answering without closing anything
+    (a network partition, a frozen server)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.swallowing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self.target)
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.swallowing.is_set():
+                    sink.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def postgres(url: str, turns: int = 5) -> dict[str, Any] | None:
+    host, _, port = url.rpartition("@")[2].split("/")[0].partition(":")
+    try:
+        socket.create_connection((host, int(port or 5432)), timeout=2).close()
+    except OSError:
+        return None
+    proxy = Blackhole((host, int(port or 5432)))
+    proxied = url.replace(f"{host}:{port}" if port else host, f"127.0.0.1:{proxy.port}")
+    settings = {
+        "QQRAG_CHECKPOINTER": "postgres",
+        "QQRAG_POSTGRES_URL": proxied,
+        "QQRAG_OLLAMA_TIMEOUT": "600",
+    }
+    try:
+        with FakeOllama() as ollama, service(ollama, **settings) as process:
+
+            async def run() -> tuple[list[Reply], float]:
+                async with client(process.url, turns) as http:
+                    proxy.swallowing.set()
+                    started = time.perf_counter()
+                    replies = await asyncio.gather(*(ask(http, f"p{i}") for i in range(turns)))
+                    return list(replies), time.perf_counter() - started
+
+            replies, wall = asyncio.run(run())
+    finally:
+        proxy.close()
+    report = summary(replies, wall)
+    report["deadline_s"] = DEADLINE_S
+    return report
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="过载与故障（客户端测得）")
+    for column in ("场景", "回复", "回答 p50/p99 ms", "拒绝 p50/p99 ms", "最慢 s", "其他"):
+        table.add_column(column)
+    for name, run in report["scenarios"].items():
+        if run is None:
+            table.add_row(name, "跳过（连不上 PostgreSQL）", "", "", "", "")
+            continue
+        answered, refused = run["answered_ms"], run["refused_ms"]
+        extra = {k: v for k, v in run.items() if k in ("answered_per_s", "busy_share")}
+        table.add_row(
+            name,
+            ", ".join(f"{code} {n}" for code, n in run["replies"].items()),
+            f"{answered.get('p50', '-')}/{answered.get('p99', '-')}",
+            f"{refused.get('p50', '-')}/{refused.get('p99', '-')}",
+            str(run["slowest_s"]),
+            ", ".join(f"{k} {v}" for k, v in extra.items()),
+        )
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.overload", description="服务在过载与故障下的表现（不做断言，只报数）"
+    )
+    parser.add_argument("--model-seconds", type=float, default=0.5, help="假模型每次调用的耗时")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "QQRAG_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="postgres 场景用的 PostgreSQL（经本进程的代理连过去）",
+    )
+    parser.add_argument(
+        "--only", choices=("burst", "retry", "conversation", "postgres"), action="append"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="把报告写成 JSON")
+    args = parser.parse_args(argv)
+    console = Console()
+    wanted = args.only or ["burst", "retry", "conversation", "postgres"]
+    scenarios: dict[str, Any] = {}
+    for name in wanted:
+        console.print(f"[bold]{name}[/]…")
+        if name == "burst":
+            scenarios[name] = burst(args.model_seconds)
+        elif name == "retry":
+            scenarios[name] = retry(args.model_seconds)
+        elif name == "conversation":
+            scenarios[name] = conversation()
+        else:
+            scenarios[name] = postgres(args.postgres)
+    report = {"slots": SLOTS, "deadline_s": DEADLINE_S, "scenarios": scenarios}
+    print_report(report, console)
+    if args.json:
+        args.json.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    main()
