@@ -229,15 +229,30 @@ async def _lock_setup(conn: psycopg.AsyncConnection[DictRow]) -> None:
 
 async def checkpointer_health(saver: Checkpointer) -> Health:
     """Up when the checkpoint database answers; down otherwise, since no turn can be kept."""
-    try:
-        if isinstance(saver, LoopSqliteSaver):
-            with saver.cursor(transaction=False) as cursor:
-                cursor.execute("SELECT 1").fetchone()
-        elif isinstance(saver.conn, AsyncConnectionPool):
-            async with saver.conn.connection(timeout=_HEALTH_TIMEOUT_S) as conn:
-                await conn.execute("SELECT 1")
-        else:
-            await saver.conn.execute("SELECT 1")
-    except Exception as exc:
+    probe = asyncio.create_task(_probe(saver))
+    # Waited for in a task: a database that stopped answering holds a cancelled query for up
+    # to 10 s while psycopg tries to cancel it on the server, and readiness must not hang.
+    done, _ = await asyncio.wait({probe}, timeout=_HEALTH_TIMEOUT_S)
+    if not done:
+        probe.cancel()
+        probe.add_done_callback(_ignore_outcome)
+        return Health.down(f"检查点数据库 {_HEALTH_TIMEOUT_S:g} 秒内没有响应")
+    if (exc := probe.exception()) is not None:
         return Health.down(f"检查点数据库不可用：{exc}")
     return Health.up()
+
+
+def _ignore_outcome(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _probe(saver: Checkpointer) -> None:
+    if isinstance(saver, LoopSqliteSaver):
+        with saver.cursor(transaction=False) as cursor:
+            cursor.execute("SELECT 1").fetchone()
+    elif isinstance(saver.conn, AsyncConnectionPool):
+        async with saver.conn.connection(timeout=_HEALTH_TIMEOUT_S) as conn:
+            await conn.execute("SELECT 1")
+    else:
+        await saver.conn.execute("SELECT 1")

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -119,3 +120,61 @@ class ServiceProcess(ChildProcess):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{count} workers not ready in {timeout} s:\n{self.log()}")
             time.sleep(0.1)
+
+
+class FreezableProxy(Started):
+    """A TCP proxy on 127.0.0.1 in front of `target` that can be frozen: while frozen it
+    forwards nothing, either way, on open connections and new ones alike, and closes nothing,
+    as a network partition or a frozen server would; thawed, it delivers what it held.
+    `port` is where clients connect."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> Self:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def stop(self) -> None:
+        self.thaw()
+        for sock in [self._listener, *self._sockets]:
+            if sock is not None:
+                sock.close()
+        self._listener, self._sockets = None, []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            self._flowing.wait()
+            far = socket.create_connection(self.target)
+            self._sockets += [near, far]
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # One side closed: close the other, as a real connection would end.
+            for sock in (source, sink):
+                sock.close()

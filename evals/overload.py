@@ -11,8 +11,8 @@ Ollama of this process; each scenario starts a fresh service and data folder:
 - conversation: 10 messages of one conversation at once while its model hangs: one answered
   in time, one waiting and answered, the rest told at once that the last one is still going;
 - postgres: turns while the checkpoint database stops answering (a TCP proxy in front of the
-  PostgreSQL at `--postgres`, switched to swallow every byte): how long until each gets its
-  reply, and which. Skipped when that PostgreSQL cannot be reached.
+  PostgreSQL at `--postgres`, frozen: nothing gets through, nothing is closed): how long until
+  each gets its reply, and which. Skipped when that PostgreSQL cannot be reached.
 
 Nothing here asserts: the figures go to the terminal (and `--json`), for README's reliability
 section and for comparing two versions on one machine.
@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -37,12 +36,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
 from evals.bench import docs_dir, service_env
 from evals.fakes.ollama import FakeOllama, Fault, LatencyModel
-from evals.harness import ServiceProcess, free_port
+from evals.harness import FreezableProxy, ServiceProcess
 
 BURST = 200
 SLOTS = 8
@@ -190,64 +190,32 @@ def until_requested(ollama: FakeOllama, seen: int, timeout: float = 30.0) -> Non
         time.sleep(0.01)
 
 
-class Blackhole:
-    """A TCP proxy to `target` that can be switched to swallow every byte, both ways, on open
-    connections and new ones alike: a database that stops answering without closing anything
-    (a network partition, a frozen server)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.swallowing = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self._listener.accept()
-            except OSError:
-                return
-            far = socket.create_connection(self.target)
-            for source, sink in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if not self.swallowing.is_set():
-                    sink.sendall(data)
-
-    def close(self) -> None:
-        self._listener.close()
-
-
 def postgres(url: str, turns: int = 5) -> dict[str, Any] | None:
-    host, _, port = url.rpartition("@")[2].split("/")[0].partition(":")
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    target = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
     try:
-        socket.create_connection((host, int(port or 5432)), timeout=2).close()
+        socket.create_connection(target, timeout=2).close()
     except OSError:
         return None
-    proxy = Blackhole((host, int(port or 5432)))
-    proxied = url.replace(f"{host}:{port}" if port else host, f"127.0.0.1:{proxy.port}")
-    settings = {
-        "QQRAG_CHECKPOINTER": "postgres",
-        "QQRAG_POSTGRES_URL": proxied,
-        "QQRAG_OLLAMA_TIMEOUT": "600",
-    }
-    try:
+    with FreezableProxy(target) as proxy:
+        proxied = psycopg.conninfo.make_conninfo(url, host="127.0.0.1", port=proxy.port)
+        settings = {
+            "QQRAG_CHECKPOINTER": "postgres",
+            "QQRAG_POSTGRES_URL": proxied,
+            "QQRAG_OLLAMA_TIMEOUT": "600",
+        }
         with FakeOllama() as ollama, service(ollama, **settings) as process:
 
             async def run() -> tuple[list[Reply], float]:
                 async with client(process.url, turns) as http:
-                    proxy.swallowing.set()
+                    proxy.freeze()
                     started = time.perf_counter()
                     replies = await asyncio.gather(*(ask(http, f"p{i}") for i in range(turns)))
-                    return list(replies), time.perf_counter() - started
+                    wall = time.perf_counter() - started
+                    proxy.thaw()
+                    return list(replies), wall
 
             replies, wall = asyncio.run(run())
-    finally:
-        proxy.close()
     report = summary(replies, wall)
     report["deadline_s"] = DEADLINE_S
     return report

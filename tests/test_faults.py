@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,7 +18,14 @@ from agent.settings import get_settings
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB
 from evals.fakes.maxkb import Fault as MaxKBFault
 from evals.fakes.ollama import FakeOllama, Fault
-from tests.conftest import FIXTURES
+from evals.harness import FreezableProxy
+from tests.conftest import (
+    FIXTURES,
+    POSTGRES_URL,
+    postgres_problem,
+    postgres_schema,
+    require_servers,
+)
 
 DEADLINE_S = 1.5
 FIRST = "星尘打印机保修多久？"
@@ -208,3 +216,50 @@ def test_a_burst_on_one_conversation_waits_one_and_answers_the_rest_at_once(
         assert max(at for _, at in refused) < min(at for _, at in answered)
         history = api.get(f"/v1/threads/{first['thread_id']}").json()["messages"]
         assert len(history) == 6
+
+
+def test_a_postgres_that_stops_answering_costs_a_turn_its_deadline_not_more(
+    env: pytest.MonkeyPatch, ollama: FakeOllama
+):
+    """PostgreSQL frozen (a partition: nothing answers, nothing is closed): admitted turns
+    used to hang 30-120 s and then 500, holding every slot. Each turn now gets its reply at
+    the deadline, readiness says so, the failed turn is not kept, and once the database answers
+    again the service does too, without a restart."""
+    require_servers(postgres_problem())
+    params = psycopg.conninfo.conninfo_to_dict(POSTGRES_URL)
+    target = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    with postgres_schema() as url, FreezableProxy(target) as proxy:
+        env.setenv("QQRAG_CHECKPOINTER", "postgres")
+        env.setenv(
+            "QQRAG_POSTGRES_URL",
+            psycopg.conninfo.make_conninfo(url, host="127.0.0.1", port=proxy.port),
+        )
+        env.setenv("QQRAG_POSTGRES_TIMEOUT", "1")
+        env.setenv("QQRAG_TURN_DEADLINE", "3")
+        with client() as api:
+            first, _ = ask(api, FIRST)
+            proxy.freeze()
+            body = {"scene": "private", "user_id": "9", "text": STANDALONE}
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                frozen = list(pool.map(lambda _: api.post("/v1/chat", json=body), range(4)))
+            seconds = time.perf_counter() - started
+            assert [r.status_code for r in frozen] == [503] * 4
+            assert {r.json()["error"]["code"] for r in frozen} <= {"timeout", "conversation_busy"}
+            # Past the 3 s deadline by a margin for a busy machine, far below the 13 s that
+            # waiting for psycopg to cancel the frozen query took.
+            assert seconds < 10, "turns waited for PostgreSQL past their deadline"
+            started = time.perf_counter()
+            ready = api.get("/readyz")
+            assert time.perf_counter() - started < 10, "readiness waited for PostgreSQL"
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["postgres"]["status"] == "down"
+
+            proxy.thaw()
+            give_up = time.monotonic() + 60
+            while (reply := api.post("/v1/chat", json=body)).status_code != 200:
+                assert time.monotonic() < give_up, reply.text
+                time.sleep(0.5)
+            history = api.get(f"/v1/threads/{first['thread_id']}").json()["messages"]
+            assert [m["content"] for m in history if m["role"] == "user"] == [FIRST, STANDALONE]
+            assert api.get("/readyz").status_code == 200
