@@ -224,6 +224,38 @@ def qq_c2c_event(content: str, *, message_id: str = "ROBOT1.0_c2c1") -> C2CMessa
 # --------------------------------------------------------------------------- a real bot process
 
 
+def group_event(text: str, *, user_id: int = USER_ID, message_id: int = 42) -> dict[str, Any]:
+    """A group message that @-mentions the bot, as NapCat reports it."""
+    return {
+        "time": int(time.time()),
+        "self_id": SELF_ID,
+        "post_type": "message",
+        "message_type": "group",
+        "sub_type": "normal",
+        "message_id": message_id,
+        "group_id": GROUP_ID,
+        "user_id": user_id,
+        "anonymous": None,
+        "font": 0,
+        "raw_message": f"[CQ:at,qq={SELF_ID}] {text}",
+        "message": [
+            {"type": "at", "data": {"qq": str(SELF_ID)}},
+            {"type": "text", "data": {"text": f" {text}"}},
+        ],
+        "sender": {"user_id": user_id, "nickname": "u", "card": "", "role": "member"},
+    }
+
+
+def lifecycle_event() -> dict[str, Any]:
+    return {
+        "time": int(time.time()),
+        "self_id": SELF_ID,
+        "post_type": "meta_event",
+        "meta_event_type": "lifecycle",
+        "sub_type": "connect",
+    }
+
+
 class BotProcess(ChildProcess):
     """`python -m bot` in a child process, configured through environment variables only."""
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +17,7 @@ from agent.audit import AuditLog
 from evals.fakes import qq as fake_qq
 from evals.fakes.ollama import FakeOllama
 from evals.harness import ServiceProcess
-from tests.bot.conftest import GROUP_ID, SELF_ID, USER_ID, BotProcess
+from tests.bot.conftest import GROUP_ID, SELF_ID, USER_ID, BotProcess, group_event, lifecycle_event
 from tests.conftest import FIXTURES
 
 ONEBOT_TOKEN = "napcat-secret"
@@ -63,38 +61,6 @@ def bot(tmp_path_factory: pytest.TempPathFactory, fake_api: fake_qq.FakeQQ) -> I
                 yield process
             finally:
                 process.stop()
-
-
-def group_event(text: str, *, user_id: int = USER_ID, message_id: int = 42) -> dict[str, Any]:
-    """A group message that @-mentions the bot, as NapCat reports it."""
-    return {
-        "time": int(time.time()),
-        "self_id": SELF_ID,
-        "post_type": "message",
-        "message_type": "group",
-        "sub_type": "normal",
-        "message_id": message_id,
-        "group_id": GROUP_ID,
-        "user_id": user_id,
-        "anonymous": None,
-        "font": 0,
-        "raw_message": f"[CQ:at,qq={SELF_ID}] {text}",
-        "message": [
-            {"type": "at", "data": {"qq": str(SELF_ID)}},
-            {"type": "text", "data": {"text": f" {text}"}},
-        ],
-        "sender": {"user_id": user_id, "nickname": "u", "card": "", "role": "member"},
-    }
-
-
-def lifecycle_event() -> dict[str, Any]:
-    return {
-        "time": int(time.time()),
-        "self_id": SELF_ID,
-        "post_type": "meta_event",
-        "meta_event_type": "lifecycle",
-        "sub_type": "connect",
-    }
 
 
 async def test_onebot_group_question_over_reverse_websocket(bot: BotProcess) -> None:
