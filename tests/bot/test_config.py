@@ -31,7 +31,11 @@ def test_settings_accept_what_dotenv_files_produce() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [{"qqrag_bot_adapters": "onebot,telegram"}, {"qqrag_bot_qq_max_replies": 6}],
+    [
+        {"qqrag_bot_adapters": "onebot,telegram"},
+        {"qqrag_bot_qq_max_replies": 6},
+        {"qqrag_bot_max_connections": 0},
+    ],
 )
 def test_settings_refuse_what_cannot_work(settings: dict[str, object]) -> None:
     from bot.plugins.qqrag.config import Config

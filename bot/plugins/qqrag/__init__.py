@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nonebot import get_plugin_config, on_message
+from nonebot import get_driver, get_plugin_config, on_message
 from nonebot.adapters import Bot, Event
 from nonebot.plugin import PluginMetadata
 from nonebot.rule import Rule
@@ -39,7 +39,9 @@ service = ServiceClient(
     plugin_config.qqrag_bot_service_url,
     api_key=plugin_config.qqrag_bot_api_key.get_secret_value(),
     timeout=plugin_config.qqrag_bot_timeout,
+    max_connections=plugin_config.qqrag_bot_max_connections,
 )
+get_driver().on_shutdown(service.close)
 
 _SPEAKER = "qqrag_speaker"
 _QUESTION = "qqrag_question"

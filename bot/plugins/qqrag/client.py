@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,9 @@ UNAUTHORIZED = "机器人与知识库服务的连接配置有误，请联系管�
 FAILED = "知识库服务出错了，请稍后再试。"
 
 _CONNECT_TIMEOUT_S = 5.0
+# Below the keep-alive of uvicorn (5 s, `qqrag serve`): the bot drops an idle connection before
+# the service closes it, rather than sending a question down a connection being closed.
+_KEEPALIVE_EXPIRY_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,29 @@ class ServiceError(Exception):
 
 
 class ServiceClient:
-    """A thin client for the qqrag service; one short-lived connection per call."""
+    """A client for the qqrag service: one pool of keep-alive connections for the bot's lifetime.
 
-    def __init__(self, base_url: str, *, api_key: str = "", timeout: float = 90.0) -> None:
+    At most `max_connections` questions are in flight; the others wait for a connection, and
+    that wait counts within `timeout`. A question whose time runs out while waiting never
+    reached the service, so it gets BUSY; TIMEOUT means the service took too long to answer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str = "",
+        timeout: float = 90.0,
+        max_connections: int = 32,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_connections = max_connections
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # One question per pooled connection. Questions wait here rather than inside httpx's
+        # pool, so running out of time unsent (BUSY) is told apart from the service's TIMEOUT.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._http: httpx.AsyncClient | None = None
 
     async def chat(self, speaker: Speaker, text: str) -> Answer:
         """Ask the question (or a command such as `/帮助`) and return the service's answer."""
@@ -78,19 +99,48 @@ class ServiceClient:
             logger.error(f"qqrag service sent an unexpected chat answer: {exc}")
             raise ServiceError(FAILED, code="bad_response") from exc
 
+    async def close(self) -> None:
+        """Close the pooled connections (on the driver's shutdown); a later call opens new ones."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                headers=self._headers,
+                # The deadline in `_post` bounds the whole call; only connecting has its own.
+                timeout=httpx.Timeout(None, connect=_CONNECT_TIMEOUT_S),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                    keepalive_expiry=_KEEPALIVE_EXPIRY_S,
+                ),
+            )
+        return self._http
+
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        timeout = httpx.Timeout(self.timeout, connect=min(_CONNECT_TIMEOUT_S, self.timeout))
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            async with httpx.AsyncClient(
-                base_url=self.base_url, headers=self._headers, timeout=timeout
-            ) as http:
-                response = await http.post(path, json=body)
-        except httpx.TimeoutException as exc:
-            logger.warning(f"qqrag service at {self.base_url} timed out on {path}: {exc!r}")
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            logger.warning(
+                f"all {self.max_connections} connections to the qqrag service stayed busy "
+                f"for {self.timeout} s; {path} was not sent"
+            )
+            raise ServiceError(BUSY, code="no_connection") from None
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client().post(self.base_url + path, json=body)
+        except TimeoutError as exc:
+            logger.warning(f"qqrag service at {self.base_url} timed out on {path}")
             raise ServiceError(TIMEOUT, code="timeout") from exc
         except httpx.HTTPError as exc:
             logger.warning(f"qqrag service at {self.base_url} unreachable on {path}: {exc!r}")
             raise ServiceError(UNREACHABLE, code="unreachable") from exc
+        finally:
+            self._slots.release()
         if response.status_code == 200:
             try:
                 return response.json()

@@ -35,6 +35,13 @@ class Config(BaseModel):
     qqrag_bot_timeout: float = Field(
         default=90.0, gt=0, description="Seconds to wait for one answer from the service."
     )
+    qqrag_bot_max_connections: int = Field(
+        default=32,
+        ge=1,
+        description="Questions in flight to the service at once, one pooled connection each; "
+        "4 times the service's default QQRAG_MAX_INFLIGHT_TURNS (8), so that past its bound "
+        "the service, which answers busy at once, decides rather than a queue in the bot.",
+    )
     qqrag_bot_adapters: Annotated[list[AdapterName], BeforeValidator(_as_list)] = Field(
         default=["onebot", "qq"],
         description="Adapters `bot.run` registers: onebot, qq, or both (comma-separated).",
