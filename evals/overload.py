@@ -10,6 +10,8 @@ Ollama of this process; each scenario starts a fresh service and data folder:
   turns/s and the share of replies that were "busy";
 - conversation: 10 messages of one conversation at once while its model hangs: one answered
   in time, one waiting and answered, the rest told at once that the last one is still going;
+- kill: conversations asked without pause while the service is SIGKILLed again and again on
+  one data folder: acknowledged turns lost, and questions stored without their answer;
 - postgres: turns while the checkpoint database stops answering (a TCP proxy in front of the
   PostgreSQL at `--postgres`, frozen: nothing gets through, nothing is closed): how long until
   each gets its reply, and which. Skipped when that PostgreSQL cannot be reached.
@@ -27,6 +29,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -42,7 +45,7 @@ from rich.table import Table
 
 from evals.bench import docs_dir, service_env
 from evals.fakes.ollama import FakeOllama, Fault, LatencyModel
-from evals.harness import FreezableProxy, ServiceProcess
+from evals.harness import FreezableProxy, ServiceProcess, free_port
 
 BURST = 200
 SLOTS = 8
@@ -51,6 +54,7 @@ RETRY_ANSWERS = 3
 CONVERSATION_BURST = 10
 DEADLINE_S = 10.0
 QUESTION = "qqrag 默认监听哪个端口？"
+SCENARIOS = ("burst", "retry", "conversation", "postgres", "kill")
 
 
 @dataclass
@@ -221,11 +225,88 @@ def postgres(url: str, turns: int = 5) -> dict[str, Any] | None:
     return report
 
 
+def kill_loop(cycles: int = 10, users: int = 8, seconds: float = 1.5) -> dict[str, Any]:
+    """`users` conversations asked without pause while the service is SIGKILLed every
+    `seconds`, `cycles` times, on one data folder; then every conversation is read back: an
+    answered (acknowledged) turn must be there, and no question without its answer."""
+    acknowledged: dict[str, list[str]] = {f"k{i}": [] for i in range(users)}
+    threads: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="qqrag-overload-") as tmp, FakeOllama() as ollama:
+        root = Path(tmp)
+        env = service_env(root / "data", ollama.url, docs_dir(), 1)
+        port = free_port()
+
+        async def load(url: str, stop_at: float) -> None:
+            async with client(url, users) as http:
+
+                async def user(name: str) -> None:
+                    n = 0
+                    while time.monotonic() < stop_at:
+                        text = f"{QUESTION}（{name}-{len(acknowledged[name])}-{n}）"
+                        n += 1
+                        try:
+                            response = await http.post(
+                                "/v1/chat", json={"scene": "private", "user_id": name, "text": text}
+                            )
+                        except httpx.HTTPError:
+                            return  # killed mid-turn: not acknowledged
+                        if response.status_code == 200:
+                            acknowledged[name].append(text)
+                            threads[name] = response.json()["thread_id"]
+
+                await asyncio.gather(*(user(name) for name in acknowledged))
+
+        for _ in range(cycles):
+            process = ServiceProcess(env, cwd=root, port=port).start()
+            worker = threading.Thread(
+                target=asyncio.run, args=(load(process.url, time.monotonic() + seconds * 2),)
+            )
+            worker.start()
+            time.sleep(seconds)
+            process.stop(kill=True)
+            worker.join()
+        with ServiceProcess(env, cwd=root, port=port) as process:
+            lost = half = stored = 0
+            for name, texts in acknowledged.items():
+                if name not in threads:
+                    continue
+                history = httpx.get(f"{process.url}/v1/threads/{threads[name]}", timeout=30)
+                messages = history.json()["messages"]
+                asked = [m["content"] for m in messages if m["role"] == "user"]
+                # A conversation keeps its latest turns only: every turn acknowledged since the
+                # oldest one kept must be there.
+                kept = set(asked)
+                since = next((i for i, text in enumerate(texts) if text in kept), len(texts))
+                lost += sum(text not in kept for text in texts[since:])
+                lost += since == len(texts) and bool(texts)
+                stored += len(asked)
+                half += sum(
+                    1
+                    for i, m in enumerate(messages)
+                    if m["role"] == "user"
+                    and (i + 1 == len(messages) or messages[i + 1]["role"] != "assistant")
+                )
+    return {
+        "kills": cycles,
+        "acknowledged": sum(len(t) for t in acknowledged.values()),
+        "stored_questions": stored,
+        "acknowledged_lost": lost,
+        "half_turns": half,
+    }
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(title="过载与故障（客户端测得）")
     for column in ("场景", "回复", "回答 p50/p99 ms", "拒绝 p50/p99 ms", "最慢 s", "其他"):
         table.add_column(column)
     for name, run in report["scenarios"].items():
+        if name == "kill":
+            console.print(
+                f"kill：SIGKILL {run['kills']} 次；确认过的回答 {run['acknowledged']} 轮，"
+                f"丢失 {run['acknowledged_lost']}；对话里的问题 {run['stored_questions']} 个，"
+                f"没有回答的半轮 {run['half_turns']}"
+            )
+            continue
         if run is None:
             table.add_row(name, "跳过（连不上 PostgreSQL）", "", "", "", "")
             continue
@@ -254,13 +335,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ),
         help="postgres 场景用的 PostgreSQL（经本进程的代理连过去）",
     )
-    parser.add_argument(
-        "--only", choices=("burst", "retry", "conversation", "postgres"), action="append"
-    )
+    parser.add_argument("--only", choices=SCENARIOS, action="append", help="只跑这些场景（可重复）")
     parser.add_argument("--json", type=Path, metavar="PATH", help="把报告写成 JSON")
     args = parser.parse_args(argv)
     console = Console()
-    wanted = args.only or ["burst", "retry", "conversation", "postgres"]
+    wanted = args.only or list(SCENARIOS)
     scenarios: dict[str, Any] = {}
     for name in wanted:
         console.print(f"[bold]{name}[/]…")
@@ -270,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             scenarios[name] = retry(args.model_seconds)
         elif name == "conversation":
             scenarios[name] = conversation()
+        elif name == "kill":
+            scenarios[name] = kill_loop()
         else:
             scenarios[name] = postgres(args.postgres)
     report = {"slots": SLOTS, "deadline_s": DEADLINE_S, "scenarios": scenarios}

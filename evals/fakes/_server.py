@@ -15,7 +15,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -40,8 +40,16 @@ async def json_body(request: Request) -> Any:
 
 def catch_all(dispatch: Callable[[Request], Awaitable[Response]]) -> Starlette:
     """An app sending every path and method to `dispatch`: a fake routes the way its real
-    server does, 404 and 405 bodies included, rather than the way Starlette would."""
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=_ALL_METHODS)])
+    server does, 404 and 405 bodies included, rather than the way Starlette would. A client
+    gone before its body arrived (a service killed mid-request) is no error of the fake's."""
+
+    async def quietly(request: Request) -> Response:
+        try:
+            return await dispatch(request)
+        except ClientDisconnect:
+            return Response(status_code=499)
+
+    return Starlette(routes=[Route("/{path:path}", quietly, methods=_ALL_METHODS)])
 
 
 def command_line(prog: str, description: str, port: int) -> argparse.ArgumentParser:
