@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +15,7 @@ from dotenv import dotenv_values
 
 from agent.health import ollama_health, probe_ollama, serving_models
 from agent.settings import Settings
+from agent.storage import check_storage
 from tools.health import Health
 
 Status = Literal["ok", "warn", "error"]
@@ -133,21 +133,20 @@ async def check_ollama(settings: Settings, client: httpx.AsyncClient) -> list[Fi
 
 
 def check_data_dir(settings: Settings) -> list[Finding]:
+    """The storage check /readyz makes, once the folder the service would create exists."""
     folder = settings.data_dir.resolve()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
     except OSError as exc:
         return [
             Finding(
                 "数据目录",
                 "error",
-                f"{folder} 不可写：{exc.strerror}",
+                f"{folder} 无法创建：{exc.strerror}",
                 "用 QQRAG_DATA_DIR 指向可写目录，或修改目录权限",
             )
         ]
-    findings = [Finding("数据目录", "ok", f"{folder} 可写")]
+    findings = [of_health("数据目录", check_storage(folder, settings.min_free_mb))]
     if settings.checkpoint_path.exists():
         try:
             with sqlite3.connect(settings.checkpoint_path) as conn:

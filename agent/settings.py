@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     )
     thinking: bool = Field(default=False, description="Let the answer model think first.")
     data_dir: Path = Field(default=Path("data"), description="Knowledge base and checkpoints.")
+    min_free_mb: int = Field(
+        default=100,
+        ge=0,
+        description="Free space (MB) the data folder's disk must keep; below it /readyz says "
+        "down, before turns start failing for want of space.",
+    )
     kb_name: str = Field(default="default", description="Embedded knowledge base to search.")
     default_docs: Path = Field(
         default_factory=_default_docs_dir,

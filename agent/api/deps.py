@@ -21,6 +21,7 @@ from agent.health import (
 from agent.policy.tenants import Principal
 from agent.services import Services
 from agent.settings import Settings
+from agent.storage import storage_health
 
 
 @dataclass
@@ -40,8 +41,9 @@ class AppRuntime:
     async def check_dependencies(self) -> Checks:
         """Every dependency's Health, probed together; the metrics gauges follow."""
         settings = self.settings
-        saver, knowledge, ollama = await asyncio.gather(
+        saver, storage, knowledge, ollama = await asyncio.gather(
             checkpointer_health(self.saver),
+            storage_health(settings.data_dir, settings.min_free_mb),
             self.services.knowledge.health(),
             probe_ollama(self.http, settings.ollama_url),
         )
@@ -49,6 +51,8 @@ class AppRuntime:
             self.gateway.count_outage("ollama")
         checks = {
             settings.checkpointer: saver,
+            # Quotas, audit, the embedded knowledge base and SQLite checkpoints live there.
+            "storage": storage,
             "knowledge": knowledge,
             "ollama": ollama_health(ollama, serving_models(settings)),
         }

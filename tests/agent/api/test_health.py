@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,28 @@ def test_metrics_show_each_dependency_from_a_recent_check(
         runtime(client).services.knowledge = Reporting(Health.down("坏了"))
         client.get("/readyz")
         assert gauge(client.get("/metrics").text, "knowledge") == 0.0
+
+
+async def test_doctor_and_readyz_agree_on_a_disk_short_of_space(
+    data: Path, tmp_path: Path, fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This disk's real free space against a threshold above it: a disk filling up, before it
+    # is full (tests/test_storage_full.py fills one).
+    threshold = shutil.disk_usage(tmp_path).free // 2**20 + 1_000_000
+    monkeypatch.setenv("QQRAG_MIN_FREE_MB", str(threshold))
+    with started(fake_ollama.url, monkeypatch) as client:
+        ready = client.get("/readyz")
+        metrics = client.get("/metrics").text
+    found = by_check(await run_checks(get_settings(), containerised=False, environ={}))
+    storage = ready.json()["checks"]["storage"]
+    assert (ready.status_code, ready.json()["status"], storage["status"]) == (503, "down", "down")
+    assert f"低于 QQRAG_MIN_FREE_MB（{threshold} MB）" in storage["error"]
+    assert gauge(metrics, "storage") == 0.0
+
+    # The free space may change by a megabyte between the two looks.
+    def unnumbered(text: str) -> str:
+        return re.sub(r"只剩 \d+ MB", "只剩 … MB", text)
+
+    assert found["数据目录"].status == "error"
+    assert unnumbered(found["数据目录"].detail) == unnumbered(storage["error"])
+    assert found["数据目录"].fix == storage["fix"]
