@@ -8,6 +8,7 @@ the answering itself in the graph (`graphs/qa.py`).
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
@@ -20,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.api import admin, chat, health, openai, threads
 from agent.api.deps import AppRuntime
-from agent.api.schemas import INTERNAL_ERROR_MESSAGE, error_response
+from agent.api.errors import INTERNAL, storage_failure
+from agent.api.schemas import error_response
 from agent.gateway import Refusal
 from agent.policy.metrics import live_gauges_of_this_process
 from agent.runtime import open_runtime
@@ -78,7 +80,18 @@ def create_app() -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after answering, so the traceback still reaches the log.
-        return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
+        return INTERNAL.response()
+
+    # The errors a full disk raises, outside the turns (feedback, keys, forgetting a thread):
+    # answered here, where Starlette does not re-raise, so the log gets one line.
+    @app.exception_handler(sqlite3.OperationalError)
+    @app.exception_handler(OSError)
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        rt: AppRuntime = request.app.state.runtime
+        what = f"{request.method} {request.url.path} failed"
+        if (failed := storage_failure(exc, what, rt.settings.data_dir)) is None:
+            raise exc  # to the catch-all above: a 500, and the traceback in the log
+        return failed.response()
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, exc: Refusal) -> JSONResponse:

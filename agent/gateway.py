@@ -30,6 +30,7 @@ from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.state import Citation
+from agent.storage import STORAGE_FULL_MESSAGE, log_storage_full, storage_full_cause
 from agent.threads import ConversationBusy, ThreadLocks, thread_id
 from agent.turns import QAGraph, TurnResult, stream_turn, turn_config
 from tools.health import Health
@@ -52,6 +53,17 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+
+
+class StorageFull(Refusal):
+    """Nothing can be stored: the data folder's disk is full. 507 Insufficient Storage rather
+    than 503: no passing overload that a retry in a few seconds would get past."""
+
+    STATUS = 507
+    CODE = "storage_full"
+
+    def __init__(self) -> None:
+        super().__init__(self.STATUS, self.CODE, STORAGE_FULL_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -400,14 +412,29 @@ class Gateway:
         return None
 
     def _take_quota(self, turn: Turn) -> None:
-        """One request off the speaker's quotas; raises `Refusal` (429) when one is used up."""
+        """One request off the speaker's quotas. Raises `Refusal`: 429 when one is used up,
+        507 when the quota store's disk is full."""
         # Quota and audit writes run on the event loop, as the checkpoints do: each is a
         # sub-millisecond SQLite commit (WAL, synchronous=NORMAL) or Redis round trip (0.5 s
         # socket timeout), and a hand-off to a worker thread cost more CPU than the write.
         speaker = turn.speaker
-        decision = self.quota.check_and_take(
-            turn.principal.tenant, speaker.user_id, speaker.group_id
-        )
+        try:
+            decision = self.quota.check_and_take(
+                turn.principal.tenant, speaker.user_id, speaker.group_id
+            )
+        except Exception as exc:
+            if (full := storage_full_cause(exc)) is None:
+                raise
+            # A Refusal, which gives the admission slot back: a turn that failed here with
+            # any other exception would keep it, and a full disk would leave the service
+            # "busy" for good once enough turns had failed.
+            log_storage_full(
+                log,
+                f"turn refused (trace {turn.trace_id}, thread {turn.thread})",
+                full,
+                self.settings.data_dir,
+            )
+            raise StorageFull from exc
         if not decision.allowed:
             self.metrics.quota_rejections.labels(decision.limit or "unknown").inc()
             raise Refusal(429, "quota_exceeded", decision.message, retry_after=decision.retry_after)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -59,6 +60,11 @@ class ChildProcess(Started):
     def ready(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, f"the {self.label} is not running"
+        return self._process.pid
+
     def start(self, timeout: float = 30.0) -> Self:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -96,11 +102,19 @@ class ServiceProcess(ChildProcess):
 
     label = "service"
 
-    def __init__(self, env: dict[str, str], *, cwd: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        port: int | None = None,
+        under: Sequence[str] = (),
+    ) -> None:
+        """`under`: a program that runs the service, such as `unshare … sh -c '…; exec "$@"'`."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            [sys.executable, "-m", "agent.cli", "serve"],
+            [*under, sys.executable, "-m", "agent.cli", "serve"],
             {**os.environ, **env, "QQRAG_HOST": "127.0.0.1", "QQRAG_PORT": str(self.port)},
             cwd=cwd,
             log_path=cwd / f"service-{self.port}.log",

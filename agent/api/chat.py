@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,10 +10,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.deps import PrincipalDep, RuntimeDep, check_length
-from agent.api.schemas import INTERNAL_ERROR_MESSAGE, ChatRequest, ChatResponse, internal_error
+from agent.api.errors import failure
+from agent.api.schemas import ChatRequest, ChatResponse
 from agent.gateway import Refusal
-
-log = logging.getLogger("qqrag.server")
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"])
 
@@ -29,9 +27,9 @@ async def post_chat(
         answer = await rt.gateway.answer(turn)
     except Refusal:
         raise
-    except Exception:
-        log.exception("turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
-        return internal_error(turn.trace_id)
+    except Exception as exc:
+        what = f"turn failed (trace {turn.trace_id}, thread {turn.thread})"
+        return failure(exc, what, rt.settings.data_dir).response(trace_id=turn.trace_id)
     return ChatResponse.of(answer)
 
 
@@ -57,16 +55,10 @@ async def post_chat_stream(
                     yield _sse("node", payload)
         except Refusal as refusal:
             yield _sse("error", {"code": refusal.code, "message": refusal.message})
-        except Exception:
-            log.exception("streamed turn failed (trace %s, thread %s)", turn.trace_id, turn.thread)
-            yield _sse(
-                "error",
-                {
-                    "code": "internal_error",
-                    "message": INTERNAL_ERROR_MESSAGE,
-                    "trace_id": turn.trace_id,
-                },
-            )
+        except Exception as exc:
+            what = f"streamed turn failed (trace {turn.trace_id}, thread {turn.thread})"
+            failed = failure(exc, what, rt.settings.data_dir)
+            yield _sse("error", failed.body(trace_id=turn.trace_id))
 
     headers = {"X-Trace-Id": turn.trace_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

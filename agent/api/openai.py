@@ -4,7 +4,6 @@ graph, for clients (Open WebUI, LobeChat, Cherry Studio, NextChat) that list mod
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,10 +13,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent import gateway
 from agent.api.deps import PrincipalDep, RuntimeDep, check_length
-from agent.api.schemas import INTERNAL_ERROR_MESSAGE, CompletionRequest, internal_error
+from agent.api.errors import failure
+from agent.api.schemas import CompletionRequest
 from agent.gateway import Answer, Refusal
-
-log = logging.getLogger("qqrag.server")
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MODEL_ID = "qqrag"
@@ -64,9 +62,9 @@ async def post_completions(
             answer = await rt.gateway.answer(turn)
         except Refusal:
             raise
-        except Exception:
-            log.exception("completion failed (trace %s)", turn.trace_id)
-            return internal_error(turn.trace_id)
+        except Exception as exc:
+            what = f"completion failed (trace {turn.trace_id})"
+            return failure(exc, what, rt.settings.data_dir).response(trace_id=turn.trace_id)
         return JSONResponse(
             {
                 "id": completion_id,
@@ -110,9 +108,9 @@ async def post_completions(
         except Refusal as refusal:
             yield chunk({"content": refusal.message})
             yield chunk({}, "stop")
-        except Exception:
-            log.exception("streamed completion failed (trace %s)", turn.trace_id)
-            yield chunk({"content": INTERNAL_ERROR_MESSAGE})
+        except Exception as exc:
+            what = f"streamed completion failed (trace {turn.trace_id})"
+            yield chunk({"content": failure(exc, what, rt.settings.data_dir).message})
             yield chunk({}, "stop")
         yield "data: [DONE]\n\n"
 

@@ -137,7 +137,3 @@ INTERNAL_ERROR_MESSAGE = "服务内部出错了，请稍后再试。"
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     """Every error the API answers: `{"error": {"code", "message", ...}}`."""
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-def internal_error(trace: str) -> JSONResponse:
-    return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE, trace_id=trace)
