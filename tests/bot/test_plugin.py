@@ -289,9 +289,10 @@ async def test_official_api_answers_fit_in_five_passive_replies(
         ("429", "今天的提问次数已用完，请明天再来。"),
         ("503", "服务正忙，请 10 秒后再试。"),
         ("500", "知识库服务出错了，请稍后再试。"),
+        ("507", "知识库服务的存储空间满了，暂时无法回答，请联系管理员。"),
         ("garbage", "知识库服务出错了，请稍后再试。"),
     ],
-    ids=["down", "timeout", "429", "503", "500", "garbage"],
+    ids=["down", "timeout", "429", "503", "500", "507", "garbage"],
 )
 async def test_service_failures_give_one_friendly_message(
     app: App, service: FakeService, monkeypatch: pytest.MonkeyPatch, failure: str, reply: str
@@ -310,6 +311,8 @@ async def test_service_failures_give_one_friendly_message(
         service.fail(503, "busy", reply, headers={"Retry-After": "10"})
     elif failure == "500":
         service.fail(500, "internal_error", "服务内部出错了，请稍后再试。")
+    elif failure == "507":
+        service.fail(507, "storage_full", "服务器存储空间已满，暂时无法回答，请联系管理员。")
     else:
         service.send({"unexpected": True})
     event = onebot_group_event("星尘打印机保修多久？")

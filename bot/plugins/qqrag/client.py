@@ -17,6 +17,7 @@ BUSY = "知识库服务正忙，请稍后再试。"
 REJECTED = "这个问题太长或格式不对，请精简后再试。"
 UNAUTHORIZED = "机器人与知识库服务的连接配置有误，请联系管理员。"
 FAILED = "知识库服务出错了，请稍后再试。"
+STORAGE_FULL = "知识库服务的存储空间满了，暂时无法回答，请联系管理员。"
 
 _CONNECT_TIMEOUT_S = 5.0
 # Below the keep-alive of uvicorn (5 s, `qqrag serve`): the bot drops an idle connection before
@@ -153,7 +154,9 @@ def _service_error(path: str, response: httpx.Response) -> ServiceError:
     code, message = _error_body(response)
     status = response.status_code
     logger.warning(f"qqrag service answered {path} with HTTP {status} {code}: {message}")
-    if status == 429:
+    if code == "storage_full":
+        user_message = STORAGE_FULL
+    elif status == 429:
         user_message = message or RATE_LIMITED
     elif status == 503:
         user_message = message or BUSY
