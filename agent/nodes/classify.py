@@ -33,8 +33,6 @@ _INJECTION = re.compile(
     r"|(输出|打印|泄露|告诉我).{0,6}(系统提示词|system\s*prompt)",
     re.IGNORECASE,
 )
-# Dropped before the injection rules read a question, so "忽\u200b略" reads as "忽略".
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 
 
 _REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才|同样|还有|另外")
@@ -61,9 +59,9 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
     """The intent when rules are sure, None when the model must decide."""
     if text.startswith(("/", "／")):
         return "command"
-    # The form the sensitive-word filter matches (full-width letters folded), then unseen
-    # characters dropped: a disguise meant for the eye does not get past the rules.
-    if _INJECTION.search(fold(text).translate(_INVISIBLE)):
+    # The form the sensitive-word filter matches (full-width letters folded, invisible
+    # characters dropped): a disguise meant for the eye does not get past the rules.
+    if _INJECTION.search(fold(text)):
         return "blocked"
     if _GREETING.match(text):
         return "chitchat"

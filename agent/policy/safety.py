@@ -1,13 +1,15 @@
 """Sensitive words: one Aho-Corasick pass over a message finds every listed word.
 
-Matching ignores case and compatibility differences (full-width/half-width letters, digits and
-punctuation, ligatures, circled characters): words and text are folded alike, character by
+Matching ignores case, compatibility differences (full-width/half-width letters, digits and
+punctuation, ligatures, circled characters) and invisible characters (zero-width spaces and
+joiners, direction marks, variation selectors): words and text are folded alike, character by
 character, and each folded character remembers which original character it came from, so hits
 report spans in the text as the user wrote it.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +20,13 @@ import ahocorasick
 from agent.policy._watch import Watched
 
 _FOLD_CACHE_LIMIT = 200_000
+# Unicode's Default_Ignorable_Code_Point: drawn as nothing, so "敏\u200b感词" reads as
+# "敏感词" to a person and must match as it.
+_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 
 class _FoldTable(dict[int, str]):
@@ -25,10 +34,14 @@ class _FoldTable(dict[int, str]):
 
     def __missing__(self, codepoint: int) -> str:
         # NFKD rather than NFKC: decomposition works character by character, so "é" and
-        # "e"+U+0301 fold alike without looking at neighbours, and every character folds to a
-        # run of its own (never to nothing), which the span mapping relies on.
-        folded = unicodedata.normalize(
-            "NFKD", unicodedata.normalize("NFKD", chr(codepoint)).casefold()
+        # "e"+U+0301 fold alike without looking at neighbours, and every visible character
+        # folds to a run of its own (only ignorable ones fold to nothing), which the span
+        # mapping relies on.
+        char = chr(codepoint)
+        folded = (
+            ""
+            if _IGNORABLE.match(char)
+            else unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", char).casefold())
         )
         if len(self) < _FOLD_CACHE_LIMIT:
             self[codepoint] = folded
@@ -39,7 +52,7 @@ _FOLD = _FoldTable()
 
 
 def fold(text: str) -> str:
-    """The form matched: compatibility-decomposed and case-folded."""
+    """The form matched: compatibility-decomposed, case-folded, invisible characters dropped."""
     return text.translate(_FOLD)
 
 
@@ -107,8 +120,9 @@ class SensitiveWords:
         folded = fold(text)
         encoded = _as_bytes(folded)
         origin: list[int] | None = None
-        # Every character folds to at least one, so equal lengths mean one-to-one.
-        if len(folded) != len(text):
+        # Every visible character folds to at least one, so equal lengths mean one-to-one
+        # unless an invisible one folded to none (a search far cheaper than the mapping).
+        if len(folded) != len(text) or _IGNORABLE.search(text):
             origin = [i for i, ch in enumerate(text) for _ in _FOLD[ord(ch)]]
         hits: list[Hit] = []
         ascii_only = len(encoded) == len(folded)

@@ -69,6 +69,35 @@ def test_spans_stay_right_after_characters_that_fold_to_several():
     ]
 
 
+def test_invisible_characters_inside_a_word_do_not_hide_it():
+    words = SensitiveWords({"ads": ["敏感词", "加微信"]})
+    # Zero-width space, word joiner, left-to-right isolate and a variation selector.
+    text = "这是敏\u200b感词，\u200b加\u2060微\u2066信\ufe0f。"
+
+    hits = words.scan(text)
+
+    assert [(hit.word, text[hit.start : hit.end]) for hit in hits] == [
+        ("敏感词", "敏\u200b感词"),
+        ("加微信", "加\u2060微\u2066信"),
+    ]
+    # The whole span as written is starred, invisible characters inside it too; those
+    # around a word are no part of it.
+    assert words.mask(text)[0] == "这是****，\u200b*****\ufe0f。"
+
+
+def test_a_listed_word_with_an_invisible_character_matches_the_plain_word():
+    words = SensitiveWords({"ads": ["加\u200b微信"]})
+    assert words.scan("请加微信") == [Hit("加\u200b微信", "ads", 1, 4)]
+
+
+def test_spans_stay_right_when_dropped_and_expanded_characters_even_out():
+    words = SensitiveWords({"ads": ["加微信"]})
+    # ㈱ folds to three characters and each zero-width space to none: the folded text is as
+    # long as the original, yet not one-to-one with it.
+    text = "㈱加微信\u200b\u200b"
+    assert words.scan(text) == [Hit("加微信", "ads", 1, 4)]
+
+
 def test_lone_surrogates_do_not_break_a_scan():
     words = SensitiveWords({"ads": ["加微信"]})
     text = "\ud800加微信\udfff"
