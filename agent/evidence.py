@@ -8,25 +8,42 @@ from collections.abc import Iterable
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
 
 from agent.models import message_text
+from agent.policy.safety import fold
 from tools.base import Passage
 
-_FENCE = re.compile(r"</?\s*context\s*>", re.IGNORECASE)
+FENCES = frozenset({"context", "question"})
+"""The blocks of the answer prompt (`<context>`, `<question>`) that text put inside must not
+open or close."""
+# Anything tag-shaped, with ASCII or full-width brackets; `fold` decides which are fences.
+_TAG = re.compile(r"[<＜﹤]([^<>＜＞﹤﹥\n]{1,40})[>＞﹥]")
+_TAG_NAME = re.compile(r"\s*/?\s*([a-z]+)")
+_DEFANGED = str.maketrans("<＜﹤>＞﹥", "‹‹‹›››")
 _LEADING_NUMBER = re.compile(r"^\[(\d+)\]", re.MULTILINE)
 _HISTORY_ANSWER_CHARS = 200
 
 
-def _fenced(text: str) -> str:
-    # A passage must not close the evidence fence or fake a passage number of its own.
-    text = _FENCE.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
-    return _LEADING_NUMBER.sub(r"［\1］", text)
+def _defang(match: re.Match[str]) -> str:
+    # Folded as the sensitive words are, so "＜／ＣＯＮＴＥＸＴ＞" or a zero-width space inside
+    # the name does not slip past: a model reads those as the tag too.
+    name = _TAG_NAME.match(fold(match.group(1)))
+    if name is None or name.group(1) not in FENCES:
+        return match.group(0)
+    return match.group(0).translate(_DEFANGED)
+
+
+def fenced(text: str) -> str:
+    """`text` made safe to put inside a block of the answer prompt: it can neither close nor
+    open a fence (`</context>` turns into `‹/context›`), nor start a numbered passage of its
+    own (`[2]` at a line start turns into `［2］`)."""
+    return _LEADING_NUMBER.sub(r"［\1］", _TAG.sub(_defang, text))
 
 
 def format_evidence(numbered: Iterable[tuple[int, Passage]]) -> str:
     """Numbered passages, `[n] title（来源：source）` then the text, for the answer prompt."""
     blocks = []
     for number, passage in numbered:
-        header = f"[{number}] {_fenced(passage['title'])}（来源：{_fenced(passage['source'])}）"
-        blocks.append(f"{header}\n{_fenced(passage['text'])}")
+        header = f"[{number}] {fenced(passage['title'])}（来源：{fenced(passage['source'])}）"
+        blocks.append(f"{header}\n{fenced(passage['text'])}")
     return "\n\n".join(blocks)
 
 

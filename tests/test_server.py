@@ -81,7 +81,9 @@ def test_follow_up_is_understood_in_the_conversation_and_history_survives_a_rest
         chats = fake_ollama.calls("/api/chat")
         assert not [c for c in chats if c.get("format")]
         assert [m["role"] for m in chats[-1]["messages"]] == ["system", "user", "assistant", "user"]
-        assert chats[-1]["messages"][-1]["content"].endswith("问题：那它售价多少？")
+        assert chats[-1]["messages"][-1]["content"].endswith(
+            "<question>\n那它售价多少？\n</question>"
+        )
 
     with ServiceProcess(env, cwd=tmp_path) as service:
         messages = history(service, "default:qq:group:20002:30003").json()["messages"]

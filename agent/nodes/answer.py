@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from agent import prompts
 from agent.context import Context
-from agent.evidence import current_question, format_evidence, recent_history
+from agent.evidence import current_question, fenced, format_evidence, recent_history
 from agent.extractive import extractive_answer
 from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
 from agent.services import Services, get_services
@@ -58,7 +58,8 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "answer_user",
         ctx.prompt_variant,
         evidence=format_evidence(enumerate(state.evidence, start=1)),
-        question=state.question,
+        # Fenced like the passages: the user's text must not pass for evidence.
+        question=fenced(state.question),
     )
     messages: list[BaseMessage] = [
         SystemMessage(content=prompts.render("answer", ctx.prompt_variant)),

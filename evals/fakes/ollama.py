@@ -173,9 +173,10 @@ def _token_id(piece: str) -> int:
 # --------------------------------------------------------------------------- the rule-based model
 
 _CONTEXT_BLOCK_RE = re.compile(r"<context>.*?</context>", re.S)
+_QUESTION_BLOCK_RE = re.compile(r"<question>(.*?)</question>", re.S)
 _QUESTION_LINE_RE = re.compile(r"^\s*问题[：:]\s*(.*)", re.M | re.S)
 _PASSAGE_START_RE = re.compile(r"^\[(\d{1,2})\]", re.M)
-_PASSAGE_END_RE = re.compile(r"^\[\d{1,2}\]|</context>|^\s*问题[：:]", re.M)
+_PASSAGE_END_RE = re.compile(r"^\[\d{1,2}\]|</context>|<question>|^\s*问题[：:]", re.M)
 _SENTENCE_END_RE = re.compile(r"[。！？!?；\n]")
 _PUNCTUATION_RE = re.compile(r"[\s？?。！!，,、；;：:“”\"'‘’（）()]+")
 _REFERRING_RE = re.compile("它们|这个|那个|它|这|那|该|其|他|她|此")
@@ -226,7 +227,10 @@ class _Evidence(NamedTuple):
 
 
 def extract_question(text: str) -> str:
-    """The question inside a user message: after a ``问题：`` line, else without ``<context>``."""
+    """The question inside a user message: in a ``<question>`` block, after a ``问题：`` line,
+    else without ``<context>``."""
+    if match := _QUESTION_BLOCK_RE.search(text):
+        return match.group(1).strip()
     if match := _QUESTION_LINE_RE.search(text):
         return match.group(1).strip()
     return _CONTEXT_BLOCK_RE.sub("", text).strip()

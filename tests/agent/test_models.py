@@ -82,7 +82,7 @@ async def test_history_mode_sends_no_classify_request(graph: QAGraph, ollama: Fa
     assert result.citations[0]["title"] == "星尘打印机 › 打印材料"
     follow_up = chats[1]["messages"]
     assert [m["role"] for m in follow_up] == ["system", "user", "assistant", "user"]
-    assert follow_up[-1]["content"].endswith("问题：那它支持哪些耗材？")
+    assert follow_up[-1]["content"].endswith("<question>\n那它支持哪些耗材？\n</question>")
 
 
 def test_message_helpers():

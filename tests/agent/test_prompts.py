@@ -18,7 +18,7 @@ def test_placeholders_fill_and_unknown_braces_stay():
     assert "“星尘打印机”" in text
     assert (
         prompts.render("answer_user", evidence="E", question="Q")
-        == "<context>\nE\n</context>\n\n问题：Q"
+        == "<context>\nE\n</context>\n\n<question>\nQ\n</question>"
     )
 
 

@@ -40,7 +40,7 @@ async def test_history_mode_answers_a_follow_up_without_the_classify_call(
     answer_call = models.calls[1]
     assert [m.type for m in answer_call] == ["system", "human", "ai", "human"]
     assert answer_call[1].content == "星尘打印机保修多久？"
-    assert str(answer_call[-1].content).endswith("问题：那它售价多少？")
+    assert str(answer_call[-1].content).endswith("<question>\n那它售价多少？\n</question>")
 
 
 async def test_history_mode_still_blocks_injections_and_answers_commands_by_rules(
@@ -71,7 +71,9 @@ async def test_model_mode_rewrites_the_follow_up_and_asks_the_rewrite(
     result = await run_turn(graph, "h3", "那它售价多少？", Context(rewrite="model"))
     assert result.model_calls == 2
     assert result.query == "星尘打印机售价多少？"
-    assert str(models.calls[-1][-1].content).endswith("问题：星尘打印机售价多少？")
+    assert str(models.calls[-1][-1].content).endswith(
+        "<question>\n星尘打印机售价多少？\n</question>"
+    )
 
 
 async def test_classify_always_asks_the_model_in_history_mode_too(
