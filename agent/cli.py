@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.links import PLACEHOLDER
 from agent.policy.tenants import OPEN_TENANT, Principal
 from agent.settings import get_settings
 
@@ -246,17 +247,59 @@ def tenant_add(
     kb: Annotated[
         list[str] | None, typer.Option(help="可检索的知识库，可重复；默认 default")
     ] = None,
+    link_domain: Annotated[
+        list[str] | None,
+        typer.Option(help="回答里可以保留链接的域名（含子域名），可重复；默认不保留任何链接"),
+    ] = None,
 ) -> None:
-    """新建租户，并指定它能检索哪些知识库。"""
+    """新建租户，并指定它能检索哪些知识库、回答里保留哪些域名的链接。"""
     store = _tenants()
     try:
-        tenant = store.create_tenant(name, kb or [get_settings().kb_name])
+        tenant = store.create_tenant(name, kb or [get_settings().kb_name], link_domain or ())
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
     finally:
         store.close()
     console.print(f"已创建租户 {tenant.name}，知识库：{', '.join(tenant.knowledge_bases)}")
+    _show_link_domains(tenant.name, tenant.link_domains)
+
+
+def _show_link_domains(name: str, domains: tuple[str, ...]) -> None:
+    service = get_settings().link_allowlist
+    own = f"保留这些域名的链接：{', '.join(domains)}" if domains else "自己没有设置保留链接的域名"
+    rest = f"；另有 QQRAG_LINK_ALLOWLIST 的 {', '.join(service)}" if service else ""
+    console.print(f"租户 {name} {own}{rest}，其他链接显示为“{PLACEHOLDER}”")
+
+
+@tenant_app.command("links")
+def tenant_links(
+    name: Annotated[str, typer.Argument(help="租户名")],
+    link_domain: Annotated[
+        list[str] | None,
+        typer.Option(help="回答里可以保留链接的域名（含子域名），可重复；替换原来的设置"),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="清空，不再保留任何链接")] = False,
+) -> None:
+    """查看或设置租户回答里保留哪些域名的链接；不带选项时只查看。"""
+    if clear and link_domain:
+        console.print("[red]--clear 和 --link-domain 只能选一个[/]")
+        raise typer.Exit(1)
+    store = _tenants()
+    try:
+        changing = clear or link_domain
+        tenant = store.set_link_domains(name, link_domain or ()) if changing else store.tenant(name)
+    except KeyError:
+        tenant = None
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    if tenant is None:
+        console.print(f"[red]没有租户 {name}[/]")
+        raise typer.Exit(1)
+    _show_link_domains(tenant.name, tenant.link_domains)
 
 
 @tenant_app.command("list")
@@ -264,9 +307,14 @@ def tenant_list() -> None:
     """列出租户。"""
     store = _tenants()
     try:
-        table = Table("租户", "知识库", "创建时间")
+        table = Table("租户", "知识库", "保留链接的域名", "创建时间")
         for tenant in store.list_tenants():
-            table.add_row(tenant.name, ", ".join(tenant.knowledge_bases), tenant.created_at)
+            table.add_row(
+                tenant.name,
+                ", ".join(tenant.knowledge_bases),
+                ", ".join(tenant.link_domains),
+                tenant.created_at,
+            )
         console.print(table)
     finally:
         store.close()

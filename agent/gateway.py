@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from agent import backends, prompts
 from agent.context import Context
+from agent.links import mask_links
 from agent.models import message_text
 from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
@@ -467,12 +468,24 @@ class Gateway:
         )
 
     def _masked(self, turn: Turn, result: TurnResult) -> Answer:
+        allowed = self._link_domains(turn.principal.tenant)
         text, hits = self.safety.mask(result.answer)
+        text = mask_links(text, allowed)
         citations = []
         for citation in result.citations:
             # Snippets quote the knowledge base: masked too, but only the answer's hits count.
-            snippet = self.safety.mask(citation["snippet"])[0]
-            citations.append(Citation(**{**citation, "snippet": snippet}))
+            # A planted passage names its link in its title or source as well as its text.
+            snippet = mask_links(self.safety.mask(citation["snippet"])[0], allowed)
+            citations.append(
+                Citation(
+                    **{
+                        **citation,
+                        "snippet": snippet,
+                        "title": mask_links(citation["title"], allowed),
+                        "source": mask_links(citation["source"], allowed),
+                    }
+                )
+            )
         turn.answer_hits = hits
         return Answer(
             answer=text,
@@ -486,8 +499,14 @@ class Gateway:
             tokens=result.tokens,
         )
 
-    def mask(self, text: str) -> str:
-        return self.safety.mask(text)[0]
+    def _link_domains(self, tenant: str) -> frozenset[str]:
+        """Domains whose links `tenant`'s answers may show: the service's and the tenant's own."""
+        own = self.tenants.tenant(tenant)
+        return frozenset((*self.settings.link_allowlist, *(own.link_domains if own else ())))
+
+    def mask(self, text: str, tenant: str) -> str:
+        """`text` as `tenant`'s users may see it: sensitive words starred, links hidden."""
+        return mask_links(self.safety.mask(text)[0], self._link_domains(tenant))
 
     # —— bookkeeping ——
 

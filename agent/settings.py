@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent.links import allowed_domain
+
 
 def _default_docs_dir() -> Path:
     """The bundled user guide: `docs/` in a checkout, `share/qqrag/docs` for a wheel install."""
@@ -151,6 +153,11 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of sensitive-word lists (*.txt); default DATA_DIR/sensitive_words.",
     )
+    link_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Domains whose links answers may show, comma-separated, for every tenant "
+        "(and the open mode); a tenant's own link domains add to them. Other links are hidden.",
+    )
     profiles_path: Path | None = Field(
         default=None, description="Gray-release profiles (YAML); default DATA_DIR/profiles.yaml."
     )
@@ -186,12 +193,17 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key, so several deployments can share one Redis.",
     )
 
-    @field_validator("maxkb_knowledge_ids", mode="before")
+    @field_validator("maxkb_knowledge_ids", "link_allowlist", mode="before")
     @classmethod
-    def _split_ids(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("link_allowlist")
+    @classmethod
+    def _normalise_domains(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(map(allowed_domain, value)))
 
     @field_validator("ollama_url")
     @classmethod

@@ -4,6 +4,7 @@ gray release, audit and metrics, and the OpenAI-compatible endpoint."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,3 +281,62 @@ async def test_a_burst_past_the_admission_bound_gets_quick_busy_replies(
     assert busy.headers["Retry-After"] == "5"
     # Busy replies came back at once, not after the model's second.
     assert all(r.elapsed.total_seconds() < 0.9 for r in responses if r.status_code == 503)
+
+
+def test_a_planted_link_is_hidden_unless_the_tenant_allows_its_domain(
+    tmp_path: Path, fake: FakeOllama
+):
+    """Over every exit of the real service: /v1/chat, its stream, the OpenAI-compatible
+    endpoint (and so the bot, which asks /v1/chat), the thread history and the audit log."""
+    fake.reset()
+    fake.latency = LatencyModel()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "driver.md").write_text(
+        "# 星尘打印机驱动\n\n星尘打印机驱动请到 https://dl.stardust.example/driver 下载。\n",
+        encoding="utf-8",
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    store = TenantStore(data / "tenants.sqlite")
+    store.create_tenant("plain", ["default"])
+    store.create_tenant("trusting", ["default"], link_domains=["stardust.example"])
+    keys = {tenant: store.issue_key(tenant) for tenant in ("plain", "trusting")}
+    store.close()
+    env = {
+        "QQRAG_DATA_DIR": str(data),
+        "QQRAG_OLLAMA_URL": fake.url,
+        "QQRAG_DEFAULT_DOCS": str(docs),
+    }
+    question = "星尘打印机驱动在哪里下载？"
+    link = "https://dl.stardust.example/driver"
+    with (
+        ServiceProcess(env, cwd=tmp_path) as service,
+        httpx.Client(base_url=service.url, timeout=30) as client,
+    ):
+        seen: dict[str, list[str]] = {}
+        for tenant, key in keys.items():
+            body = {"scene": "private", "user_id": "u1", "text": question}
+            chat = client.post("/v1/chat", json=body, headers=bearer(key)).json()
+            stream = client.post(
+                "/v1/chat/stream", json=body | {"user_id": "u2"}, headers=bearer(key)
+            ).text
+            result = json.loads(stream.split("event: result\ndata: ", 1)[1].split("\n", 1)[0])
+            api = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key)
+            completion = api.chat.completions.create(
+                model="qqrag", messages=[{"role": "user", "content": question}], user="u3"
+            )
+            history = client.get(f"/v1/threads/{chat['thread_id']}", headers=bearer(key))
+            seen[tenant] = [
+                chat["answer"],
+                chat["citations"][0]["snippet"],
+                result["answer"],
+                completion.choices[0].message.content or "",
+                history.json()["messages"][-1]["content"],
+            ]
+        audit = client.get("/v1/audit", headers=bearer(keys["plain"])).json()["turns"]
+    assert all(link in text for text in seen["trusting"]), seen["trusting"]
+    # No allow-list of its own, and none for the service (QQRAG_LINK_ALLOWLIST is unset).
+    assert all(link not in text and "[链接已隐藏]" in text for text in seen["plain"]), seen
+    assert seen["plain"][0] == "星尘打印机驱动请到 [链接已隐藏] 下载[1]。"
+    assert {row["answer"] for row in audit} == {seen["plain"][0]}

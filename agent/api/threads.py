@@ -39,7 +39,8 @@ async def get_thread(
         if isinstance(message, HumanMessage):
             messages.append(HistoryMessage(role="user", content=message_text(message)))
         elif isinstance(message, AIMessage):
-            text = rt.gateway.mask(message_text(message))
+            # The thread's tenant, not the reader's: an admin sees what its users saw.
+            text = rt.gateway.mask(message_text(message), thread.split(":", 1)[0])
             messages.append(HistoryMessage(role="assistant", content=text))
     return ThreadHistory(thread_id=thread, messages=messages)
 

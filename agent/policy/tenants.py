@@ -16,6 +16,8 @@ from typing import Any, Literal, cast, get_args
 
 import sqlite_utils
 
+from agent.links import allowed_domain
+
 Role = Literal["client", "admin"]
 KEY_PREFIX = "qqrag-"
 KEY_ID_CHARS = 12
@@ -50,6 +52,8 @@ class Tenant:
     name: str
     knowledge_bases: tuple[str, ...]
     created_at: str
+    link_domains: tuple[str, ...] = ()
+    """Domains whose links this tenant's answers may show, besides QQRAG_LINK_ALLOWLIST's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +92,13 @@ class TenantStore:
         self._lock = threading.Lock()
         self._tenants = self._db.table("tenants")
         self._tenants.create(
-            {"name": str, "knowledge_bases": str, "created_at": str},
+            {"name": str, "knowledge_bases": str, "created_at": str, "link_domains": str},
             pk="name",
+            not_null={"link_domains"},
+            defaults={"link_domains": "[]"},
             if_not_exists=True,
         )
+        self._add_link_domains()
         self._keys = self._db.table("keys")
         self._keys.create(
             {
@@ -109,12 +116,35 @@ class TenantStore:
         )
         self._keys.create_index(["tenant"], if_not_exists=True)
 
-    def create_tenant(self, name: str, knowledge_bases: Iterable[str] = ("default",)) -> Tenant:
-        """Add a tenant; `ValueError` for a malformed or existing name or no knowledge base."""
+    def _add_link_domains(self) -> None:
+        """Give a tenants table from before link allow-lists its column (every tenant without
+        link domains of its own)."""
+        if "link_domains" in self._tenants.columns_dict:
+            return
+        try:
+            self._tenants.add_column("link_domains", str, not_null_default="[]")
+        except sqlite3.OperationalError:
+            # Another process opening the same file added it first.
+            if "link_domains" not in self._tenants.columns_dict:
+                raise
+
+    def create_tenant(
+        self,
+        name: str,
+        knowledge_bases: Iterable[str] = ("default",),
+        link_domains: Iterable[str] = (),
+    ) -> Tenant:
+        """Add a tenant; `ValueError` for a malformed or existing name, no knowledge base or a
+        malformed link domain."""
         if not _TENANT_NAME.fullmatch(name):
             raise ValueError(f"tenant name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         bases = _knowledge_bases(name, knowledge_bases)
-        row = {"name": name, "knowledge_bases": json.dumps(bases), "created_at": _now()}
+        row = {
+            "name": name,
+            "knowledge_bases": json.dumps(bases),
+            "created_at": _now(),
+            "link_domains": json.dumps(_link_domains(link_domains)),
+        }
         try:
             with self._lock:
                 self._tenants.insert(row)
@@ -129,6 +159,17 @@ class TenantStore:
             if not self._tenants.count_where("name = ?", [name]):
                 raise KeyError(f"unknown tenant {name!r}")
             self._tenants.update(name, {"knowledge_bases": json.dumps(bases)})
+            return _tenant(self._tenants.get(name))
+
+    def set_link_domains(self, name: str, link_domains: Iterable[str]) -> Tenant:
+        """Replace the domains whose links a tenant's answers may show (none: every link is
+        hidden, but QQRAG_LINK_ALLOWLIST's); `KeyError` for an unknown tenant, `ValueError`
+        for a malformed domain."""
+        domains = _link_domains(link_domains)
+        with self._lock:
+            if not self._tenants.count_where("name = ?", [name]):
+                raise KeyError(f"unknown tenant {name!r}")
+            self._tenants.update(name, {"link_domains": json.dumps(domains)})
             return _tenant(self._tenants.get(name))
 
     def tenant(self, name: str) -> Tenant | None:
@@ -231,11 +272,16 @@ def _knowledge_bases(tenant: str, names: Iterable[str]) -> list[str]:
     return bases
 
 
+def _link_domains(domains: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(map(allowed_domain, domains)))
+
+
 def _tenant(row: dict[str, Any]) -> Tenant:
     return Tenant(
         name=row["name"],
         knowledge_bases=tuple(json.loads(row["knowledge_bases"])),
         created_at=row["created_at"],
+        link_domains=tuple(json.loads(row["link_domains"])),
     )
 
 

@@ -128,6 +128,20 @@ def test_tenants_keys_and_gaps(data_dir: Path):
     assert "已吊销" in runner.invoke(app, ["key", "list"]).output
     assert "acme" in runner.invoke(app, ["tenant", "list"]).output
 
+    linked = runner.invoke(app, ["tenant", "add", "docsco", "--link-domain", "Docs.Example.com"])
+    assert linked.exit_code == 0 and "保留这些域名的链接：docs.example.com" in linked.output
+    assert "docs.example.com" in runner.invoke(app, ["tenant", "list"]).output
+    changed = runner.invoke(
+        app, ["tenant", "links", "acme", "--link-domain", "a.example", "--link-domain", "b.example"]
+    )
+    assert changed.exit_code == 0 and "a.example, b.example" in changed.output
+    assert "a.example, b.example" in runner.invoke(app, ["tenant", "links", "acme"]).output
+    cleared = runner.invoke(app, ["tenant", "links", "acme", "--clear"])
+    assert cleared.exit_code == 0 and "自己没有设置保留链接的域名" in cleared.output
+    assert runner.invoke(app, ["tenant", "links", "nobody"]).exit_code == 1
+    bad = runner.invoke(app, ["tenant", "links", "acme", "--link-domain", "not a domain"])
+    assert bad.exit_code == 1 and "not a domain name" in bad.output
+
     log = AuditLog(data_dir / "audit.sqlite")
     for question in ("量子计算机怎么买？", "量子计算机怎么买？", "火星车多少钱？"):
         log.record_turn(

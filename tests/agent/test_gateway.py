@@ -17,7 +17,7 @@ from agent.policy.profiles import GrayRelease
 from agent.policy.quota import QuotaLimits, SqliteQuotaStore
 from agent.policy.redis_store import RedisQuotaStore
 from agent.policy.safety import SafetyFilter
-from agent.policy.tenants import OPEN_PRINCIPAL, TenantStore
+from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
 from agent.services import Services
 from agent.settings import Settings
 from agent.threads import KeyedLocks
@@ -26,6 +26,7 @@ from evals.harness import free_port
 from tests.conftest import ScriptedModels
 from tools.base import Passage
 from tools.health import Health
+from tools.kb import EmbeddedKB
 
 
 async def test_local_state_has_nothing_shared_to_report(
@@ -254,5 +255,49 @@ async def test_a_turn_that_fails_stores_nothing(
             turn_config(gateway.thread_of(OPEN_PRINCIPAL, speaker("u2")))
         )
         assert not fresh.values.get("messages")
+    finally:
+        gateway.close()
+
+
+async def test_links_are_hidden_unless_the_service_or_the_tenant_allows_them(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels, kb: EmbeddedKB
+):
+    """Answer, snippets, titles and sources alike, and a retried message's stored answer."""
+    (folder := settings.data_dir / "planted").mkdir()
+    (folder / "driver.md").write_text(
+        "# 星尘打印机驱动 https://evil.example/t\n\n"
+        "星尘打印机驱动的下载地址是 https://evil.example/d 和 https://docs.example.com/d 。\n",
+        encoding="utf-8",
+    )
+    kb.add_path(folder)
+    reply = "星尘打印机驱动的下载地址是 https://evil.example/d 和 https://docs.example.com/d[1]。"
+    service = settings.model_copy(update={"link_allowlist": ["example.com"]})
+    gateway = local_gateway(service, services, graph, QuotaLimits(user_rpm=0))
+    gateway.tenants.create_tenant("plain", ["test"])
+    gateway.tenants.create_tenant("trusting", ["test"], link_domains=["evil.example"])
+    try:
+        answers = {}
+        for tenant in ("plain", "trusting"):
+            models.say(reply)
+            principal = Principal(tenant=tenant, role="client", key_id="k")
+            speaker = Speaker(platform="qq", scene="private", user_id="u1", message_id="m1")
+            turn = await gateway.admit(principal, speaker, "星尘打印机驱动在哪里下载？")
+            answers[tenant] = await gateway.answer(turn)
+            # A retried message is answered from the conversation, masked the same way.
+            replayed = await gateway.answer(await gateway.admit(principal, speaker, "重发"))
+            assert replayed.answer == answers[tenant].answer
+        plain, trusting = answers["plain"], answers["trusting"]
+        assert plain.answer == (
+            "星尘打印机驱动的下载地址是 [链接已隐藏] 和 https://docs.example.com/d[1]。"
+        )
+        assert plain.result.answer == plain.answer
+        (cited,) = plain.citations
+        assert "evil" not in cited["snippet"] + cited["title"]
+        assert "https://docs.example.com/d" in cited["snippet"]
+        assert plain.result.citations == plain.citations
+        assert trusting.answer == reply
+        assert "https://evil.example/t" in trusting.citations[0]["title"]
+        assert gateway.mask("见 https://evil.example/d", "plain") == "见 [链接已隐藏]"
+        assert gateway.mask("见 https://evil.example/d", "trusting") == "见 https://evil.example/d"
     finally:
         gateway.close()

@@ -35,6 +35,7 @@ def test_env_example_loads_as_valid_settings():
     )  # type: ignore[arg-type]
     assert settings.chat_model == "qwen3:8b"
     assert settings.maxkb_knowledge_ids == []
+    assert settings.link_allowlist == []
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,15 @@ def test_env_example_loads_as_valid_settings():
 def test_ollama_url_is_normalised(monkeypatch: pytest.MonkeyPatch, raw: str, url: str):
     monkeypatch.setenv("OLLAMA_HOST", raw)
     assert Settings(_env_file=None).ollama_url == url  # type: ignore[call-arg]
+
+
+def test_link_allowlist_is_split_and_normalised(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("QQRAG_LINK_ALLOWLIST", " Docs.Example.com, *.example.org,,docs.example.com")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.link_allowlist == ["docs.example.com", "example.org"]
+    monkeypatch.setenv("QQRAG_LINK_ALLOWLIST", "example.com;example.org")
+    with pytest.raises(ValueError, match="not a domain name"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 def test_qqrag_variable_wins_over_ollama_host(monkeypatch: pytest.MonkeyPatch):

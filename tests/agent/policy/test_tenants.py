@@ -1,6 +1,9 @@
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlite_utils
 
 from agent.policy.tenants import KEY_PREFIX, OPEN_PRINCIPAL, Principal, TenantStore, hash_key
 
@@ -106,6 +109,64 @@ def test_tenants_and_their_knowledge_bases(store: TenantStore):
         store.issue_key("missing")
     with pytest.raises(KeyError):
         store.set_knowledge_bases("missing", ("x",))
+
+
+def test_tenants_and_their_link_domains(store: TenantStore):
+    store.create_tenant("a", link_domains=("Docs.Example.com", "*.example.org", "docs.example.com"))
+    store.create_tenant("b")
+
+    assert store.tenant("a").link_domains == ("docs.example.com", "example.org")  # type: ignore[union-attr]
+    assert store.tenant("b").link_domains == ()  # type: ignore[union-attr]
+    assert store.set_link_domains("b", ["example.net"]).link_domains == ("example.net",)
+    assert store.set_link_domains("a", []).link_domains == ()
+    assert [t.link_domains for t in store.list_tenants()] == [(), ("example.net",)]
+    with pytest.raises(ValueError, match="not a domain name"):
+        store.create_tenant("c", link_domains=("not a domain",))
+    assert store.tenant("c") is None
+    with pytest.raises(ValueError, match="not a domain name"):
+        store.set_link_domains("a", ["https://"])
+    with pytest.raises(KeyError):
+        store.set_link_domains("missing", ["example.com"])
+
+
+def test_a_database_from_before_link_domains_gains_the_column(tmp_path: Path):
+    path = tmp_path / "tenants.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE tenants (name TEXT PRIMARY KEY, knowledge_bases TEXT, created_at TEXT)"
+    )
+    old.execute("INSERT INTO tenants VALUES ('acme', '[\"faq\"]', '2025-01-01T00:00:00+00:00')")
+    old.commit()
+    old.close()
+
+    first, second = TenantStore(path), TenantStore(path)  # the second finds it migrated
+    acme = first.tenant("acme")
+    assert acme is not None and (acme.knowledge_bases, acme.link_domains) == (("faq",), ())
+    assert first.set_link_domains("acme", ["example.com"]).link_domains == ("example.com",)
+    assert second.tenant("acme").link_domains == ("example.com",)  # type: ignore[union-attr]
+    first.create_tenant("newco")
+    assert second.tenant("newco").link_domains == ()  # type: ignore[union-attr]
+
+
+def test_a_migration_raced_by_another_process_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Worker processes start together and may all find the column missing."""
+    path = tmp_path / "tenants.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE tenants (name TEXT PRIMARY KEY, knowledge_bases TEXT, created_at TEXT)"
+    )
+    old.close()
+    add_column = sqlite_utils.db.Table.add_column
+
+    def raced(table: sqlite_utils.db.Table, *args: Any, **kwargs: Any) -> Any:
+        add_column(table, *args, **kwargs)  # the other process, a moment earlier
+        return add_column(table, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_utils.db.Table, "add_column", raced)
+    store = TenantStore(path)
+    assert store.create_tenant("acme").link_domains == ()
 
 
 def test_keys_listed_per_tenant_and_seen_by_another_store(tmp_path: Path):
