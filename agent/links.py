@@ -6,13 +6,13 @@ stops it whatever the platform. What counts as a link:
 
 - `http://`, `https://` and `ftp://` URLs;
 - `www.` host names, with or without a path;
-- host names under a common top-level domain (`evil.com`, `evil.cn/x`);
 - other host names followed by a port or a path (`evil.example/x`), unless their last part
   is a common file extension (`config.yaml/config.json`, `node.js/express`).
 
-File names (`config.yaml`, `README.md`), version numbers (`1.2.3`), e-mail addresses and
-connection strings of other schemes (`redis://redis:6379/0`) are not links. No module of
-`agent` is imported here: settings validate their allow-list with `allowed_domain`.
+A host name alone (`Getchu.com`) is a site's name as often as a link, and stays; so do file
+names (`config.yaml`, `README.md`), version numbers (`1.2.3`), e-mail addresses and connection
+strings of other schemes (`redis://redis:6379/0`). No module of `agent` is imported here:
+settings validate their allow-list with `allowed_domain`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ from urllib.parse import urlsplit
 
 PLACEHOLDER = "[链接已隐藏]"
 
-# Top-level domains under which a bare host name is a link even without a path.
-COMMON_TLDS = frozenset(
-    "com net org cn edu gov io co me info biz xyz top vip club site online shop app dev tv "
-    "ru uk jp hk tw de fr us eu link live tech cloud icu work ltd wang fun asia".split()
-)
 # Endings that make a word.word a file name even before a slash; some are top-level domains
 # too (md, sh, zip…), but answers name files far more often than hosts under them.
 FILE_EXTENSIONS = frozenset(
@@ -87,7 +82,7 @@ def _host(link: str) -> str:
 
 def _is_link(host: str, tld: str, rest: str) -> bool:
     """Whether a host name written without a scheme is meant as a link."""
-    if host.startswith("www.") or tld in COMMON_TLDS:
+    if host.startswith("www."):
         return True
     return tld not in FILE_EXTENSIONS and _PORT_OR_PATH.match(rest) is not None
 
