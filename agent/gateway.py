@@ -284,6 +284,8 @@ class Gateway:
                 except TimeoutError as exc:
                     raise self._timed_out(turn, started) from exc
                 if kind == "failed":
+                    if not isinstance(payload, Refusal):
+                        self._record_failure(turn, "error", started)
                     raise payload
                 if kind == "result":
                     result: TurnResult = payload
@@ -358,25 +360,52 @@ class Gateway:
                         events.put_nowait(event)
                 finally:
                     self.metrics.inflight_turns.dec()
-        except Refusal as refusal:
-            events.put_nowait(("failed", refusal))
         except Exception as exc:
-            self.metrics.count_turn(
-                intent="unknown",
-                profile=turn.profile,
-                outcome="error",
-                seconds=time.monotonic() - turn.received,
-            )
             events.put_nowait(("failed", exc))
+
+    def _record_failure(self, turn: Turn, outcome: Outcome, started: float) -> None:
+        """A turn that got no answer still counts, and leaves its audit row: the operator
+        sees which questions failed, and when."""
+        seconds = time.perf_counter() - started
+        self.metrics.count_turn(
+            intent="unknown", profile=turn.profile, outcome=outcome, seconds=seconds
+        )
+        if self.services.audit is None:
+            return
+        try:
+            self.services.audit.record_turn(
+                {
+                    "trace_id": turn.trace_id,
+                    "tenant": turn.principal.tenant,
+                    "thread_id": turn.thread,
+                    "profile": turn.profile,
+                    "intent": "unknown",
+                    "outcome": outcome,
+                    "question": turn.text,
+                    "query": "",
+                    "answer": "",
+                    "answer_chars": 0,
+                    "candidates": [],
+                    "ranked": [],
+                    "evidence": [],
+                    "cited": [],
+                    "supported_ratio": None,
+                    "removed_sentences": 0,
+                    "tokens": 0,
+                    "model_calls": 0,
+                    "node_seconds": {},
+                    "seconds": round(seconds, 4),
+                    "degraded": 0,
+                    "safety_hits": [],
+                }
+            )
+        except Exception as exc:
+            # The storage that failed the turn may be the audit's too (a full disk).
+            log.warning("audit row of failed turn %s not written: %s", turn.trace_id, exc)
 
     def _timed_out(self, turn: Turn, started: float) -> Refusal:
         self.metrics.turn_timeouts.inc()
-        self.metrics.count_turn(
-            intent="unknown",
-            profile=turn.profile,
-            outcome="timeout",
-            seconds=time.perf_counter() - started,
-        )
+        self._record_failure(turn, "timeout", started)
         log.warning(
             "turn %s on %s passed its %g s deadline; nothing of it is kept",
             turn.trace_id,

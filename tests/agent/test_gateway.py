@@ -10,6 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from agent.audit import AuditLog
 from agent.gateway import Gateway, Refusal, Speaker
 from agent.policy.admission import LocalAdmission
 from agent.policy.metrics import Metrics
@@ -206,6 +207,7 @@ async def test_whatever_hangs_the_turn_ends_at_its_deadline_and_keeps_nothing(
     settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
 ):
     gateway = local_gateway(settings, services, graph, QuotaLimits())
+    services.audit = AuditLog(settings.data_dir / "audit.sqlite")
     models.say("星尘打印机售价 2999 元[1]。")
     thread = gateway.thread_of(OPEN_PRINCIPAL, speaker())
     try:
@@ -217,9 +219,17 @@ async def test_whatever_hangs_the_turn_ends_at_its_deadline_and_keeps_nothing(
             await asyncio.wait_for(gateway.answer(turn), 10)
         assert refused.value.code == "timeout" and refused.value.status == 503
         assert gateway.metrics.turn_timeouts._value.get() == 1
+        latest = services.audit.turns(thread_id=thread, limit=1)[0]
+        assert (latest["trace_id"], latest["outcome"], latest["answer"]) == (
+            turn.trace_id,
+            "timeout",
+            "",
+        )
         assert gateway.admission.in_flight == 0
         # The abandoned turn is not in the conversation: no question without its answer.
-        state = await graph.aget_state(turn_config(thread))
+        # (Its task keeps the conversation until it has taken back what it stored.)
+        async with asyncio.timeout(10), gateway.locks.hold(thread):
+            state = await graph.aget_state(turn_config(thread))
         assert [m.content for m in state.values["messages"]] == [
             "星尘打印机售价多少？",
             "星尘打印机售价 2999 元[1]。",
@@ -235,6 +245,7 @@ async def test_a_turn_that_fails_stores_nothing(
     catches) used to leave the question stored without its answer: a half turn that the next
     turn read as history."""
     gateway = local_gateway(settings, services, graph, QuotaLimits())
+    services.audit = AuditLog(settings.data_dir / "audit.sqlite")
     thread = gateway.thread_of(OPEN_PRINCIPAL, speaker())
     try:
         models.say("星尘打印机售价 2999 元[1]。", ValueError("boom"))
@@ -245,6 +256,9 @@ async def test_a_turn_that_fails_stores_nothing(
             )
         state = await graph.aget_state(turn_config(thread))
         assert len(state.values["messages"]) == 2
+        # The operator still sees the failed question.
+        failed = services.audit.turns(thread_id=thread, limit=1)[0]
+        assert (failed["question"], failed["outcome"]) == ("星尘打印机保修多久？", "error")
         # A first turn that fails leaves no conversation at all.
         models.say(ValueError("boom"))
         with pytest.raises(ValueError, match="boom"):
