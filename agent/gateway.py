@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -118,6 +119,31 @@ class _Slot:
         if self._held:
             self._held = False
             self._admission.leave()
+
+
+class _MaskedStream:
+    """The answer's token preview, masked as the final answer is (sensitive words, links), a
+    sentence at a time: a word or a link split across tokens is whole within its sentence, and
+    neither crosses a Chinese sentence end or a line break."""
+
+    _END = re.compile(r"[。！？；\n]")
+
+    def __init__(self, mask: Callable[[str], str]) -> None:
+        self._mask = mask
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        """What of the stream so far can be shown; the unfinished sentence is held back."""
+        self._pending += text
+        ends = [m.end() for m in self._END.finditer(self._pending)]
+        if not ends:
+            return ""
+        ready, self._pending = self._pending[: ends[-1]], self._pending[ends[-1] :]
+        return self._mask(ready)
+
+    def flush(self) -> str:
+        ready, self._pending = self._pending, ""
+        return self._mask(ready) if ready else ""
 
 
 @dataclass
@@ -276,6 +302,7 @@ class Gateway:
         # taken back what it stored.
         worker = asyncio.create_task(self._work(turn, tokens, deadline, slot, events))
         worker.add_done_callback(lambda _: slot.free())
+        preview = _MaskedStream(lambda text: self.mask(text, turn.principal.tenant))
         try:
             while True:
                 try:
@@ -289,7 +316,13 @@ class Gateway:
                     raise payload
                 if kind == "result":
                     result: TurnResult = payload
+                    if rest := preview.flush():
+                        yield "token", rest
                     break
+                if kind == "token":
+                    if payload := preview.feed(payload):
+                        yield kind, payload
+                    continue
                 yield kind, payload
                 if kind == "answer":  # a replayed answer: no turn ran
                     return

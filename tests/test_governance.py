@@ -322,6 +322,13 @@ def test_a_planted_link_is_hidden_unless_the_tenant_allows_its_domain(
                 "/v1/chat/stream", json=body | {"user_id": "u2"}, headers=bearer(key)
             ).text
             result = json.loads(stream.split("event: result\ndata: ", 1)[1].split("\n", 1)[0])
+            # The token preview too: it used to stream the model's raw text.
+            preview = "".join(
+                json.loads(line.removeprefix("data: "))["text"]
+                for event in stream.split("\n\n")
+                if event.startswith("event: token")
+                for line in event.splitlines()[1:]
+            )
             api = openai.OpenAI(base_url=f"{service.url}/v1", api_key=key)
             completion = api.chat.completions.create(
                 model="qqrag", messages=[{"role": "user", "content": question}], user="u3"
@@ -331,6 +338,7 @@ def test_a_planted_link_is_hidden_unless_the_tenant_allows_its_domain(
                 chat["answer"],
                 chat["citations"][0]["snippet"],
                 result["answer"],
+                preview,
                 completion.choices[0].message.content or "",
                 history.json()["messages"][-1]["content"],
             ]
