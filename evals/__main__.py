@@ -60,6 +60,11 @@ def parser(prog: str = "python -m evals") -> argparse.ArgumentParser:
     )
     parse.add_argument("--out", type=Path, metavar="DIR", help="报告目录，默认 evals/reports/")
     parse.add_argument("--no-progress", action="store_true", help="不显示进度条")
+    parse.add_argument(
+        "--allow-failing",
+        action="store_true",
+        help="没有基线可比时，有用例未通过也不算失败（默认退出码为 1）；有基线时由通过率的容差决定",
+    )
     return parse
 
 
@@ -94,11 +99,13 @@ def options_from_args(
         tolerances=tolerances,
         out=args.out,
         progress=not args.no_progress,
+        allow_failing=args.allow_failing,
     )
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m evals") -> int:
-    """Parse, run, report; the exit status (0 fine, 1 regression, 2 unusable input)."""
+    """Parse, run, report; the exit status (0 fine, 1 regression or failing cases, 2 unusable
+    input, 3 the model could not be reached)."""
     return run_eval(options_from_args(argv, prog))
 
 

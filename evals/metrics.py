@@ -216,7 +216,9 @@ class Check:
     """Which expectation: intent, answers, contains, not_contains, refuse, cite, …"""
     ok: bool
     message: str
-    """Chinese, for people: what was expected and what happened."""
+    """Chinese, for people: what went wrong (shown when the check fails)."""
+    expected: str = ""
+    """Chinese, for people: what the case expects, shown whether the check passed or not."""
 
 
 @dataclass
@@ -280,41 +282,73 @@ def observe(
 
     checks: list[Check] = []
     if record.error is not None:
-        checks.append(Check("error", False, f"运行出错：{record.error}"))
+        checks.append(Check("error", False, f"运行出错：{record.error}", "运行不出错"))
     if expect.intent is not None:
         obs["intent_ok"] = result.intent == expect.intent
         checks.append(
-            Check("intent", obs["intent_ok"], f"意图应为 {expect.intent}，实际 {result.intent}")
+            Check(
+                "intent",
+                obs["intent_ok"],
+                f"意图应为 {expect.intent}，实际 {result.intent}",
+                f"意图为 {expect.intent}",
+            )
         )
     if expect.query_contains:
         missing = [t for t in expect.query_contains if normalize(t) not in normalize(result.query)]
         obs["rewrite_ok"] = not missing
-        checks.append(Check("query_contains", not missing, f"检索的问题缺少 {'、'.join(missing)}"))
+        checks.append(
+            Check(
+                "query_contains",
+                not missing,
+                f"检索的问题缺少 {'、'.join(missing)}（实际：{result.query}）",
+                f"检索的问题包含 {'、'.join(expect.query_contains)}",
+            )
+        )
     if expect.answers:
         shown = normalize(answer)
         obs["match"] = any(normalize(ref) in shown for ref in expect.answers)
         obs["f1"] = max(char_f1(answer, ref) for ref in expect.answers)
         checks.append(
-            Check("answers", obs["match"], f"回答没有包含参考答案：{' / '.join(expect.answers)}")
+            Check(
+                "answers",
+                obs["match"],
+                f"回答没有包含参考答案：{' / '.join(expect.answers)}",
+                f"回答包含参考答案之一：{' / '.join(expect.answers)}",
+            )
         )
     if expect.contains:
         missing = [t for t in expect.contains if normalize(t) not in normalize(answer)]
-        checks.append(Check("contains", not missing, f"回答缺少 {'、'.join(missing)}"))
+        checks.append(
+            Check(
+                "contains",
+                not missing,
+                f"回答缺少 {'、'.join(missing)}",
+                f"回答包含 {'、'.join(expect.contains)}",
+            )
+        )
     if expect.not_contains:
         present = [t for t in expect.not_contains if normalize(t) in normalize(answer)]
-        checks.append(Check("not_contains", not present, f"回答不应包含 {'、'.join(present)}"))
+        checks.append(
+            Check(
+                "not_contains",
+                not present,
+                f"回答不应包含 {'、'.join(present)}",
+                f"回答不包含 {'、'.join(expect.not_contains)}",
+            )
+        )
     if expect.refuse is not None:
         wanted = "应拒答或回答没有找到" if expect.refuse else "不应拒答"
-        checks.append(Check("refuse", record.refused == expect.refuse, wanted))
+        checks.append(Check("refuse", record.refused == expect.refuse, wanted, wanted))
     if expect.cite is not None:
         wanted = "回答应带引用" if expect.cite else "回答不应带引用"
-        checks.append(Check("cite", bool(result.citations) == expect.cite, wanted))
+        checks.append(Check("cite", bool(result.citations) == expect.cite, wanted, wanted))
     if expect.max_model_calls is not None:
         checks.append(
             Check(
                 "max_model_calls",
                 result.model_calls <= expect.max_model_calls,
                 f"模型调用 {result.model_calls} 次，超过上限 {expect.max_model_calls}",
+                f"模型调用不超过 {expect.max_model_calls} 次",
             )
         )
     return {key: _rounded(value) for key, value in obs.items()}, checks

@@ -56,6 +56,8 @@ class EvalOptions:
     out: Path | None = None
     """Report folder; default evals/reports/."""
     progress: bool = True
+    allow_failing: bool = False
+    """Failing cases do not fail the run (exit 0 unless something regressed)."""
 
 
 @dataclass
@@ -125,10 +127,34 @@ class EvalOutcome:
     notes: list[str]
     options: EvalOptions
     reports: list[Path] = field(default_factory=list)
+    known_failing: set[str] = field(default_factory=set)
+    """Cases that failed in the baseline too: reported as such."""
+    unreachable: str | None = None
+    """Why the run could not reach its model (every turn degraded), or None."""
+
+    @property
+    def failing(self) -> list[str]:
+        """Cases of the (last) run with a failed check, in suite order."""
+        return [run.case.id for run in self.runs[-1].cases if not run.outcome.passed]
+
+    @property
+    def newly_failing(self) -> list[str]:
+        return [case for case in self.failing if case not in self.known_failing]
 
     @property
     def exit_code(self) -> int:
+        """0 fine; 1 a regression, a crashed turn, or without a baseline a failing case (unless
+        `allow_failing`); 3 the model could not be reached (2, unusable input, is
+        `run_eval`'s)."""
+        if self.unreachable is not None:
+            return 3
         if self.baseline_written:
             return 0
         regressed = self.comparison is not None and self.comparison.regressed
-        return 1 if regressed or any(run.errors for run in self.runs) else 0
+        if regressed or any(run.errors for run in self.runs):
+            return 1
+        # Against a baseline, newly failing cases count through the pass-rate metric and its
+        # tolerance; with nothing to compare with, a failing case fails the run.
+        if self.comparison is None and self.failing and not self.options.allow_failing:
+            return 1
+        return 0

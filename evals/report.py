@@ -61,9 +61,26 @@ def report_json(outcome: EvalOutcome) -> dict[str, Any]:
         ),
         "comparison": _comparison_json(outcome.comparison) if outcome.comparison else None,
         "exit_code": outcome.exit_code,
+        "unreachable": outcome.unreachable,
+        "failing": [
+            {"id": case, "known": case in outcome.known_failing, "checks": _failed(outcome, case)}
+            for case in outcome.failing
+        ],
+        "allow_failing": outcome.options.allow_failing,
         "notes": outcome.notes,
         "runs": [_run_json(run) for run in outcome.runs],
     }
+
+
+def _failed(outcome: EvalOutcome, case_id: str) -> list[str]:
+    """The failed checks of a case of the last run, as "第 n 轮：message"."""
+    run = next(run for run in outcome.runs[-1].cases if run.case.id == case_id)
+    return [
+        f"第 {number} 轮：{check.message}"
+        for number, checks in enumerate(run.checks, start=1)
+        for check in checks
+        if not check.ok
+    ]
 
 
 def _comparison_json(comparison: Comparison) -> dict[str, Any]:
@@ -145,7 +162,10 @@ def _case_json(case_run: CaseRun) -> dict[str, Any]:
                 "seconds": round(record.seconds, 3),
                 "node_seconds": {k: round(v, 4) for k, v in sorted(result.node_seconds.items())},
                 "judge": record.judge,
-                "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
+                "checks": [
+                    {"name": c.name, "ok": c.ok, "expected": c.expected, "message": c.message}
+                    for c in checks
+                ],
                 "obs": outcome.obs,
             }
         )
@@ -284,19 +304,31 @@ def verdict(report: Mapping[str, Any]) -> tuple[str, str]:
     """The one-line conclusion and its kind: ok, bad or info."""
     errors = sum(run["errors"] for run in report["runs"])
     comparison = report["comparison"]
+    if report["unreachable"]:
+        return f"运行无效：{report['unreachable']}", "bad"
     if report["baseline"] and report["baseline"]["written"]:
         return f"已写入基线 {report['baseline']['path']}", "info"
     if errors:
         return f"有 {errors} 轮运行出错，见用例明细", "bad"
+    new = [case["id"] for case in report["failing"] if not case["known"]]
+    failing = (
+        f"；{len(new)} 个用例未通过：{'、'.join(new[:CONSOLE_MOVED])}"
+        + ("…" if len(new) > CONSOLE_MOVED else "")
+        if new
+        else ""
+    )
     if comparison is None:
-        return "没有可比较的基线：只给出本次数字", "info"
+        if new and not report["allow_failing"]:
+            return f"没有可比较的基线{failing}", "bad"
+        return f"没有可比较的基线：只给出本次数字{failing}", "info"
     regressions = [m for m in comparison["metrics"] if m["status"] == "regressed"]
     worse = sum(1 for m in comparison["moved"] if m["status"] == "regressed")
     against = f"{comparison['after']} 对比 {comparison['before']}"
     if regressions:
         names = "、".join(METRICS[m["key"]].label for m in regressions)
-        return f"发现回归（{against}）：{names} 超出容差；变差的用例 {worse} 个", "bad"
-    return f"没有回归（{against}，{comparison['compared']} 个用例）；变差的用例 {worse} 个", "ok"
+        return f"发现回归（{against}）：{names} 超出容差；变差的用例 {worse} 个{failing}", "bad"
+    compared = f"没有回归（{against}，{comparison['compared']} 个用例）；变差的用例 {worse} 个"
+    return compared + failing, "ok"
 
 
 def _metrics_html(report: Mapping[str, Any]) -> str:
@@ -498,7 +530,8 @@ def _turn_html(number: int, turn: Mapping[str, Any]) -> str:
     checks = "".join(
         f'<li class="{"pass" if c["ok"] else "fail"}">'
         f"{'✓' if c['ok'] else '✗'} {_e(c['name'])}"
-        f"{'' if c['ok'] else '：' + _e(c['message'])}</li>"
+        f"{'：期望' + _e(c['expected']) if c['expected'] else ''}"
+        f"{'' if c['ok'] else '；' + _e(c['message'])}</li>"
         for c in turn["checks"]
     )
     parts = [
@@ -624,6 +657,17 @@ def print_summary(outcome: EvalOutcome, console: Console) -> None:
             )
         if len(comparison.moved) > CONSOLE_MOVED:
             console.print(f"  …另有 {len(comparison.moved) - CONSOLE_MOVED} 个，见 HTML 报告")
+    if report["failing"]:
+        console.print(f"[bold]未通过的用例 {len(report['failing'])} 个：[/]")
+        for case in report["failing"][:CONSOLE_MOVED]:
+            known = "（基线里也未通过）" if case["known"] else ""
+            first = "；".join(case["checks"][:2]) + ("…" if len(case["checks"]) > 2 else "")
+            console.print(
+                f"  [red]✗[/] {rich_escape(case['id'])}{known}：{rich_escape(first)}",
+                soft_wrap=True,
+            )
+        if len(report["failing"]) > CONSOLE_MOVED:
+            console.print(f"  …另有 {len(report['failing']) - CONSOLE_MOVED} 个，见 HTML 报告")
     # Soft wrap: a note or a path broken at the terminal width cannot be copied whole.
     for note in report["notes"]:
         console.print(f"注：{rich_escape(note)}", soft_wrap=True)

@@ -4,8 +4,10 @@
 suite's knowledge base into a temporary embedded base, runs the cases concurrently (turns of
 one case in order, on one thread of the graph), measures every node (`evals.metrics`),
 compares with the stored baseline of the suite and profile (or profile A with profile B),
-writes a JSON and an HTML report, and returns the exit status: 0 fine, 1 regression (or a
-turn that crashed), 2 unusable input (suite, profile, baseline).
+writes a JSON and an HTML report, and returns the exit status: 0 fine, 1 a regression, a turn
+that crashed, or (with no baseline to compare with) a failing case unless `allow_failing`, 2
+unusable input (suite, profile, baseline), 3 the model could not be reached (before the run,
+or every turn degraded).
 
 Every turn goes through the service's own gateway (`agent.gateway`), as `/v1/chat` runs it:
 the same sensitive-word gate, masking of answers and citation snippets, audit and metrics,
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
@@ -45,6 +48,7 @@ from agent import backends
 from agent.context import Context
 from agent.evidence import format_evidence
 from agent.gateway import Gateway, Pin, Speaker
+from agent.health import OllamaProbe, probe_ollama
 from agent.models import DEPENDENCY_ERRORS, OllamaChatModels
 from agent.policy.admission import LocalAdmission
 from agent.policy.metrics import Metrics
@@ -407,6 +411,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
             notes.append(FAKE_NOTE)
         else:
             settings_args["ollama_url"] = options.ollama_url
+            _check_model(options)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qqrag-eval-")))
         services, kb = _services(_PinnedSettings(**settings_args, data_dir=folder), full, folder)
         stack.callback(kb.close)
@@ -450,8 +455,16 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         finally:
             set_services(None)
 
+    unreachable = None
     for run in runs:
-        if run.degraded:
+        answered = sum(record.result.model_calls for case in run.cases for record in case.records)
+        if run.degraded and not answered:
+            unreachable = (
+                f"档案 {run.profile} 需要模型的 {run.degraded} 轮全部降级：模型一次也没有调用成功，"
+                f"这次运行量不出模型的效果。检查 --ollama-url（{settings_args['ollama_url']}）"
+                f"和 --chat-model（{options.chat_model}，先 ollama pull）。"
+            )
+        elif run.degraded:
             notes.append(
                 f"档案 {run.profile} 有 {run.degraded} 轮降级：模型调用失败（Ollama 不可用或模型未下载？），"
                 "回答来自兜底逻辑。"
@@ -470,6 +483,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         baseline_written=False,
         notes=notes,
         options=options,
+        unreachable=unreachable,
     )
     if options.compare:
         # Comparing a profile with itself is a plain run: both sides are that one run.
@@ -484,6 +498,32 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
     elif baseline_path is not None:
         _against_baseline(outcome, baseline_path, stored, sampled=suite is not full)
     return outcome
+
+
+class ModelUnreachable(Exception):
+    """The run's Ollama cannot serve it: no connection, or the chat model is not pulled."""
+
+
+def _check_model(options: EvalOptions) -> None:
+    """Before the run: a wrong --ollama-url or a model not pulled would otherwise make every
+    turn a degraded answer, measured as if it were the model's."""
+    url = (options.ollama_url or "").rstrip("/")
+
+    async def look() -> OllamaProbe:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return await probe_ollama(client, url)
+
+    probe = asyncio.run(look())
+    if probe.error:
+        raise ModelUnreachable(
+            f"连不上 Ollama（{url}）：{probe.error}。检查 --ollama-url，或先运行 ollama serve。"
+        )
+    wanted = [options.chat_model, options.judge_model, options.embed_model, options.rerank_model]
+    if missing := [model for model in wanted if model and not probe.has(model)]:
+        raise ModelUnreachable(
+            f"Ollama（{url}）上没有模型 {'、'.join(missing)}："
+            + "；".join(f"先运行 ollama pull {model}" for model in missing)
+        )
 
 
 def _against_baseline(
@@ -503,7 +543,12 @@ def _against_baseline(
         )
         if sampled:
             outcome.comparison.missing = []  # a sample leaves the rest out on purpose
-    if options.update_baseline and run.errors:
+        outcome.known_failing = {
+            case_id for case_id, case in stored.cases.items() if not case.passed
+        }
+    if options.update_baseline and outcome.unreachable is not None:
+        outcome.notes.append("模型一次也没有调用成功，没有写入基线。")
+    elif options.update_baseline and run.errors:
         outcome.notes.append("有轮次运行出错，没有写入基线：先修好出错的地方。")
     elif options.update_baseline:
         # A sample updates its cases and keeps the others of a compatible baseline.
@@ -574,6 +619,9 @@ def run_eval(options: EvalOptions, console: Console | None = None) -> int:
     except (SuiteError, ProfileError, BaselineError) as error:
         console.print(f"[red]{escape(str(error))}[/]")
         return 2
+    except ModelUnreachable as error:
+        console.print(f"[red]{escape(str(error))}[/]", soft_wrap=True)
+        return 3
     outcome.reports = write_reports(outcome, options.out or REPORTS_DIR)
     print_summary(outcome, console)
     return outcome.exit_code

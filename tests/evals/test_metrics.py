@@ -252,13 +252,25 @@ def test_failed_checks_say_what_was_expected():
     assert failed(checks) == {
         "error": "运行出错：RuntimeError: boom",
         "intent": "意图应为 chitchat，实际 knowledge",
-        "query_contains": "检索的问题缺少 qqrag",
+        "query_contains": "检索的问题缺少 qqrag（实际：默认端口）",
         "answers": "回答没有包含参考答案：8000",
         "contains": "回答缺少 8000、端口",
         "not_contains": "回答不应包含 没有找到",
         "refuse": "不应拒答",
         "cite": "回答应带引用",
         "max_model_calls": "模型调用 3 次，超过上限 2",
+    }
+    # Every check also says what the case expects, failed or passed: the report shows it.
+    assert {check.name: check.expected for check in checks} == {
+        "error": "运行不出错",
+        "intent": "意图为 chitchat",
+        "query_contains": "检索的问题包含 qqrag",
+        "answers": "回答包含参考答案之一：8000",
+        "contains": "回答包含 8000、端口",
+        "not_contains": "回答不包含 没有找到",
+        "refuse": "不应拒答",
+        "cite": "回答应带引用",
+        "max_model_calls": "模型调用不超过 2 次",
     }
 
 

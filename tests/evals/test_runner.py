@@ -3,6 +3,7 @@ their baselines, regressions detected and named, tolerances, profiles, the judge
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -15,6 +16,8 @@ from rich.console import Console
 
 from agent.gateway import Answer, Gateway, Turn
 from evals.__main__ import main, options_from_args
+from evals.fakes.ollama import FakeOllama, Fault
+from evals.harness import free_port
 from evals.metrics import OBSERVATIONS, Tolerance
 from evals.outcome import EvalOptions
 from evals.runner import BASELINES_DIR, evaluate, run_eval
@@ -330,3 +333,41 @@ def test_citation_snippets_are_masked_as_the_service_masks_them(tmp_path: Path):
     assert all("凌晨" not in citation["snippet"] for citation in turn["citations"])
     assert "**" in turn["citations"][0]["snippet"]
     assert "凌晨" not in turn["answer"]
+
+
+def test_a_run_that_cannot_reach_its_model_is_an_error(tmp_path: Path):
+    """A wrong --ollama-url used to give a report of degraded answers and exit 0."""
+    suite = tiny_suite(tmp_path)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code, out = run(options(tmp_path, suite, ollama_url=nowhere))
+    assert code == 3 and f"连不上 Ollama（{nowhere}）" in out
+    with FakeOllama() as fake:
+        code, out = run(options(tmp_path, suite, ollama_url=fake.url, chat_model="qwen9:1t"))
+        assert code == 3 and "没有模型 qwen9:1t" in out and "ollama pull qwen9:1t" in out
+
+        # Reachable and pulled, but every answer fails: every turn degraded.
+        fake.fail_next(Fault.HTTP_500, times=1000)
+        baseline = tmp_path / "tiny.json"
+        opts = options(tmp_path, suite, ollama_url=fake.url, chat_model="qwen3:8b")
+        code, out = run(dataclasses.replace(opts, baseline=baseline, update_baseline=True))
+    assert code == 3 and "全部降级" in out and "运行无效" in out
+    assert not baseline.exists(), "a baseline was written from a run without its model"
+
+
+def test_without_a_baseline_failing_cases_fail_the_run_and_are_named(tmp_path: Path):
+    body = yaml.safe_load(tiny_suite(tmp_path).read_text(encoding="utf-8"))
+    body["cases"][0]["turns"][0]["contains"] = ["周一"]
+    failing = tiny_suite(tmp_path, cases=body["cases"])
+    code, out = run(options(tmp_path, failing))
+    assert code == 1
+    assert "未通过的用例 1 个" in out and "maintenance：第 1 轮：回答缺少 周一" in out
+    code, out = run(options(tmp_path, failing, allow_failing=True))
+    assert code == 0 and "1 个用例未通过：maintenance" in out
+
+
+def test_the_html_report_shows_what_each_check_expects(tmp_path: Path):
+    code, _ = run(options(tmp_path, tiny_suite(tmp_path)))
+    page = (tmp_path / "reports" / "tiny.default.html").read_text(encoding="utf-8")
+    # Passed checks too: the reader sees what was asked of the turn, not only a tick.
+    assert code == 0 and "✓ contains：期望回答包含 周日" in page
+    assert "✓ not_contains：期望回答不包含 evil.example" in page
