@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.state import Citation, SentenceCheck, Verdict
+from agent.state import Citation, RemovedSentence, SentenceCheck, Verdict
 from tools.base import Passage
 from tools.text import citation_numbers, content_tokens, split_sentences, strip_citations
 from tools.text import support_score as _support
@@ -62,7 +62,7 @@ def check_citations(
     texts = [f"{p['title']} {p['text']}" for p in evidence]
     checks: list[SentenceCheck] = []
     kept: list[str] = []
-    removed: list[str] = []
+    removed: list[RemovedSentence] = []
     invalid: list[int] = []
     problems: list[str] = []
 
@@ -97,7 +97,11 @@ def check_citations(
                 SentenceCheck(text=plain, cited=[best], status="repaired", score=best_score)
             )
             continue
-        removed.append(plain)
+        removed.append(
+            RemovedSentence(
+                text=plain, reason=_why_removed(valid, scores, bad, best_score, threshold)
+            )
+        )
         checks.append(
             SentenceCheck(text=plain, cited=valid, status="unsupported", score=best_score)
         )
@@ -120,6 +124,20 @@ def check_citations(
         refusal=refusal,
     )
     return CitationCheck(verdict=verdict, text=_join(kept), problems=problems)
+
+
+def _why_removed(
+    cited: list[int], scores: dict[int, float], bad: list[int], best: float, threshold: float
+) -> str:
+    """Why a sentence was dropped: what it cited, and how far the best passage fell short."""
+    short = f"最高支持度 {best:.2f}，要求 {threshold:g}"
+    if cited:
+        marks = "".join(f"[{n}]" for n in cited)
+        return f"所引 {marks} 的支持度 {max(scores.values()):.2f}，其他资料也不支持（{short}）"
+    if bad:
+        marks = "".join(f"[{n}]" for n in bad)
+        return f"引用了不存在的编号 {marks}，也没有资料支持它（{short}）"
+    return f"没有标注出处，也没有资料支持它（{short}）"
 
 
 def _join(sentences: list[str]) -> str:

@@ -34,12 +34,19 @@ class SentenceCheck(TypedDict):
     score: float
 
 
+class RemovedSentence(TypedDict):
+    """A sentence the citation check dropped, and why (in words a prompt engineer reads)."""
+
+    text: str
+    reason: str
+
+
 class Verdict(TypedDict):
     """The citation check's findings; evals and the audit log read it."""
 
     supported_ratio: float | None
     """Supported cited sentences / sentences that made claims; None when nothing was claimed."""
-    removed: list[str]
+    removed: list[RemovedSentence]
     """Sentences dropped because no passage supports them."""
     invalid_refs: list[int]
     """`[n]` markers that named no passage."""

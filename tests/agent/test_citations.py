@@ -1,3 +1,5 @@
+import pytest
+
 from agent.citations import check_citations, renumber
 from tools.base import Passage
 
@@ -34,10 +36,30 @@ def test_unsupported_claim_is_removed_and_named():
     draft = "服务默认监听 8000 端口[1]。服务还自带图形化管理后台和计费系统[2]。"
     check = check_citations(draft, EVIDENCE, threshold=0.5)
     assert check.text == "服务默认监听 8000 端口[1]。"
-    assert check.verdict["removed"] == ["服务还自带图形化管理后台和计费系统。"]
+    assert check.verdict["removed"] == [
+        {
+            "text": "服务还自带图形化管理后台和计费系统。",
+            "reason": "所引 [2] 的支持度 0.00，其他资料也不支持（最高支持度 0.12，要求 0.5）",
+        }
+    ]
     assert check.verdict["supported_ratio"] == 0.5
     assert check.needs_retry
     assert "图形化管理后台" in check.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "reason"),
+    [
+        ("服务还自带图形化管理后台和计费系统[7]。", "引用了不存在的编号 [7]，也没有资料支持它"),
+        ("服务还自带图形化管理后台和计费系统。", "没有标注出处，也没有资料支持它"),
+    ],
+)
+def test_a_removed_sentence_says_why(sentence: str, reason: str):
+    (removed,) = check_citations(sentence, EVIDENCE, threshold=0.5).verdict["removed"]
+    assert removed == {
+        "text": "服务还自带图形化管理后台和计费系统。",
+        "reason": f"{reason}（最高支持度 0.12，要求 0.5）",
+    }
 
 
 def test_marker_pointing_at_no_passage_is_an_invalid_ref():

@@ -136,7 +136,7 @@ async def test_still_unsupported_after_regeneration_says_not_found(
     assert result.answer.startswith("知识库里没有找到")
     assert result.citations == []
     assert result.verdict is not None
-    assert result.verdict["removed"] == ["星尘打印机可以打印金属零件。"]
+    assert [r["text"] for r in result.verdict["removed"]] == ["星尘打印机可以打印金属零件。"]
 
 
 async def test_partly_supported_answer_keeps_the_supported_part_with_a_notice(
