@@ -108,6 +108,14 @@ class Context:
             "reply comes back whole, which costs less when nobody watches."
         },
     )
+    trace: bool = field(
+        default=False,
+        metadata={
+            "description": "Send what each node did in full (rendered prompts, raw model "
+            "output, passage texts) with the turn's node events, for `qqrag chat --trace` and "
+            "the stream's trace; off, nothing of it is built."
+        },
+    )
     temperature: float = field(
         default=0.2, metadata={"description": "Sampling temperature of the answer model."}
     )

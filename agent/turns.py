@@ -17,7 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StreamMode
 
 from agent.context import Context
-from agent.state import Citation, InputState, State, Verdict
+from agent.state import TURN_RESET, Citation, InputState, State, Verdict
 from tools.base import Passage
 
 log = logging.getLogger(__name__)
@@ -117,18 +117,27 @@ def _brief(passages: list[Passage]) -> list[dict[str, Any]]:
     return [{"id": p["id"], "title": p["title"], "score": p["score"]} for p in passages]
 
 
-def summarize_update(node: str, update: dict[str, Any]) -> dict[str, Any]:
-    """What a node did, small enough for a progress event or a terminal line."""
+_SHOWN = ("intent", "query", "draft", "feedback", "answer", "degraded", "tool_rounds")
+_DETAIL = (*_SHOWN, "question", "draft_source", "attempts", "knowledge_error")
+
+
+def summarize_update(node: str, update: dict[str, Any], *, detail: bool = False) -> dict[str, Any]:
+    """What a node did, small enough for a progress event or a terminal line; with `detail`
+    (a trace) whole passages and the citation check's every sentence too."""
     summary: dict[str, Any] = {"node": node}
-    for key in ("intent", "query", "draft", "feedback", "answer", "degraded", "tool_rounds"):
+    if node == "classify":
+        # What classify resets for the new turn is no finding of its own.
+        update = {k: v for k, v in update.items() if k not in TURN_RESET or v != TURN_RESET[k]}
+    for key in _DETAIL if detail else _SHOWN:
         if update.get(key) not in (None, ""):
             summary[key] = update[key]
     for key in ("candidates", "ranked", "evidence"):
         if key in update:
-            summary[key] = _brief(update[key])
+            summary[key] = [dict(p) for p in update[key]] if detail else _brief(update[key])
     if update.get("verdict"):
         verdict = update["verdict"]
-        summary["verdict"] = {k: verdict[k] for k in ("supported_ratio", "removed", "invalid_refs")}
+        shown = verdict.keys() if detail else ("supported_ratio", "removed", "invalid_refs")
+        summary["verdict"] = {k: verdict[k] for k in shown}
     if node == "answer" and update.get("scratch"):
         calls = getattr(update["scratch"][-1], "tool_calls", [])
         summary["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in calls]
@@ -146,7 +155,10 @@ async def stream_turn(
     tokens: bool = True,
 ) -> AsyncGenerator[tuple[str, Any]]:
     """Yields ("node", summary) after each node, ("token", text) while the answer is written
-    (when `tokens`), and finally ("result", TurnResult)."""
+    (when `tokens`), and finally ("result", TurnResult).
+
+    With `context.trace` the summaries are detailed, and a node's model calls (`agent.trace`:
+    messages sent, raw reply, tokens) come with it as "calls"."""
     # Every turn is marked in its checkpoints' metadata, so a failed one can be taken back.
     trace_id = trace_id or uuid.uuid4().hex[:16]
     visible = ThinkFilter()
@@ -156,6 +168,8 @@ async def stream_turn(
     # copies the whole state after every step, a tenth of a turn's CPU): classify resets every
     # per-turn field (TURN_RESET), so the updates of this turn hold all that the result reads.
     modes: list[StreamMode] = ["updates", "messages"] if tokens else ["updates"]
+    if context.trace:
+        modes.append("custom")
     # With a list of stream modes every part is a (mode, payload) pair.
     parts = cast(
         AsyncIterator[tuple[str, Any]],
@@ -170,7 +184,7 @@ async def stream_turn(
     )
     started = time.perf_counter()
     try:
-        async for kind, part in _parts(parts, visible, node_seconds, final, started):
+        async for kind, part in _parts(parts, visible, node_seconds, final, started, context.trace):
             yield kind, part
     except BaseException:
         # Shielded: a cancelled turn (deadline, client gone) must still take back its half.
@@ -186,7 +200,10 @@ async def _parts(
     node_seconds: dict[str, float],
     final: dict[str, Any],
     started: float,
+    detail: bool,
 ) -> AsyncIterator[tuple[str, Any]]:
+    # A node's model calls stream while it runs; they go out with its update.
+    calls: dict[str, list[dict[str, Any]]] = {}
     async for mode, payload in parts:
         if mode == "updates":
             # Nodes run one after another, so a node's time is the time since the last update.
@@ -194,10 +211,18 @@ async def _parts(
             for node, update in payload.items():
                 node_seconds[node] = node_seconds.get(node, 0.0) + now - started
                 final.update(update or {})
-                summary = summarize_update(node, update or {})
+                summary = summarize_update(node, update or {}, detail=detail)
                 summary["seconds"] = round(now - started, 4)
+                if node in calls:
+                    summary["calls"] = calls.pop(node)
+                    summary["tokens"] = {
+                        side: sum(c.get("tokens", {}).get(side, 0) for c in summary["calls"])
+                        for side in ("prompt", "completion")
+                    }
                 yield "node", summary
             started = now
+        elif mode == "custom":
+            calls.setdefault(payload["node"], []).append(payload["call"])
         elif mode == "messages":
             chunk, meta = payload
             if meta.get("langgraph_node") == "answer" and isinstance(chunk, AIMessageChunk):

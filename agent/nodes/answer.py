@@ -15,11 +15,13 @@ from agent.extractive import extractive_answer
 from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
 from agent.services import Services, get_services
 from agent.state import State
+from agent.trace import record_call
 
 log = logging.getLogger(__name__)
 
 
-async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str, Any]:
+async def _chitchat(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
+    ctx = runtime.context
     model = services.chat_models(ctx.chat_model, reasoning=False, temperature=ctx.temperature)
     messages = [
         SystemMessage(content=prompts.render("chitchat", ctx.prompt_variant)),
@@ -29,12 +31,14 @@ async def _chitchat(state: State, ctx: Context, services: Services) -> dict[str,
     update: dict[str, Any] = {}
     try:
         reply = await services.call_model(model, messages, ctx, stream=ctx.stream_tokens)
+        record_call(runtime, ctx.chat_model, messages, reply)
         text = message_text(reply)
         update |= {
             "model_calls": state.model_calls + 1,
             "tokens": state.tokens + usage_tokens(reply),
         }
     except DEPENDENCY_ERRORS as exc:
+        record_call(runtime, ctx.chat_model, messages, error=exc)
         log.warning("chit-chat reply fell back to the canned one: %s", exc)
         text, update["degraded"] = "", True
     text = text or prompts.render("chitchat_fallback", ctx.prompt_variant)
@@ -45,7 +49,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     services = get_services()
     if state.intent == "chitchat":
-        return await _chitchat(state, ctx, services)
+        return await _chitchat(state, runtime, services)
 
     attempts = state.attempts + 1
     if not state.evidence:
@@ -78,6 +82,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         reply = await services.call_model(runnable, messages, ctx, stream=ctx.stream_tokens)
     except DEPENDENCY_ERRORS as exc:
+        record_call(runtime, ctx.chat_model, messages, error=exc)
         log.warning("answer fell back to extractive quotes: %s", exc)
         draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)
         return {
@@ -86,7 +91,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "degraded": True,
             "attempts": attempts,
         }
-
+    record_call(runtime, ctx.chat_model, messages, reply)
     usage = {"model_calls": state.model_calls + 1, "tokens": state.tokens + usage_tokens(reply)}
     if reply.tool_calls and state.tool_rounds < ctx.max_tool_rounds:
         return usage | {"scratch": [*state.scratch, reply]}

@@ -17,6 +17,7 @@ from agent.models import DEPENDENCY_ERRORS, usage_tokens
 from agent.policy.safety import fold
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
+from agent.trace import record_call
 from tools.text import content_tokens
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             *history_messages(history),
             HumanMessage(content=question),
         ]
+        out: dict[str, Any] | None = None
         try:
             out = cast(dict[str, Any], await get_services().call_model(structured, messages, ctx))
             update["model_calls"] = 1
@@ -114,7 +116,10 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             # "command" without a leading slash is a model mistake; treat it as a question.
             intent = "knowledge" if result.intent == "command" else result.intent
             update["query"] = update["question"] = result.standalone_question.strip() or question
+            record_call(runtime, ctx.classify_model, messages, out["raw"])
         except _CLASSIFY_ERRORS as exc:
+            # With the reply when there was one: an unparsable reply is what to look at.
+            record_call(runtime, ctx.classify_model, messages, out["raw"] if out else None, exc)
             log.warning("classify fell back to rules: %s", exc)
             intent = "knowledge"
             update["query"] = history_query(question, earlier)
