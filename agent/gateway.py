@@ -278,8 +278,13 @@ class Gateway:
 
     # —— the turn ——
 
-    async def run(self, turn: Turn, *, tokens: bool = False) -> AsyncIterator[tuple[str, Any]]:
+    async def run(
+        self, turn: Turn, *, tokens: bool = False, trace: bool = False
+    ) -> AsyncIterator[tuple[str, Any]]:
         """("node", …) events (and ("token", …) with `tokens`), then ("answer", Answer).
+
+        With `trace` the node events are detailed and carry the nodes' model calls
+        (`Context.trace`), unmasked: they are for the operator, not for users (`mask_event`).
 
         Raises `Refusal` before the first event: busy, conversation busy, quota; and after any,
         "timeout" when the turn's deadline came first (nothing of the turn is kept then).
@@ -300,7 +305,7 @@ class Gateway:
         # cancel a query on a database that stopped answering). Past the deadline the user is
         # answered and the slot freed; the task keeps its conversation until it has ended and
         # taken back what it stored.
-        worker = asyncio.create_task(self._work(turn, tokens, deadline, slot, events))
+        worker = asyncio.create_task(self._work(turn, tokens, trace, deadline, slot, events))
         worker.add_done_callback(lambda _: slot.free())
         preview = _MaskedStream(lambda text: self.mask(text, turn.principal.tenant))
         try:
@@ -344,6 +349,7 @@ class Gateway:
         self,
         turn: Turn,
         tokens: bool,
+        trace: bool,
         deadline: float,
         slot: _Slot,
         events: asyncio.Queue[tuple[str, Any]],
@@ -385,7 +391,7 @@ class Gateway:
                         self.graph,
                         turn.thread,
                         turn.text,
-                        replace(turn.context, stream_tokens=tokens, deadline=deadline),
+                        replace(turn.context, stream_tokens=tokens, trace=trace, deadline=deadline),
                         message_id=turn.speaker.message_id,
                         trace_id=turn.trace_id,
                         tokens=tokens,
@@ -569,6 +575,18 @@ class Gateway:
     def mask(self, text: str, tenant: str) -> str:
         """`text` as `tenant`'s users may see it: sensitive words starred, links hidden."""
         return mask_links(self.safety.mask(text)[0], self._link_domains(tenant))
+
+    def mask_event(self, event: Any, tenant: str) -> Any:
+        """A node event as `tenant`'s users may see it: every text in it masked. A node event
+        quotes the model (the draft, removed sentences, the rewrite) and the knowledge base
+        (passage titles) before the output gate, so a client must not get it as it is."""
+        if isinstance(event, str):
+            return self.mask(event, tenant)
+        if isinstance(event, dict):
+            return {key: self.mask_event(value, tenant) for key, value in event.items()}
+        if isinstance(event, list):
+            return [self.mask_event(value, tenant) for value in event]
+        return event
 
     # —— bookkeeping ——
 

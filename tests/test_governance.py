@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import server
+from agent import prompts
 from agent.audit import AuditLog
 from agent.policy.tenants import TenantStore
 from agent.settings import get_settings
@@ -219,6 +221,35 @@ def test_audit_row_holds_the_whole_turn_and_feedback(data: Path):
     assert row["feedback"] == "good"
 
 
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            kind, data = block.split("\n", 1)
+            events.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return events
+
+
+def test_only_an_admin_key_gets_the_streamed_trace(data: Path):
+    admin, client_key = issue(data, "acme", ["default"], "admin"), issue(data, "acme", ["default"])
+    body = {"scene": "private", "user_id": "u1", "text": "星尘打印机保修多久？", "trace": True}
+    with app_client() as client:
+        refused = client.post("/v1/chat/stream", json=body, headers=bearer(client_key))
+        traced = client.post("/v1/chat/stream", json=body, headers=bearer(admin))
+        plain = client.post(
+            "/v1/chat/stream", json=body | {"trace": False}, headers=bearer(client_key)
+        )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "forbidden"
+    nodes = {data["node"]: data for kind, data in sse_events(traced.text) if kind == "node"}
+    (call,) = nodes["answer"]["calls"]
+    assert call["messages"][0] == {"role": "system", "content": prompts.render("answer")}
+    assert nodes["rerank"]["evidence"][0]["text"].startswith("星尘打印机整机保修两年")
+    untraced = [data for kind, data in sse_events(plain.text) if kind == "node"]
+    assert [e["node"] for e in untraced] == list(nodes)
+    assert all("calls" not in e for e in untraced)
+
+
 def test_openai_client_talks_to_the_same_graph(data: Path):
     with app_client() as client:
         api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
@@ -339,6 +370,8 @@ def test_a_planted_link_is_hidden_unless_the_tenant_allows_its_domain(
                 chat["citations"][0]["snippet"],
                 result["answer"],
                 preview,
+                # The node events too: they quote the draft and the answer before the gate.
+                stream.split("event: result", 1)[0],
                 completion.choices[0].message.content or "",
                 history.json()["messages"][-1]["content"],
             ]

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.deps import PrincipalDep, RuntimeDep, check_length
 from agent.api.errors import failure
-from agent.api.schemas import ChatRequest, ChatResponse
+from agent.api.schemas import ChatRequest, ChatResponse, StreamRequest
 from agent.gateway import Refusal
 
 router = APIRouter(prefix="/v1/chat", tags=["chat"])
@@ -39,20 +39,27 @@ def _sse(event: str, data: Any) -> str:
 
 @router.post("/stream")
 async def post_chat_stream(
-    body: ChatRequest, rt: RuntimeDep, principal: PrincipalDep
+    body: StreamRequest, rt: RuntimeDep, principal: PrincipalDep
 ) -> StreamingResponse:
     check_length(body.text, rt.settings)
+    # A trace shows the prompts and what the model and the knowledge base said before the
+    # output gate: for whoever runs the service, not for its users.
+    if body.trace and not principal.is_admin:
+        raise Refusal(403, "forbidden", "只有管理员密钥可以查看节点跟踪（trace）")
     turn = await rt.gateway.admit(principal, body.speaker(), body.text)
+    tenant = turn.principal.tenant
 
     async def events() -> AsyncIterator[str]:
         try:
-            async for kind, payload in rt.gateway.run(turn, tokens=True):
+            async for kind, payload in rt.gateway.run(turn, tokens=True, trace=body.trace):
                 if kind == "answer":
                     yield _sse("result", ChatResponse.of(payload).model_dump())
                 elif kind == "token":
                     yield _sse("token", {"text": payload})
-                else:
+                elif body.trace:
                     yield _sse("node", payload)
+                else:
+                    yield _sse("node", rt.gateway.mask_event(payload, tenant))
         except Refusal as refusal:
             yield _sse("error", {"code": refusal.code, "message": refusal.message})
         except Exception as exc:

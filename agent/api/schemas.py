@@ -80,6 +80,11 @@ class ChatRequest(Speaker):
         return self
 
 
+class StreamRequest(ChatRequest):
+    trace: bool = False
+    """Node events in full: rendered prompts, raw model output, passage texts; admins only."""
+
+
 class FeedbackRequest(Speaker):
     rating: Literal["good", "bad"]
     comment: Text = Field(default="", max_length=500)
