@@ -162,9 +162,26 @@ def chat_command(
     variant: Annotated[str | None, typer.Option(help="提示词变体")] = None,
     thinking: Annotated[bool, typer.Option(help="让模型先思考")] = False,
     model: Annotated[str | None, typer.Option(help="回答模型")] = None,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="逐个节点详细显示：发给模型的提示词、模型原始输出、草稿、引用检查、tokens 与用时",
+        ),
+    ] = False,
+    json_lines: Annotated[
+        bool,
+        typer.Option("--json", help="每个节点一行 JSON（内容同 --trace），每轮最后一行是结果"),
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="详细显示，系统提示词和段落正文不截短")
+    ] = False,
+    passages: Annotated[
+        bool, typer.Option("--passages", help="详细显示，并给出检索到的段落全文")
+    ] = False,
 ) -> None:
     """在终端里与问答图对话，逐个显示节点做了什么（给提示词工程师）。"""
-    from agent.chat import run_chat
+    from agent.chat import View, run_chat
     from agent.context import Context
     from graphs.qa import build
 
@@ -174,7 +191,8 @@ def chat_command(
     if model:
         context.chat_model = model
     principal = Principal(tenant=tenant, role="admin", key_id="cli")
-    asyncio.run(run_chat(build, principal, user, context, console))
+    view = View(trace=trace, json=json_lines, full=full, passages=passages)
+    asyncio.run(run_chat(build, principal, user, context, console, view))
 
 
 @app.command()
