@@ -231,8 +231,16 @@ async def check_maxkb(settings: Settings) -> list[Finding]:
     return [finding]
 
 
+def is_bot_variable(name: str) -> bool:
+    return name.startswith("QQRAG_BOT_") or name in {"ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
+
+
 def check_bot(environ: dict[str, str | None], containerised: bool) -> list[Finding]:
     """The bot's settings as NoneBot will read them (environment first, then `.env`)."""
+    if containerised and not any(is_bot_variable(name) for name in environ):
+        # Compose hands the bot's settings to the bot container alone (its tokens included):
+        # judging the defaults here would report a bot that this container does not run.
+        return [Finding("QQ 机器人", "ok", "机器人不在这个容器里运行（这里没有它的设置），不检查")]
     adapters = {a.strip() for a in (environ.get("QQRAG_BOT_ADAPTERS") or "onebot,qq").split(",")}
     findings = []
     if "onebot" in adapters and not environ.get("ONEBOT_ACCESS_TOKEN"):

@@ -1,9 +1,11 @@
-"""compose.yaml and the Dockerfile against the settings the code actually reads.
+"""compose.yaml and the Dockerfile against the settings the code reads and what the
+deployment guide says about them.
 
 No Docker engine runs here or in CI, so the file is checked by parsing it."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,16 +13,51 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.doctor import is_bot_variable
 from agent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
 SERVICES: dict[str, Any] = COMPOSE["services"]
-NONEBOT_KEYS = {"HOST", "PORT", "DRIVER", "ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
+NONEBOT_KEYS = {"HOST", "PORT", "DRIVER", "LOG_LEVEL", "ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
+# `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`;
+# `$$` is an escaped dollar sign.
+INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+NAME = re.compile(r"(?<!\w)[A-Z][A-Z0-9_]*[A-Z0-9](?!\w)", re.ASCII)
 
 
 def settings_env_names() -> set[str]:
     return {f"QQRAG_{name.upper()}" for name in Settings.model_fields}
+
+
+def plugin_env_names() -> set[str]:
+    # The plugin package reads NoneBot's config on import: import it once NoneBot is up.
+    from bot.plugins.qqrag.config import Config
+
+    return {name.upper() for name in Config.model_fields}
+
+
+def dotenv_inputs(service: dict[str, Any]) -> set[str]:
+    """The .env variables a container gets: names without a value, and those in `${…}`."""
+    names = set()
+    for key, value in service.get("environment", {}).items():
+        if value is None:
+            names.add(key)
+        else:
+            names |= {m.group(1) for m in INTERPOLATION.finditer(str(value)) if m.group(1)}
+    return names
+
+
+def fixed(service: dict[str, Any]) -> set[str]:
+    """Variables compose.yaml sets to a value of its own, whatever .env says."""
+    return {k for k, v in service["environment"].items() if v is not None and "${" not in str(v)}
+
+
+def guide_section(heading: str) -> str:
+    text = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
 
 
 def test_services_and_profiles():
@@ -40,24 +77,28 @@ def test_every_service_has_a_health_check_and_waits_for_healthy_dependencies(nam
         assert condition == {"condition": "service_healthy"}
 
 
-def test_service_environment_names_exist_in_the_settings():
+def test_the_service_gets_every_setting_and_nothing_of_the_bot():
     env = SERVICES["service"]["environment"]
-    assert set(env) <= settings_env_names()
+    assert set(env) == settings_env_names()
+    # `qqrag doctor` in this container skips the bot's check because none of these are there.
+    assert not any(is_bot_variable(name) for name in env)
     for key in ("QQRAG_OLLAMA_URL", "QQRAG_MAXKB_URL"):
         host = re.match(r"https?://([^:/]+)", env[key])
         assert host and host.group(1) in SERVICES, f"{key} must name a compose service"
     assert env["QQRAG_HOST"] == "0.0.0.0"
 
 
-def test_bot_environment_names_exist_in_the_plugin_config():
-    from bot.plugins.qqrag.config import Config
-
+def test_the_bot_gets_every_plugin_setting_and_nothing_of_the_service():
     env = SERVICES["bot"]["environment"]
     plugin = {k for k in env if k.startswith("QQRAG_BOT_")}
-    assert {k.lower() for k in plugin} <= set(Config.model_fields)
-    assert set(env) - plugin <= NONEBOT_KEYS
+    assert plugin == plugin_env_names()
+    assert set(env) - plugin == NONEBOT_KEYS
     assert env["QQRAG_BOT_SERVICE_URL"] == "http://service:8000"
     assert env["ONEBOT_ACCESS_TOKEN"].startswith("${ONEBOT_ACCESS_TOKEN:?")
+
+
+def test_no_service_reads_all_of_dotenv():
+    assert not any("env_file" in service for service in SERVICES.values())
 
 
 def test_ports_match_what_each_process_listens_on():
@@ -74,3 +115,42 @@ def test_dockerfile_installs_the_project_with_its_guide():
     assert 'CMD ["qqrag", "serve"]' in dockerfile
     assert SERVICES["service"]["build"] == "."
     assert SERVICES["bot"]["image"] == SERVICES["service"]["image"]
+
+
+def test_the_guide_says_which_variables_reach_which_container():
+    section = guide_section("Compose 把 .env 中的哪些变量传给哪个容器")
+    bullets = dict(
+        line[2:].split("：", 1) for line in section.splitlines() if line.startswith("- ")
+    )
+    service, bot = SERVICES["service"], SERVICES["bot"]
+
+    fixed_claim = section.split("在 .env 中设置它们不起作用：")[1].split("\n")[0]
+    service_fixed, bot_fixed = fixed_claim.split("service 的 ")[1].split("；bot 的 ")
+    assert set(NAME.findall(service_fixed)) == fixed(service)
+    assert set(NAME.findall(bot_fixed.split("。")[0])) == fixed(bot)
+
+    assert "不以 QQRAG_BOT_ 开头" in bullets["service"]
+    assert dotenv_inputs(service) == settings_env_names() - fixed(service)
+
+    prefixed, others = bullets["bot"].split("以及")
+    assert "QQRAG_BOT_" in prefixed and set(NAME.findall(prefixed)) == fixed(bot) & {
+        k for k in bot["environment"] if k.startswith("QQRAG_BOT_")
+    }
+    assert dotenv_inputs(bot) == plugin_env_names() - fixed(bot) | set(NAME.findall(others))
+
+    names, in_container = bullets["napcat"].split("（")
+    assert set(NAME.findall(names)) == dotenv_inputs(SERVICES["napcat"])
+    assert set(NAME.findall(in_container)) == set(SERVICES["napcat"]["environment"])
+
+    assert bullets["ollama、maxkb"] == "不读取 .env。"
+    for name in ("ollama", "maxkb"):
+        assert "${" not in json.dumps(SERVICES[name]) and not dotenv_inputs(SERVICES[name])
+
+    for container in ("service", "bot"):
+        claim = section.split(f"不会进入 {container} 容器")[0].rsplit("：", 1)[-1]
+        claim = claim.rsplit("；", 1)[-1]
+        kept_out = set(NAME.findall(claim))
+        assert kept_out, container
+        assert not kept_out & (
+            set(SERVICES[container]["environment"]) | dotenv_inputs(SERVICES[container])
+        )

@@ -117,7 +117,7 @@ def test_cli_exit_code_says_whether_all_is_well(
 def test_bot_settings():
     from agent.doctor import check_bot
 
-    found = {f.check: f for f in check_bot({}, containerised=True)}
+    found = {f.check: f for f in check_bot({"QQRAG_BOT_TIMEOUT": "90"}, containerised=True)}
     assert found["QQ 机器人 · OneBot"].status == "warn"
     assert found["QQ 机器人 · 官方 API"].status == "warn"
     assert found["QQ 机器人 · 服务地址"].status == "error"
@@ -127,6 +127,18 @@ def test_bot_settings():
         {"QQRAG_BOT_ADAPTERS": "qq", "QQ_BOTS": '[{"id": "1", "secret": "s"}]'}, containerised=False
     )
     assert [(f.check, f.status) for f in fine] == [("QQ 机器人", "ok")]
+
+
+def test_a_container_without_the_bot_settings_does_not_check_the_bot():
+    """Compose's service container: the bot's settings, tokens included, are the bot's alone."""
+    from agent.doctor import check_bot
+
+    [finding] = check_bot({"QQRAG_CHAT_MODEL": "qwen3:8b"}, containerised=True)
+    assert (finding.check, finding.status) == ("QQ 机器人", "ok")
+    assert "不检查" in finding.detail
+    # Outside a container the bot shares .env with the service, so its defaults are judged.
+    outside = {f.check: f.status for f in check_bot({}, containerised=False)}
+    assert outside["QQ 机器人 · OneBot"] == "warn"
 
 
 async def test_maxkb_reachable_and_key_checked(tmp_path: Path, fake: FakeOllama):
