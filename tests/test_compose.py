@@ -1,17 +1,22 @@
-"""compose.yaml and the Dockerfile against the settings the code reads and what the
-deployment guide says about them.
+"""compose.yaml and the Dockerfile against the settings the code reads, the Compose
+specification and what the deployment guide says about them.
 
-No Docker engine runs here or in CI, so the file is checked by parsing it."""
+No Docker engine runs here or in CI, so the file is checked by parsing it: against the JSON
+schema of the oldest Compose release the guide supports (tests/fixtures/compose-spec), after
+interpolating `${…}` as Compose does before it validates."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from agent.doctor import is_bot_variable
 from agent.settings import Settings
@@ -20,8 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
 SERVICES: dict[str, Any] = COMPOSE["services"]
 NONEBOT_KEYS = {"HOST", "PORT", "DRIVER", "LOG_LEVEL", "ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
-# `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`;
-# `$$` is an escaped dollar sign.
+SCHEMA: dict[str, Any] = json.loads(
+    (ROOT / "tests/fixtures/compose-spec/compose-spec.json").read_text(encoding="utf-8")
+)
+# `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?message}`, `${NAME?message}`: the
+# forms every Compose release since v1 interpolates. `$$` is an escaped dollar sign.
 INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 NAME = re.compile(r"(?<!\w)[A-Z][A-Z0-9_]*[A-Z0-9](?!\w)", re.ASCII)
 
@@ -35,6 +43,37 @@ def plugin_env_names() -> set[str]:
     from bot.plugins.qqrag.config import Config
 
     return {name.upper() for name in Config.model_fields}
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """What Compose makes of the file with `env` as its .env, before it checks the schema."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        if name is None:
+            return "$"
+        unset = env.get(name) is None or (operator in (":-", ":?") and not env[name])
+        if unset and operator in (":?", "?"):
+            raise ValueError(f"{name}: {argument}")
+        if unset:
+            return argument or ""
+        return env[name]
+
+    # A `$` outside these forms is a newer one (`${NAME:+…}`, nesting) or a typo Compose refuses.
+    assert "$" not in INTERPOLATION.sub("", value), f"unsupported interpolation in {value!r}"
+    return INTERPOLATION.sub(substitute, value)
+
+
+def validate(document: dict[str, Any]) -> None:
+    validator = jsonschema.validators.validator_for(SCHEMA)
+    validator.check_schema(SCHEMA)
+    validator(SCHEMA).validate(document)
 
 
 def dotenv_inputs(service: dict[str, Any]) -> set[str]:
@@ -115,6 +154,50 @@ def test_dockerfile_installs_the_project_with_its_guide():
     assert 'CMD ["qqrag", "serve"]' in dockerfile
     assert SERVICES["service"]["build"] == "."
     assert SERVICES["bot"]["image"] == SERVICES["service"]["image"]
+
+
+@pytest.mark.parametrize(
+    "dotenv",
+    [
+        {"ONEBOT_ACCESS_TOKEN": "token"},
+        {**dotenv_values(ROOT / ".env.example"), "ONEBOT_ACCESS_TOKEN": "token"},
+    ],
+    ids=["defaults", "env-example"],
+)
+def test_the_file_is_valid_for_the_oldest_supported_compose(dotenv: dict[str, str]):
+    validate(interpolate(COMPOSE, dotenv))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        # Compose v2.24: env_file entries with `path` and `required`.
+        (("services", "service", "env_file"), [{"path": ".env", "required": False}]),
+        # Compose v2.38: top-level `models`.
+        (("models",), {"llm": {"model": "ai/qwen3"}}),
+    ],
+    ids=["env_file-required", "models"],
+)
+def test_constructs_newer_than_the_oldest_supported_compose_fail_the_schema(
+    path: tuple[str, ...], value: Any
+):
+    document = copy.deepcopy(interpolate(COMPOSE, {"ONEBOT_ACCESS_TOKEN": "token"}))
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validate(document)
+
+
+def test_the_guide_s_gpu_snippet_is_valid():
+    section = guide_section("让 Compose 中的 Ollama 使用 GPU")
+    text = section.split("```yaml\n")[1].split("```")[0]
+    snippet = yaml.safe_load(text)
+    document = copy.deepcopy(interpolate(COMPOSE, {"ONEBOT_ACCESS_TOKEN": "token"}))
+    document["services"]["ollama"].update(snippet)
+    validate(document)
+    assert text.strip() in (ROOT / "compose.yaml").read_text(encoding="utf-8")
 
 
 def test_the_guide_says_which_variables_reach_which_container():
