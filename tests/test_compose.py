@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
 SERVICES: dict[str, Any] = COMPOSE["services"]
 NONEBOT_KEYS = {"HOST", "PORT", "DRIVER", "LOG_LEVEL", "ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
+# The release whose schema tests/fixtures/compose-spec holds; README, docs/deploy.md and the
+# head of compose.yaml state it as the minimum.
+MIN_COMPOSE = "v2.20.1"
 SCHEMA: dict[str, Any] = json.loads(
     (ROOT / "tests/fixtures/compose-spec/compose-spec.json").read_text(encoding="utf-8")
 )
@@ -198,6 +201,20 @@ def test_the_guide_s_gpu_snippet_is_valid():
     document["services"]["ollama"].update(snippet)
     validate(document)
     assert text.strip() in (ROOT / "compose.yaml").read_text(encoding="utf-8")
+
+
+def test_the_minimum_compose_version_is_stated_where_operators_look():
+    assert MIN_COMPOSE in (ROOT / "tests/fixtures/compose-spec/README.md").read_text(
+        encoding="utf-8"
+    )
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    deploy = readme[readme.index("## 部署") :]
+    assert f"Docker Compose {MIN_COMPOSE} 或更新版本" in deploy
+    assert "docker-compose-plugin" in deploy
+    guide = guide_section(f"部署 qqrag 需要 Docker Compose {MIN_COMPOSE} 或更新版本")
+    assert "docker-compose-plugin" in guide and "1.29" in guide
+    head = (ROOT / "compose.yaml").read_text(encoding="utf-8").split("\nname:")[0]
+    assert f"Compose {MIN_COMPOSE} or later" in head
 
 
 def test_the_guide_says_which_variables_reach_which_container():
