@@ -158,8 +158,7 @@ class Answer:
     degraded: bool
     profile: str
     result: TurnResult
-    """The graph's whole result (query, candidates, verdict), masked as the answer is."""
-    tokens: int = 0
+    """The graph's whole result (query, candidates, verdict, tokens), masked as the answer is."""
 
 
 class Gateway:
@@ -564,7 +563,6 @@ class Gateway:
             degraded=result.degraded,
             profile=turn.profile,
             result=replace(result, answer=text, citations=citations),
-            tokens=result.tokens,
         )
 
     def _link_domains(self, tenant: str) -> frozenset[str]:
@@ -605,7 +603,11 @@ class Gateway:
         if result is not None:
             for node, node_seconds in result.node_seconds.items():
                 self.metrics.node_seconds.labels(node).observe(node_seconds)
-            self.metrics.tokens.labels(turn.profile, "total").inc(result.tokens)
+            self.metrics.count_tokens(
+                profile=turn.profile,
+                prompt=result.prompt_tokens,
+                completion=result.completion_tokens,
+            )
         if self.services.audit is None:
             return
         hits = [

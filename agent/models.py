@@ -165,3 +165,11 @@ def usage_tokens(message: BaseMessage) -> int:
     """Prompt plus completion tokens Ollama reported for a model reply (0 if unknown)."""
     usage = getattr(message, "usage_metadata", None)
     return int(usage.get("total_tokens", 0)) if usage else 0
+
+
+def usage_counts(message: BaseMessage) -> tuple[int, int]:
+    """Prompt and completion tokens Ollama reported for a model reply ((0, 0) if unknown)."""
+    usage = getattr(message, "usage_metadata", None)
+    if not usage:
+        return 0, 0
+    return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))

@@ -111,6 +111,10 @@ class State(InputState):
     """Chat model calls this turn."""
     tokens: int = 0
     """Prompt plus completion tokens reported by Ollama this turn."""
+    prompt_tokens: int = 0
+    """Of `tokens`, those of the prompts (what the models read)."""
+    completion_tokens: int = 0
+    """Of `tokens`, those the models wrote."""
 
 
 TURN_RESET: dict[str, object] = {
@@ -130,5 +134,7 @@ TURN_RESET: dict[str, object] = {
     "knowledge_error": "",
     "model_calls": 0,
     "tokens": 0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
 }
 """Per-turn fields as a new turn starts: nothing of the previous turn leaks into this one."""

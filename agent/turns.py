@@ -41,6 +41,10 @@ class TurnResult:
     ranked: list[Passage] = field(default_factory=list)
     model_calls: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
+    """Of `tokens`, those of the prompts, summed over the turn's model calls."""
+    completion_tokens: int = 0
+    """Of `tokens`, those the models wrote, summed over the turn's model calls."""
     node_seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per node, summed when a node ran more than once (answer ⇄ tools)."""
     question: str = ""
@@ -78,6 +82,8 @@ def result_from_state(
         ranked=values.get("ranked", []),
         model_calls=values.get("model_calls", 0),
         tokens=values.get("tokens", 0),
+        prompt_tokens=values.get("prompt_tokens", 0),
+        completion_tokens=values.get("completion_tokens", 0),
         node_seconds=node_seconds or {},
         question=values.get("question", ""),
     )

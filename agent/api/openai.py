@@ -29,6 +29,16 @@ def _completion_text(answer: Answer) -> str:
     return f"{answer.answer}\n\n来源：\n{sources}"
 
 
+def _usage(answer: Answer) -> dict[str, int]:
+    """OpenAI's usage object: the tokens of every model call of the turn."""
+    prompt, completion = answer.result.prompt_tokens, answer.result.completion_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
 @router.get("/models")
 async def list_models(principal: PrincipalDep) -> dict[str, Any]:
     return {
@@ -78,11 +88,7 @@ async def post_completions(
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "total_tokens": answer.tokens,
-                },
+                "usage": _usage(answer),
                 "citations": answer.citations,
                 "thread_id": answer.thread_id,
             }

@@ -12,12 +12,24 @@ from agent import prompts
 from agent.context import Context
 from agent.evidence import current_question, fenced, format_evidence, recent_history
 from agent.extractive import extractive_answer
-from agent.models import DEPENDENCY_ERRORS, message_text, usage_tokens
+from agent.models import DEPENDENCY_ERRORS, message_text, usage_counts
 from agent.services import Services, get_services
 from agent.state import State
 from agent.trace import record_call
 
 log = logging.getLogger(__name__)
+
+
+def _counted(state: State, reply: BaseMessage) -> dict[str, int]:
+    """The turn's model calls and tokens, `reply`'s call added: prompt and completion apart,
+    as the OpenAI-compatible endpoint reports them."""
+    prompt, completion = usage_counts(reply)
+    return {
+        "model_calls": state.model_calls + 1,
+        "tokens": state.tokens + prompt + completion,
+        "prompt_tokens": state.prompt_tokens + prompt,
+        "completion_tokens": state.completion_tokens + completion,
+    }
 
 
 async def _chitchat(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
@@ -33,10 +45,7 @@ async def _chitchat(state: State, runtime: Runtime[Context], services: Services)
         reply = await services.call_model(model, messages, ctx, stream=ctx.stream_tokens)
         record_call(runtime, ctx.chat_model, messages, reply)
         text = message_text(reply)
-        update |= {
-            "model_calls": state.model_calls + 1,
-            "tokens": state.tokens + usage_tokens(reply),
-        }
+        update |= _counted(state, reply)
     except DEPENDENCY_ERRORS as exc:
         record_call(runtime, ctx.chat_model, messages, error=exc)
         log.warning("chit-chat reply fell back to the canned one: %s", exc)
@@ -92,7 +101,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "attempts": attempts,
         }
     record_call(runtime, ctx.chat_model, messages, reply)
-    usage = {"model_calls": state.model_calls + 1, "tokens": state.tokens + usage_tokens(reply)}
+    usage = _counted(state, reply)
     if reply.tool_calls and state.tool_rounds < ctx.max_tool_rounds:
         return usage | {"scratch": [*state.scratch, reply]}
     return usage | {"draft": message_text(reply), "draft_source": "model", "attempts": attempts}

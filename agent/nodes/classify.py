@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from agent import prompts
 from agent.context import Context
 from agent.evidence import current_question, history_messages, recent_exchanges
-from agent.models import DEPENDENCY_ERRORS, usage_tokens
+from agent.models import DEPENDENCY_ERRORS, usage_counts
 from agent.policy.safety import fold
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
@@ -108,8 +108,14 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         out: dict[str, Any] | None = None
         try:
             out = cast(dict[str, Any], await get_services().call_model(structured, messages, ctx))
-            update["model_calls"] = 1
-            update["tokens"] = usage_tokens(out["raw"])
+            # The turn's first model call: its counts start the turn's.
+            prompt, completion = usage_counts(out["raw"])
+            update |= {
+                "model_calls": 1,
+                "tokens": prompt + completion,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
             if out["parsing_error"] is not None or out["parsed"] is None:
                 raise ValueError(f"unparsable classification: {out['parsing_error']}")
             result: Classification = out["parsed"]

@@ -400,3 +400,32 @@ async def test_a_failed_follow_up_search_is_reported_to_the_model(
     assert isinstance(tool_result, ToolMessage) and tool_result.status == "error"
     assert tool_result.content == SEARCH_FAILED
     assert result.answer == PRICE
+
+
+def _used(text: str, prompt: int, completion: int) -> AIMessage:
+    usage = {
+        "input_tokens": prompt,
+        "output_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    return AIMessage(content=text, usage_metadata=cast(Any, usage))
+
+
+async def test_prompt_and_completion_tokens_are_summed_over_the_turns_model_calls(
+    graph: QAGraph, models: ScriptedModels
+):
+    context = Context(rewrite="model")
+    models.say(_used("星尘打印机整机保修两年[1]。", 500, 20))
+    first = await run_turn(graph, "t-usage", "星尘打印机保修多久？", context)
+    assert (first.prompt_tokens, first.completion_tokens, first.tokens) == (500, 20, 520)
+    # Classify, a draft that fails the citation check, its regeneration: three calls.
+    models.say(
+        _used('{"intent": "knowledge", "standalone_question": "星尘打印机售价多少？"}', 300, 30),
+        _used("星尘打印机售价 999 元[1]。", 700, 15),
+        _used(PRICE, 800, 16),
+    )
+    result = await run_turn(graph, "t-usage", "那它售价多少？", context)
+    assert result.model_calls == 3
+    # Nothing of the first turn is carried into the second.
+    assert (result.prompt_tokens, result.completion_tokens) == (1800, 61)
+    assert result.tokens == 1861

@@ -1,0 +1,63 @@
+"""`/v1/chat/completions` as OpenAI clients use it: the conversation is what `messages` says
+unless the caller names a thread, content in parts, and the usage of a turn's model calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import server
+from agent.audit import AuditLog
+from agent.settings import get_settings
+from evals.fakes.ollama import FakeOllama
+from tests.conftest import FIXTURES
+
+RANGE = "月光扫地机器人的续航有多久？"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama() as server_:
+        yield server_
+
+
+@pytest.fixture
+def data(tmp_path: Path, fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> Path:
+    fake.reset()
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", fake.url)
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    get_settings.cache_clear()
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def client(data: Path) -> Iterator[TestClient]:
+    with TestClient(server.create_app()) as client:
+        yield client
+
+
+def api(client: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+
+
+def test_usage_reports_the_prompt_and_completion_tokens_of_the_turn(client: TestClient, data: Path):
+    messages: list[Any] = [{"role": "user", "content": RANGE}]
+    whole = api(client).chat.completions.create(model="qqrag", messages=messages)
+    usage = whole.usage
+    assert usage is not None and usage.prompt_tokens > usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert AuditLog(data / "audit.sqlite").turns()[0]["tokens"] == usage.total_tokens
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    counted = {
+        s.labels["kind"]: s.value
+        for s in families["qqrag_tokens"].samples
+        if s.name == "qqrag_tokens_total"
+    }
+    assert counted == {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens}
