@@ -29,9 +29,10 @@ def _completion_text(answer: Answer) -> str:
     return f"{answer.answer}\n\n来源：\n{sources}"
 
 
-def _usage(answer: Answer) -> dict[str, int]:
-    """OpenAI's usage object: the tokens of every model call of the turn."""
-    prompt, completion = answer.result.prompt_tokens, answer.result.completion_tokens
+def _usage(answer: Answer | None) -> dict[str, int]:
+    """OpenAI's usage object: the tokens of every model call of the turn (none for a refusal)."""
+    prompt = answer.result.prompt_tokens if answer else 0
+    completion = answer.result.completion_tokens if answer else 0
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -94,30 +95,38 @@ async def post_completions(
             }
         )
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+    def chunk(**fields: Any) -> str:
         payload = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **fields,
         }
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+    def choice(delta: dict[str, Any], finish: str | None = None) -> str:
+        # As OpenAI's: with include_usage every chunk has the field, null but in the last one.
+        usage = {"usage": None} if include_usage else {}
+        return chunk(choices=[{"index": 0, "delta": delta, "finish_reason": finish}], **usage)
+
     async def events() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
+        yield choice({"role": "assistant", "content": ""})
+        answer: Answer | None = None
         try:
             # The checked answer, not raw model tokens: citation checking may still change it.
             answer = await rt.gateway.answer(turn)
-            yield chunk({"content": _completion_text(answer)})
-            yield chunk({}, "stop")
+            yield choice({"content": _completion_text(answer)})
         except Refusal as refusal:
-            yield chunk({"content": refusal.message})
-            yield chunk({}, "stop")
+            yield choice({"content": refusal.message})
         except Exception as exc:
             what = f"streamed completion failed (trace {turn.trace_id})"
-            yield chunk({"content": failure(exc, what, rt.settings.data_dir).message})
-            yield chunk({}, "stop")
+            yield choice({"content": failure(exc, what, rt.settings.data_dir).message})
+        yield choice({}, "stop")
+        if include_usage:
+            yield chunk(choices=[], usage=_usage(answer))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

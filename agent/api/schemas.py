@@ -127,12 +127,19 @@ class OpenAIMessage(BaseModel):
     content: Text | list[dict[str, Any]] | None = None
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr = "qqrag"
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: Annotated[StrictStr, AfterValidator(_encodable_id), Field(max_length=128)] | None = None
 
 

@@ -3,6 +3,7 @@ unless the caller names a thread, content in parts, and the usage of a turn's mo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,28 @@ def test_usage_reports_the_prompt_and_completion_tokens_of_the_turn(client: Test
         if s.name == "qqrag_tokens_total"
     }
     assert counted == {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens}
+
+
+def test_a_stream_that_asks_for_usage_ends_with_a_usage_chunk(client: TestClient, data: Path):
+    messages: list[Any] = [{"role": "user", "content": RANGE}]
+    whole = api(client).chat.completions.create(model="qqrag", messages=messages, user="u1")
+    assert whole.usage is not None
+    # One more chunk before [DONE], without choices, with the usage of the same question in a
+    # conversation as new; the other chunks carry a null usage, as OpenAI's do.
+    asked = {"stream": True, "stream_options": {"include_usage": True}, "user": "u2"}
+    stream = client.post("/v1/chat/completions", json={"messages": messages, **asked})
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in stream.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    assert stream.text.endswith("data: [DONE]\n\n")
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == whole.usage.model_dump(exclude_none=True)
+    assert all(chunk["usage"] is None for chunk in chunks[:-1])
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    # Not asked for: no usage anywhere.
+    plain = client.post(
+        "/v1/chat/completions", json={"messages": messages, "stream": True, "user": "u3"}
+    )
+    assert "usage" not in plain.text
