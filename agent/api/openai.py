@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent import gateway
 from agent.api.deps import PrincipalDep, RuntimeDep, check_length
 from agent.api.errors import failure
-from agent.api.schemas import CompletionRequest
+from agent.api.schemas import CompletionRequest, OpenAIMessage
 from agent.gateway import Answer, Refusal
+from agent.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MODEL_ID = "qqrag"
@@ -27,6 +28,23 @@ def _completion_text(answer: Answer) -> str:
         return answer.answer
     sources = "\n".join(f"[{c['index']}] {c['source']} · {c['title']}" for c in answer.citations)
     return f"{answer.answer}\n\n来源：\n{sources}"
+
+
+def _question(messages: list[OpenAIMessage], settings: Settings) -> str:
+    """The question: the text of the last user message."""
+    at = next((i for i in reversed(range(len(messages))) if messages[i].role == "user"), None)
+    if at is None:
+        raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
+    # Answering the words without the picture would answer another question.
+    if other := messages[at].other_parts():
+        raise HTTPException(
+            422, f"qqrag 只能回答文字问题，不支持 {'、'.join(other)} 类型的内容，请用文字提问"
+        )
+    text = messages[at].text()
+    if not text.strip():
+        raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
+    check_length(text, settings)
+    return text
 
 
 def _usage(answer: Answer | None) -> dict[str, int]:
@@ -57,13 +75,10 @@ async def post_completions(
 ) -> JSONResponse | StreamingResponse:
     """OpenAI-compatible chat on the same graph. The conversation lives in the service: only
     the last user message is used; `user` (or the X-QQRAG-Thread header) picks the thread."""
-    question = next((m for m in reversed(body.messages) if m.role == "user"), None)
-    if question is None or not isinstance(question.content, str) or not question.content.strip():
-        raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
-    check_length(question.content, rt.settings)
+    question = _question(body.messages, rt.settings)
     who = x_qqrag_thread or body.user or "anonymous"
     speaker = gateway.Speaker(platform="openai", scene="private", user_id=who)
-    turn = await rt.gateway.admit(principal, speaker, question.content)
+    turn = await rt.gateway.admit(principal, speaker, question)
     created = int(time.time())
     completion_id = f"chatcmpl-{turn.trace_id}"
     model = turn.context.chat_model

@@ -120,11 +120,39 @@ class ThreadHistory(BaseModel):
     messages: list[HistoryMessage]
 
 
+class ContentPart(BaseModel):
+    """One part of an OpenAI message's content: text, or what qqrag cannot read (image_url,
+    input_audio, file, an assistant's refusal)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: StrictStr
+    text: Text | None = None
+
+    @model_validator(mode="after")
+    def _text_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("type 为 text 的内容缺少 text 字段")
+        return self
+
+
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: StrictStr
-    content: Text | list[dict[str, Any]] | None = None
+    content: Text | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        """The message's text: its text parts, one per line, when it comes in parts."""
+        if isinstance(self.content, list):
+            return "\n".join(part.text or "" for part in self.content if part.type == "text")
+        return self.content or ""
+
+    def other_parts(self) -> list[str]:
+        """The types of the parts that are not text, in order, each once."""
+        if not isinstance(self.content, list):
+            return []
+        return list(dict.fromkeys(part.type for part in self.content if part.type != "text"))
 
 
 class StreamOptions(BaseModel):

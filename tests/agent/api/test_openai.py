@@ -48,6 +48,52 @@ def api(client: TestClient) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
 
 
+def test_content_in_parts_is_read_and_a_picture_in_the_question_is_refused(
+    client: TestClient, data: Path
+):
+    parts = api(client).chat.completions.create(
+        model="qqrag",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "请问："},
+                    {"type": "text", "text": RANGE},
+                ],
+            }
+        ],
+    )
+    assert "续航 150 分钟" in (parts.choices[0].message.content or "")
+    assert AuditLog(data / "audit.sqlite").turns()[0]["question"] == f"请问：\n{RANGE}"
+    picture = client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "这张图里的机器人续航多久？"},
+                        {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+                    ],
+                }
+            ]
+        },
+    )
+    assert picture.status_code == 422
+    assert picture.json() == {
+        "error": {
+            "code": "invalid_request",
+            "message": "qqrag 只能回答文字问题，不支持 image_url 类型的内容，请用文字提问",
+        }
+    }
+    no_text = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+    )
+    assert no_text.status_code == 422
+    assert "缺少 text 字段" in no_text.json()["error"]["message"]
+
+
 def test_usage_reports_the_prompt_and_completion_tokens_of_the_turn(client: TestClient, data: Path):
     messages: list[Any] = [{"role": "user", "content": RANGE}]
     whole = api(client).chat.completions.create(model="qqrag", messages=messages)
