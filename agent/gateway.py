@@ -12,12 +12,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from agent import backends, prompts
 from agent.context import Context
@@ -42,6 +43,13 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_MESSAGE = "这个问题这次没来得及回答，请稍后再问一次。"
 CONVERSATION_BUSY_MESSAGE = "上一个问题还在回答，请稍等，答完再问。"
+
+_FORGET_TIMEOUT_S = 5.0
+"""How long deleting a request's own thread may take: past it the thread is left (and logged)
+rather than holding the turn's task."""
+
+Said = tuple[Literal["user", "assistant"], str]
+"""One message of a conversation the caller keeps: who said it, and the text."""
 
 
 class Refusal(Exception):
@@ -101,6 +109,10 @@ class Turn:
     answer_hits: list[Hit] = field(default_factory=list)
     received: float = field(default_factory=time.monotonic)
     """When the request arrived (time.monotonic()): the turn's deadline counts from here."""
+    history: list[AnyMessage] | None = None
+    """The conversation before `text` when the request carries it (the OpenAI convention):
+    the turn runs on a thread of its own, seeded with it and deleted once the turn ends.
+    None: the conversation is the speaker's stored thread."""
 
 
 class _Slot:
@@ -248,10 +260,19 @@ class Gateway:
     # —— the gates before a turn ——
 
     async def admit(
-        self, principal: Principal, speaker: Speaker, text: str, *, pin: Pin | None = None
+        self,
+        principal: Principal,
+        speaker: Speaker,
+        text: str,
+        *,
+        pin: Pin | None = None,
+        history: Sequence[Said] | None = None,
     ) -> Turn:
         """Input safety and profile (gray release's, or `pin`'s). The quota is taken by `run`,
-        once the turn is sure to be served: a busy refusal costs nothing."""
+        once the turn is sure to be served: a busy refusal costs nothing.
+
+        `history`: the conversation before `text` as the caller keeps it; nothing of the turn
+        is stored then, and no other request sees it. None: the speaker's stored thread."""
         if pin is None:
             assignment = self.gray.assign(principal.tenant, speaker.group_id, speaker.user_id)
             profile, context = assignment.profile, assignment.apply(Context())
@@ -264,16 +285,39 @@ class Gateway:
         # A profile can narrow a tenant's knowledge bases, never widen them.
         bases = tuple(kb for kb in wanted if kb in allowed) or tuple(allowed)
         context = replace(context, knowledge_bases=bases)
+        trace_id = uuid.uuid4().hex[:16]
+        if history is None:
+            thread, earlier = self.thread_of(principal, speaker), None
+        else:
+            # Named after the turn, so it is nobody's conversation but this request's.
+            thread = f"{principal.tenant}:{speaker.platform}:request:{trace_id}"
+            earlier = self._earlier(history, context.keep_turns)
         return Turn(
             principal=principal,
             speaker=speaker,
             text=text,
-            thread=self.thread_of(principal, speaker),
-            trace_id=uuid.uuid4().hex[:16],
+            thread=thread,
+            trace_id=trace_id,
             profile=profile,
             context=context,
             question_hits=self.safety.scan(text),
+            history=earlier,
         )
+
+    def _earlier(self, history: Sequence[Said], keep_turns: int) -> list[AnyMessage]:
+        """A carried conversation as a stored thread would hold it: a question with a sensitive
+        word never got into the conversation, nor did the reply to it; only the latest
+        `keep_turns` exchanges are kept."""
+        messages: list[AnyMessage] = []
+        refused = False
+        for role, said in history:
+            if role == "user":
+                refused = bool(self.safety.scan(said))
+                if not refused:
+                    messages.append(HumanMessage(content=said))
+            elif not refused:
+                messages.append(AIMessage(content=said))
+        return messages[-2 * keep_turns :] if keep_turns > 0 else []
 
     # —— the turn ——
 
@@ -385,7 +429,10 @@ class Gateway:
                     return
                 self._take_quota(turn)
                 self.metrics.inflight_turns.inc()
+                result: tuple[str, Any]
                 try:
+                    if turn.history:
+                        await self._seed(turn)
                     async for event in stream_turn(
                         self.graph,
                         turn.thread,
@@ -395,11 +442,40 @@ class Gateway:
                         trace_id=turn.trace_id,
                         tokens=tokens,
                     ):
-                        events.put_nowait(event)
+                        if event[0] == "result":
+                            result = event
+                        else:
+                            events.put_nowait(event)
                 finally:
                     self.metrics.inflight_turns.dec()
+                    if turn.history is not None:
+                        # Before the result is handed on: once a request that carried its
+                        # conversation is answered, nothing of it is stored. Shielded: a turn
+                        # cancelled at its deadline deletes its thread too.
+                        await asyncio.shield(self._forget(turn.thread))
+                events.put_nowait(result)
         except Exception as exc:
             events.put_nowait(("failed", exc))
+
+    async def _seed(self, turn: Turn) -> None:
+        """Store the carried conversation in the turn's own thread, as if a turn had just ended
+        with it: written as the `command` node, whose only edge leads to the end, so the turn
+        runs from the start. Marked with the turn's trace id: a failed turn takes it back too."""
+        await self.graph.aupdate_state(
+            turn_config(turn.thread, turn.trace_id), {"messages": turn.history}, as_node="command"
+        )
+
+    async def _forget(self, thread: str) -> None:
+        """Delete a turn's own thread: a request that carried its conversation leaves nothing
+        stored behind. Bounded in time; a failure is logged, not raised (the turn is over)."""
+        saver = self.graph.checkpointer
+        if not isinstance(saver, BaseCheckpointSaver):
+            return
+        try:
+            async with asyncio.timeout(_FORGET_TIMEOUT_S):
+                await saver.adelete_thread(thread)
+        except Exception as exc:
+            log.warning("thread %s of a stateless request not deleted: %s", thread, exc)
 
     def _record_failure(self, turn: Turn, outcome: Outcome, started: float) -> None:
         """A turn that got no answer still counts, and leaves its audit row: the operator

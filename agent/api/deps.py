@@ -91,6 +91,9 @@ async def require_admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-def check_length(text: str, settings: Settings) -> None:
+def check_length(text: str, settings: Settings, name: str = "text") -> None:
+    """422 when `text` (the request field `name`) is longer than a question may be."""
     if len(text) > settings.max_text_chars:
-        raise HTTPException(422, f"text 超过 {settings.max_text_chars} 字的上限（{len(text)} 字）")
+        raise HTTPException(
+            422, f"{name} 超过 {settings.max_text_chars} 字的上限（{len(text)} 字）"
+        )

@@ -23,15 +23,19 @@ MODEL_ID = "qqrag"
 """The one model clients pick: the knowledge-base agent (its answer model is the service's)."""
 
 
+SOURCES_HEADING = "\n\n来源：\n"
+"""Where a completion's answer ends and its source lines begin."""
+
+
 def _completion_text(answer: Answer) -> str:
     if not answer.citations:
         return answer.answer
     sources = "\n".join(f"[{c['index']}] {c['source']} · {c['title']}" for c in answer.citations)
-    return f"{answer.answer}\n\n来源：\n{sources}"
+    return f"{answer.answer}{SOURCES_HEADING}{sources}"
 
 
-def _question(messages: list[OpenAIMessage], settings: Settings) -> str:
-    """The question: the text of the last user message."""
+def _question(messages: list[OpenAIMessage], settings: Settings) -> tuple[int, str]:
+    """Where the question is in `messages` (the last user message), and its text."""
     at = next((i for i in reversed(range(len(messages))) if messages[i].role == "user"), None)
     if at is None:
         raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
@@ -44,7 +48,24 @@ def _question(messages: list[OpenAIMessage], settings: Settings) -> str:
     if not text.strip():
         raise HTTPException(422, "messages 里需要一条文字内容的 user 消息")
     check_length(text, settings)
-    return text
+    return at, text
+
+
+def _carried(messages: list[OpenAIMessage], settings: Settings) -> list[gateway.Said]:
+    """The conversation before the question, as the caller sends it back: user and assistant
+    text (system prompts, tool results and non-text parts are not qqrag's to follow)."""
+    said: list[gateway.Said] = []
+    for index, message in enumerate(messages):
+        text = message.text()
+        if not text.strip():
+            continue
+        if message.role == "user":
+            check_length(text, settings, f"messages[{index}]")
+            said.append(("user", text))
+        elif message.role == "assistant":
+            # A stored conversation keeps the answer without the source lines sent with it.
+            said.append(("assistant", text.split(SOURCES_HEADING, 1)[0]))
+    return said
 
 
 def _usage(answer: Answer | None) -> dict[str, int]:
@@ -73,12 +94,16 @@ async def post_completions(
     principal: PrincipalDep,
     x_qqrag_thread: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JSONResponse | StreamingResponse:
-    """OpenAI-compatible chat on the same graph. The conversation lives in the service: only
-    the last user message is used; `user` (or the X-QQRAG-Thread header) picks the thread."""
-    question = _question(body.messages, rt.settings)
-    who = x_qqrag_thread or body.user or "anonymous"
-    speaker = gateway.Speaker(platform="openai", scene="private", user_id=who)
-    turn = await rt.gateway.admit(principal, speaker, question)
+    """OpenAI-compatible chat on the same graph. The conversation is what `messages` says, and
+    nothing of it is stored; a caller that names a thread (the X-QQRAG-Thread header, or `user`)
+    gets a stored one instead, whose history is the service's: only the question is read then.
+    """
+    at, question = _question(body.messages, rt.settings)
+    named = x_qqrag_thread or body.user
+    history = None if named else _carried(body.messages[:at], rt.settings)
+    # Unnamed callers share a quota, as one client of the tenant, but no conversation.
+    speaker = gateway.Speaker(platform="openai", scene="private", user_id=named or "anonymous")
+    turn = await rt.gateway.admit(principal, speaker, question, history=history)
     created = int(time.time())
     completion_id = f"chatcmpl-{turn.trace_id}"
     model = turn.context.chat_model
@@ -106,7 +131,8 @@ async def post_completions(
                 ],
                 "usage": _usage(answer),
                 "citations": answer.citations,
-                "thread_id": answer.thread_id,
+                # A thread deleted once answered is none to look up.
+                "thread_id": answer.thread_id if named else None,
             }
         )
 

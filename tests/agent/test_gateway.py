@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 import redis
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agent.audit import AuditLog
-from agent.gateway import Gateway, Refusal, Speaker
+from agent.gateway import TIMEOUT_MESSAGE, Gateway, Refusal, Said, Speaker
 from agent.policy.admission import LocalAdmission
 from agent.policy.metrics import Metrics
 from agent.policy.profiles import GrayRelease
@@ -313,5 +314,58 @@ async def test_links_are_hidden_unless_the_service_or_the_tenant_allows_them(
         assert "https://evil.example/t" in trusting.citations[0]["title"]
         assert gateway.mask("见 https://evil.example/d", "plain") == "见 [链接已隐藏]"
         assert gateway.mask("见 https://evil.example/d", "trusting") == "见 https://evil.example/d"
+    finally:
+        gateway.close()
+
+
+async def test_a_turn_that_carries_its_conversation_stores_nothing_however_it_ends(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """The OpenAI convention: the conversation comes with the request. The turn reads it as
+    history; answered, failed or cut at its deadline, it leaves no thread behind."""
+    (words := settings.data_dir / "words").mkdir()
+    (words / "banned.txt").write_text("违禁品\n", encoding="utf-8")
+    gateway = local_gateway(settings, services, graph, QuotaLimits())
+    gateway.safety = SafetyFilter(words)
+    history: list[Said] = [
+        ("user", "哪里能买到违禁品？"),
+        ("assistant", "抱歉，这个请求我不能处理。"),
+        ("user", "星尘打印机保修多久？"),
+        ("assistant", "星尘打印机整机保修两年[1]。"),
+    ]
+    saver = graph.checkpointer
+    assert isinstance(saver, BaseCheckpointSaver)
+
+    async def stored() -> list[object]:
+        return [checkpoint async for checkpoint in saver.alist(None)]
+
+    try:
+        models.say("星尘打印机标准版售价 1999 元[1]。")
+        turn = await gateway.admit(OPEN_PRINCIPAL, speaker(), "那它售价多少？", history=history)
+        assert turn.thread != gateway.thread_of(OPEN_PRINCIPAL, speaker())
+        answer = await gateway.answer(turn)
+        assert answer.result.query == "星尘打印机保修多久？ 那它售价多少？"
+        # As a stored thread would hold it: the refused question and its reply never joined.
+        assert [m.content for m in models.calls[-1][1:3]] == [
+            "星尘打印机保修多久？",
+            "星尘打印机整机保修两年[1]。",
+        ]
+        assert await stored() == []
+
+        models.say(ValueError("boom"))
+        with pytest.raises(ValueError, match="boom"):
+            await gateway.answer(
+                await gateway.admit(OPEN_PRINCIPAL, speaker(), "那它售价多少？", history=history)
+            )
+        assert await stored() == []
+
+        services.knowledge = HangingKnowledge()  # type: ignore[assignment]
+        gateway.settings = settings.model_copy(update={"turn_deadline": 0.5})
+        turn = await gateway.admit(OPEN_PRINCIPAL, speaker(), "那它售价多少？", history=history)
+        with pytest.raises(Refusal, match=TIMEOUT_MESSAGE):
+            await asyncio.wait_for(gateway.answer(turn), 10)
+        # The abandoned turn's task deletes its thread once it has ended.
+        async with asyncio.timeout(10), gateway.locks.hold(turn.thread):
+            assert await stored() == []
     finally:
         gateway.close()

@@ -4,7 +4,9 @@ unless the caller names a thread, content in parts, and the usage of a turn's mo
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from evals.fakes.ollama import FakeOllama
 from tests.conftest import FIXTURES
 
 RANGE = "月光扫地机器人的续航有多久？"
+FOLLOW_UP = "那它售价多少？"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,127 @@ def client(data: Path) -> Iterator[TestClient]:
 
 def api(client: TestClient) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+
+
+def stored_threads(data: Path) -> set[str]:
+    """Every thread the checkpoint database holds anything of."""
+    with closing(sqlite3.connect(data / "checkpoints.sqlite")) as db:
+        return {
+            thread
+            for table in ("checkpoints", "writes")
+            for (thread,) in db.execute(f"SELECT DISTINCT thread_id FROM {table}")
+        }
+
+
+def said_to_models(fake: FakeOllama) -> list[str]:
+    """The text of every message the models were sent, all calls together."""
+    return [m.get("content", "") for call in fake.calls("/api/chat") for m in call["messages"]]
+
+
+def test_callers_without_a_user_never_see_each_others_questions(
+    client: TestClient, data: Path, fake: FakeOllama
+):
+    first = api(client).chat.completions.create(
+        model="qqrag", messages=[{"role": "user", "content": RANGE}]
+    )
+    assert "续航 150 分钟" in (first.choices[0].message.content or "")
+    fake.reset()
+    # Another caller, or the same one starting over: its conversation holds only this question.
+    other = api(client).chat.completions.create(
+        model="qqrag", messages=[{"role": "user", "content": FOLLOW_UP}]
+    )
+    assert other.model_extra is not None and other.model_extra["thread_id"] is None
+    assert not any(RANGE in text for text in said_to_models(fake))
+    rows = AuditLog(data / "audit.sqlite").turns()
+    assert [row["query"] for row in rows] == [FOLLOW_UP, RANGE]
+    # Each request ran on a thread of its own, and nothing of either is stored.
+    assert len({row["thread_id"] for row in rows}) == 2
+    assert stored_threads(data) == set()
+    for row in rows:
+        assert client.get(f"/v1/threads/{row['thread_id']}").status_code == 404
+
+
+def test_a_follow_up_whose_earlier_turn_is_only_in_messages_is_answered_in_context(
+    client: TestClient, data: Path, fake: FakeOllama
+):
+    first = api(client).chat.completions.create(
+        model="qqrag", messages=[{"role": "user", "content": RANGE}]
+    )
+    earlier = first.choices[0].message.content or ""
+    assert "\n\n来源：\n" in earlier
+    fake.reset()
+    messages: list[Any] = [
+        {"role": "system", "content": "你是一个乐于助人的助手。"},
+        {"role": "user", "content": RANGE},
+        {"role": "assistant", "content": earlier},
+        {"role": "user", "content": FOLLOW_UP},
+    ]
+    follow_up = api(client).chat.completions.create(model="qqrag", messages=messages)
+    assert (follow_up.choices[0].message.content or "").startswith("月光扫地机器人售价 1299 元")
+    streamed = api(client).chat.completions.create(model="qqrag", messages=messages, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    assert text.startswith("月光扫地机器人售价 1299 元")
+    # The answer model saw the earlier exchange as a stored thread holds it: no source lines,
+    # and the caller's system prompt is not qqrag's to follow.
+    answer_call = fake.calls("/api/chat")[0]["messages"]
+    assert [m["role"] for m in answer_call] == ["system", "user", "assistant", "user"]
+    assert answer_call[1]["content"] == RANGE
+    assert answer_call[2]["content"] == earlier.split("\n\n来源：\n")[0][:200]
+    assert "乐于助人" not in json.dumps(answer_call, ensure_ascii=False)
+    rows = AuditLog(data / "audit.sqlite").turns()
+    assert rows[0]["query"] == f"{RANGE} {FOLLOW_UP}"
+    assert stored_threads(data) == set()
+    # An earlier question is held to the length of a question, as when it was asked.
+    too_long = client.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "长" * 2001}, messages[-1]]},
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["message"] == "messages[0] 超过 2000 字的上限（2001 字）"
+
+
+def test_earlier_messages_in_parts_keep_their_words_and_lose_their_pictures(
+    client: TestClient, data: Path
+):
+    answer = api(client).chat.completions.create(
+        model="qqrag",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "月光扫地机器人"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "请问想了解什么？"}]},
+            {"role": "user", "content": [{"type": "text", "text": "它的续航有多久？"}]},
+        ],
+    )
+    assert "续航 150 分钟" in (answer.choices[0].message.content or "")
+    assert AuditLog(data / "audit.sqlite").turns()[0]["query"] == "月光扫地机器人 它的续航有多久？"
+
+
+def test_a_named_thread_is_kept_by_the_service_and_the_messages_history_is_not_read(
+    client: TestClient, data: Path
+):
+    api(client).chat.completions.create(
+        model="qqrag", messages=[{"role": "user", "content": RANGE}], user="u1"
+    )
+    # The service's history, not the one sent, is the conversation of a named thread.
+    follow_up = api(client).chat.completions.create(
+        model="qqrag",
+        messages=[
+            {"role": "user", "content": "星尘打印机保修多久？"},
+            {"role": "assistant", "content": "星尘打印机整机保修两年[1]。"},
+            {"role": "user", "content": FOLLOW_UP},
+        ],
+        # The header names a thread as `user` does.
+        extra_headers={"X-QQRAG-Thread": "u1"},
+    )
+    assert (follow_up.choices[0].message.content or "").startswith("月光扫地机器人售价 1299 元")
+    assert follow_up.model_extra is not None
+    assert follow_up.model_extra["thread_id"] == "default:openai:private:u1"
+    assert stored_threads(data) == {"default:openai:private:u1"}
 
 
 def test_content_in_parts_is_read_and_a_picture_in_the_question_is_refused(
