@@ -221,7 +221,9 @@ def _json_result(answer: Answer) -> dict[str, Any]:
         "query": result.query,
         "question": result.question,
         "model_calls": result.model_calls,
-        "tokens": answer.tokens,
+        "tokens": result.tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
         "node_seconds": {node: round(s, 4) for node, s in result.node_seconds.items()},
     }
 
