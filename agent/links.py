@@ -60,7 +60,7 @@ def allowed_domain(entry: str) -> str:
     host = urlsplit(text).hostname if "://" in text else text.split("/", 1)[0].split(":", 1)[0]
     host = (host or "").removeprefix("*.").strip(".")
     if not _HOST.fullmatch(host):
-        raise ValueError(f"{entry!r} is not a domain name (write it like docs.example.com)")
+        raise ValueError(f"“{entry}”不是域名（要写成 docs.example.com 这样）")
     return host
 
 

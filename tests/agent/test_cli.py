@@ -140,7 +140,7 @@ def test_tenants_keys_and_gaps(data_dir: Path):
     assert cleared.exit_code == 0 and "自己没有设置保留链接的域名" in cleared.output
     assert runner.invoke(app, ["tenant", "links", "nobody"]).exit_code == 1
     bad = runner.invoke(app, ["tenant", "links", "acme", "--link-domain", "not a domain"])
-    assert bad.exit_code == 1 and "not a domain name" in bad.output
+    assert bad.exit_code == 1 and "不是域名" in bad.output
 
     log = AuditLog(data_dir / "audit.sqlite")
     for question in ("量子计算机怎么买？", "量子计算机怎么买？", "火星车多少钱？"):

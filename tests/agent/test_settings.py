@@ -57,7 +57,7 @@ def test_link_allowlist_is_split_and_normalised(monkeypatch: pytest.MonkeyPatch)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.link_allowlist == ["docs.example.com", "example.org"]
     monkeypatch.setenv("QQRAG_LINK_ALLOWLIST", "example.com;example.org")
-    with pytest.raises(ValueError, match="not a domain name"):
+    with pytest.raises(ValueError, match="不是域名"):
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 

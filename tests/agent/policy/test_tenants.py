@@ -120,10 +120,10 @@ def test_tenants_and_their_link_domains(store: TenantStore):
     assert store.set_link_domains("b", ["example.net"]).link_domains == ("example.net",)
     assert store.set_link_domains("a", []).link_domains == ()
     assert [t.link_domains for t in store.list_tenants()] == [(), ("example.net",)]
-    with pytest.raises(ValueError, match="not a domain name"):
+    with pytest.raises(ValueError, match="不是域名"):
         store.create_tenant("c", link_domains=("not a domain",))
     assert store.tenant("c") is None
-    with pytest.raises(ValueError, match="not a domain name"):
+    with pytest.raises(ValueError, match="不是域名"):
         store.set_link_domains("a", ["https://"])
     with pytest.raises(KeyError):
         store.set_link_domains("missing", ["example.com"])
