@@ -27,6 +27,7 @@ from agent.gateway import Refusal
 from agent.policy.metrics import live_gauges_of_this_process
 from agent.runtime import open_runtime
 from agent.settings import get_settings
+from agent.validation import request_problem
 from graphs.qa import build
 
 log = logging.getLogger("qqrag.server")
@@ -55,14 +56,9 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-            message = str(error.get("msg", "")).removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-        return error_response(
-            422, "invalid_request", "请求参数有误：" + "；".join(problems), fields=problems
-        )
+        problems = [request_problem(error) for error in exc.errors()]
+        message = "请求参数有误：" + "；".join(p["message"] for p in problems)
+        return error_response(422, "invalid_request", message, fields=problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -189,17 +189,17 @@ def test_stream_reports_nodes_tokens_and_the_result(env: dict[str, str], tmp_pat
     ("body", "message"),
     [
         ({"scene": "private", "user_id": "1", "text": "   "}, "text 不能为空"),
-        ({"scene": "private", "user_id": "1", "text": 123}, "text: Input should be a valid string"),
+        ({"scene": "private", "user_id": "1", "text": 123}, "text 要是字符串"),
         ({"scene": "group", "user_id": "1", "text": "你好"}, "scene 为 group 时必须提供 group_id"),
         (
             {"scene": "channel", "user_id": "1", "text": "你好"},
-            "scene: Input should be 'group' or 'private'",
+            "scene 只能是 group、private 之一",
         ),
         (
             {"scene": "private", "user_id": ["1"], "text": "你好"},
-            "user_id: Input should be a valid string",
+            "user_id 要是字符串",
         ),
-        ({"scene": "private", "text": "你好"}, "user_id: Field required"),
+        ({"scene": "private", "text": "你好"}, "缺少 user_id"),
         (
             {"scene": "private", "user_id": "1", "text": "长" * 2001},
             "text 超过 2000 字的上限（2001 字）",
@@ -446,3 +446,49 @@ def test_unencodable_text_is_answered_and_unencodable_ids_are_refused(
     for refused in (bad_id, bad_user):
         assert refused.status_code == 422
         assert "代理字符" in refused.json()["error"]["message"]
+
+
+def test_invalid_requests_are_explained_in_chinese(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 422 body names each field and what is wrong with it, for people; `fields` keeps
+    pydantic's error types, for programs."""
+    monkeypatch.setenv("QQRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QQRAG_DEFAULT_DOCS", str(FIXTURES / "kb"))
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    speaker = {"scene": "private", "user_id": "7"}
+    with TestClient(server.create_app()) as client:
+        bad_json = client.post(
+            "/v1/chat", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        missing = client.post("/v1/chat", json={"text": "你好"})
+        wrong_type = client.post("/v1/chat", json=speaker | {"text": 123, "group_id": True})
+        too_long = client.post(
+            "/v1/feedback", json=speaker | {"rating": "meh", "comment": "长" * 501}
+        )
+        long_id = client.post(
+            "/v1/chat", json={"scene": "private", "user_id": "1" * 129, "text": "x"}
+        )
+        query = client.get("/v1/audit", params={"limit": "abc"})
+        no_body = client.post("/v1/chat")
+    get_settings.cache_clear()
+    expected = {
+        bad_json: "请求参数有误：请求体不是合法的 JSON（第 2 个字符附近），请检查引号、逗号和括号",
+        missing: "请求参数有误：缺少 scene；缺少 user_id",
+        wrong_type: "请求参数有误：group_id 要是字符串；text 要是字符串",
+        too_long: "请求参数有误：rating 只能是 good、bad 之一；comment 最多 500 个字符",
+        long_id: "请求参数有误：user_id 最多 128 个字符",
+        query: "请求参数有误：limit 要是整数",
+        no_body: "请求参数有误：缺少请求体（JSON 对象）",
+    }
+    for response, message in expected.items():
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert response.json()["error"]["message"] == message
+    assert missing.json()["error"]["fields"] == [
+        {"field": "scene", "type": "missing", "message": "缺少 scene"},
+        {"field": "user_id", "type": "missing", "message": "缺少 user_id"},
+    ]
+    assert bad_json.json()["error"]["fields"][0]["type"] == "json_invalid"
+
