@@ -17,6 +17,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.api import admin, chat, health, openai, threads
@@ -50,7 +51,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="qqrag", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not from a CDN:
+    # the service often runs where nothing outside can be reached.
+    app = FastAPIOffline(title="qqrag", version="0.1.0", lifespan=lifespan)
     for routes in (chat, openai, threads, admin, health):
         app.include_router(routes.router)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -492,3 +493,17 @@ def test_invalid_requests_are_explained_in_chinese(
     ]
     assert bad_json.json()["error"]["fields"][0]["type"] == "json_invalid"
 
+
+def test_api_docs_are_served_from_the_service_itself() -> None:
+    """/docs and /redoc load Swagger UI and ReDoc from the service: they work offline."""
+    client = TestClient(server.create_app())
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        assert "://" not in html.text  # nothing from a CDN, no fonts from Google
+        assets = re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html.text)
+        urls = [src or url for src, url in assets]
+        assert any(url.endswith(".js") for url in urls)
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), url
+            assert client.get(url).status_code == 200, url
