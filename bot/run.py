@@ -7,11 +7,10 @@ from nonebot.adapters import Adapter
 from nonebot.adapters.onebot.v11 import Adapter as OneBotAdapter
 from nonebot.adapters.qq import Adapter as QQAdapter
 from nonebot.config import Config as NoneBotConfig
-from nonebot.config import Env
 from nonebot.log import logger
 
-DRIVER = "~fastapi+~httpx+~websockets"
-"""ASGI server for reverse WebSocket and webhooks, HTTP and WebSocket clients for the QQ API."""
+from bot.config import DRIVER, env_files
+
 PLUGIN = "bot.plugins.qqrag"
 
 ADAPTERS: dict[str, type[Adapter]] = {"onebot": OneBotAdapter, "qq": QQAdapter}
@@ -19,8 +18,7 @@ ADAPTERS: dict[str, type[Adapter]] = {"onebot": OneBotAdapter, "qq": QQAdapter}
 
 def _driver_configured() -> bool:
     """Whether DRIVER is set in the environment or in a `.env` file NoneBot reads."""
-    env_files = (".env", f".env.{Env().environment}")
-    return "driver" in NoneBotConfig(_env_file=env_files).model_fields_set
+    return "driver" in NoneBotConfig(_env_file=env_files()).model_fields_set
 
 
 def main() -> None:

@@ -42,8 +42,7 @@ def settings_env_names() -> set[str]:
 
 
 def plugin_env_names() -> set[str]:
-    # The plugin package reads NoneBot's config on import: import it once NoneBot is up.
-    from bot.plugins.qqrag.config import Config
+    from bot.config import Config
 
     return {name.upper() for name in Config.model_fields}
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 
 def test_settings_accept_what_dotenv_files_produce() -> None:
-    from bot.plugins.qqrag.config import Config
+    from bot.config import Config
 
     config = Config.model_validate(
         {
@@ -38,7 +38,7 @@ def test_settings_accept_what_dotenv_files_produce() -> None:
     ],
 )
 def test_settings_refuse_what_cannot_work(settings: dict[str, object]) -> None:
-    from bot.plugins.qqrag.config import Config
+    from bot.config import Config
 
     with pytest.raises(ValidationError):
         Config.model_validate(settings)
@@ -49,7 +49,7 @@ def test_root_env_example_documents_every_plugin_setting() -> None:
 
     from dotenv import dotenv_values
 
-    from bot.plugins.qqrag.config import Config
+    from bot.config import Config
 
     example = dotenv_values(Path(__file__).resolve().parents[2] / ".env.example")
     documented = {k.lower() for k in example if k.startswith("QQRAG_BOT_")}

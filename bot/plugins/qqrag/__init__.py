@@ -16,9 +16,9 @@ from nonebot.rule import Rule
 from nonebot.typing import T_State
 
 from agent.commands import help_lines
+from bot.config import Config
 
 from .client import Answer, ServiceClient, ServiceError, Speaker
-from .config import Config
 from .format import compose_reply
 from .platforms import Replier, addressed, replier_for
 

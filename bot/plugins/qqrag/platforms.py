@@ -17,8 +17,9 @@ from nonebot.adapters.qq import GuildMessageEvent as QQGuildMessageEvent
 from nonebot.exception import AdapterException
 from nonebot.log import logger
 
+from bot.config import Config
+
 from .client import Speaker
-from .config import Config
 from .format import clean_text, fit_parts, mask_links, split_text, strip_nickname
 
 ASK_IN_GROUP = "请在 @我 后面写上问题。"

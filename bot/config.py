@@ -1,4 +1,7 @@
-"""The plugin's settings, read from NoneBot's configuration (`.env` and the environment)."""
+"""The bot's settings: the plugin's own (`Config`, read from NoneBot's configuration: the
+environment and `.env` files), and which files NoneBot reads.
+
+Outside the plugin package: importing that one needs NoneBot initialised."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 
 AdapterName = Literal["onebot", "qq"]
+
+DRIVER = "~fastapi+~httpx+~websockets"
+"""ASGI server for reverse WebSocket and webhooks, HTTP and WebSocket clients for the QQ API:
+the driver unless DRIVER is set."""
 
 
 def _as_text(value: Any) -> Any:
@@ -73,3 +80,10 @@ class Config(BaseModel):
     qqrag_bot_notice_text: str = Field(
         default="正在查找资料，请稍候……", description="The notice sent after notice_after seconds."
     )
+
+
+def env_files() -> tuple[str, str]:
+    """The files NoneBot reads, in its order: `.env.{ENVIRONMENT}` wins over `.env`."""
+    from nonebot.config import Env
+
+    return (".env", f".env.{Env().environment}")
