@@ -3,21 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import socket
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
+from agent import configuration
+from agent.configuration import ConfigError
 from agent.links import PLACEHOLDER
 from agent.policy.tenants import OPEN_TENANT, Principal
-from agent.settings import get_settings
+from agent.settings import Settings, get_settings
 
-app = typer.Typer(help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False)
+EXIT_FAILED = 1
+"""A check found errors (qqrag doctor), or a command could not do what it was asked."""
+EXIT_CONFIG = 2
+"""A setting or a command-line argument is wrong: nothing was started."""
+EXIT_CANNOT_LISTEN = 3
+"""qqrag serve: the port is taken, or the address cannot be listened on."""
+EXIT_STARTUP_FAILED = 4
+"""qqrag serve: the service failed while starting (a dependency, see the log above)."""
+
+
+class _Commands(TyperGroup):
+    """The `qqrag` command group: settings that cannot be used end whichever command read
+    them with one Chinese line each and EXIT_CONFIG, instead of a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own copy of click.Context
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            problem = configuration.service_problems(exc, os.environ)
+        except ConfigError as exc:
+            problem = exc
+        for line in problem.lines:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_CONFIG)
+
+
+app = typer.Typer(
+    cls=_Commands, help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False
+)
 kb_app = typer.Typer(help="管理嵌入式知识库", no_args_is_help=True)
 tenant_app = typer.Typer(help="管理租户", no_args_is_help=True)
 key_app = typer.Typer(help="管理 API 密钥", no_args_is_help=True)
@@ -37,6 +73,21 @@ def main(
     ] = False,
 ) -> None:
     """QQ 知识库问答智能体"""
+    for line in _unknown_settings():
+        typer.echo(line, err=True)
+
+
+def _unknown_settings() -> list[str]:
+    """A warning for each QQRAG_* name in the environment or a settings file that neither
+    the service nor the bot reads."""
+    from bot.config import Config, read_files
+
+    known = [name for names in configuration.SERVICE_NAMES.values() for name in names]
+    known += [field.upper() for field in Config.model_fields]
+    known += configuration.DEVELOPMENT_NAMES
+    files = dict([*configuration.service_files(), *read_files()])
+    found = [(configuration.ENVIRONMENT, os.environ), *files.items()]
+    return configuration.unknown(found, known)
 
 
 app.add_typer(kb_app, name="kb")
@@ -50,22 +101,84 @@ def serve(
     host: Annotated[str | None, typer.Option(help="监听地址，默认 QQRAG_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="端口，默认 QQRAG_PORT")] = None,
 ) -> None:
-    """启动 HTTP 服务。"""
+    """启动 HTTP 服务。退出码：0 正常结束，2 配置有误，3 端口被占用或地址不能监听，4 启动时出错。"""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from agent.policy.metrics import share_between_processes
 
     settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    # Before the start-up, which takes seconds (the knowledge base, the checkpoints), to say
+    # at once which setting to change.
+    if (problem := _cannot_listen(host, port)) is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(EXIT_CANNOT_LISTEN)
     if settings.workers > 1:
         share_between_processes(settings.data_dir / "metrics")
-    uvicorn.run(
-        "server:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level="info",
-        proxy_headers=True,
-        workers=settings.workers,
+    try:
+        uvicorn.run(
+            "server:app",
+            host=host,
+            port=port,
+            log_config=_log_config(),
+            log_level="info",
+            proxy_headers=True,
+            workers=settings.workers,
+        )
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        typer.echo("qqrag 服务启动时出错，没有启动：原因见上面的日志。", err=True)
+        raise typer.Exit(EXIT_STARTUP_FAILED) from None
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why `qqrag serve` could not listen on host:port, in Chinese, naming the setting to
+    change; None when it can. Binds the way uvicorn does, then lets go."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            failure = exc
+        else:
+            return None
+    if failure.errno == errno.EADDRINUSE:
+        other = port + 1 if port < 65535 else 8000
+        return (
+            f"端口 {port} 已被占用（{host}:{port}），服务没有启动：停掉占用它的程序，"
+            f"或把 QQRAG_PORT（或 qqrag serve --port）改成别的端口，如 {other}。"
+        )
+    if failure.errno == errno.EACCES:
+        return (
+            f"没有权限监听端口 {port}（1024 以下的端口要 root 权限），服务没有启动："
+            "把 QQRAG_PORT（或 qqrag serve --port）改成 1024 以上的端口，如 8000。"
+        )
+    if isinstance(failure, socket.gaierror) or failure.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"本机没有地址 {host}，服务没有启动：把 QQRAG_HOST（或 qqrag serve --host）改成"
+            "本机的地址，如 127.0.0.1（只许本机访问）或 0.0.0.0（所有网卡）。"
+        )
+    return (
+        f"不能监听 {host}:{port}（{failure.strerror}），服务没有启动："
+        "检查 QQRAG_HOST 与 QQRAG_PORT（或 qqrag serve --host、--port）。"
     )
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, and the service's own loggers at INFO through the same handler:
+    otherwise Python shows only their warnings, and the first start would import the user
+    guide without saying so."""
+    from copy import deepcopy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = deepcopy(LOGGING_CONFIG)
+    for name in ("agent", "tools", "qqrag"):
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _open_kb(name: str | None) -> Any:
@@ -197,9 +310,11 @@ def chat_command(
 
 @app.command()
 def bot() -> None:
-    """启动 QQ 机器人（NoneBot2：官方 QQ 机器人 API 与 OneBot v11，见 bot/README.md）。"""
+    """启动 QQ 机器人（NoneBot2：官方 QQ 机器人 API 与 OneBot v11，见 bot/README.md）。退出码 2：配置有误。"""
+    from bot.config import read
     from bot.run import main
 
+    read(os.environ)  # a bad setting: one line each (ConfigError), not NoneBot's traceback
     main()
 
 
@@ -419,22 +534,10 @@ def gaps(
 def show_config() -> None:
     """显示当前生效的配置（环境变量与 .env）；密钥与地址里的密码以 *** 显示。"""
     shown = {
-        key: _without_password(value)
+        key: configuration.without_password(value) if isinstance(value, str) else value
         for key, value in get_settings().model_dump(mode="json").items()
     }
     console.print_json(json.dumps(shown, ensure_ascii=False))
-
-
-def _without_password(value: Any) -> Any:
-    """A database or Redis URL with its password starred; any other value as it is."""
-    if not isinstance(value, str) or "://" not in value:
-        return value
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 if __name__ == "__main__":

@@ -180,14 +180,15 @@ def ensure_default_knowledge(kb: EmbeddedKB, settings: Settings) -> None:
     """
     try:
         if kb.count() == 0 and settings.default_docs.is_dir():
-            # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
-            report = kb.add_path(settings.default_docs, root=settings.default_docs.parent)
+            # Said before, since it takes a while, and in Chinese: the operator reads it.
             log.info(
-                "knowledge base %s was empty: ingested %d passages from %s",
+                "首次启动：知识库 %s 是空的，正在导入 %s 里的文档（QQRAG_DEFAULT_DOCS，默认是自带的"
+                "用户指南）；以后不再自动导入，自己的文档用 qqrag kb add 导入",
                 kb.name,
-                report.passages_added,
                 settings.default_docs,
             )
+            # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
+            kb.add_path(settings.default_docs, root=settings.default_docs.parent)
         elif kb.embedder is not None:
             kb.reindex_vectors()
     except EmbeddingError as exc:

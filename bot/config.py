@@ -1,13 +1,29 @@
 """The bot's settings: the plugin's own (`Config`, read from NoneBot's configuration: the
-environment and `.env` files), and which files NoneBot reads.
+environment and `.env` files), and all the bot reads, the way NoneBot reads them, for
+`qqrag config` and `qqrag bot` to show and check before NoneBot starts.
 
 Outside the plugin package: importing that one needs NoneBot initialised."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from dotenv import dotenv_values
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError
+
+from agent.configuration import (
+    ConfigError,
+    Files,
+    Shown,
+    masked,
+    problems,
+    shown,
+    source_of,
+    spaced,
+)
 
 AdapterName = Literal["onebot", "qq"]
 
@@ -82,8 +98,79 @@ class Config(BaseModel):
     )
 
 
+NONEBOT_FIELDS = ("host", "port", "driver")
+"""NoneBot's own settings that the bot's deployment sets (its other ones keep their defaults)."""
+
+
 def env_files() -> tuple[str, str]:
     """The files NoneBot reads, in its order: `.env.{ENVIRONMENT}` wins over `.env`."""
     from nonebot.config import Env
 
     return (".env", f".env.{Env().environment}")
+
+
+def read_files() -> Files:
+    """The bot's settings files as `agent.configuration` wants them, the winner first."""
+    return [(name, dotenv_values(name)) for name in reversed(env_files()) if os.path.isfile(name)]
+
+
+def _models() -> list[type[BaseModel]]:
+    from nonebot.adapters.onebot.v11.config import Config as OneBotConfig
+    from nonebot.adapters.qq.config import Config as QQConfig
+
+    return [Config, OneBotConfig, QQConfig]
+
+
+def names() -> dict[str, list[str]]:
+    """Each bot setting's variable, by field: NoneBot reads a field from its name in capitals."""
+    fields = [*NONEBOT_FIELDS, *(field for model in _models() for field in model.model_fields)]
+    return {field: [field.upper()] for field in fields}
+
+
+def read(environ: Mapping[str, str]) -> list[Shown]:
+    """Every bot setting, masked, with where its value came from; read as `nonebot.init` and
+    `get_plugin_config` read them (the same NoneBot calls), without starting NoneBot.
+    ConfigError for a bad value."""
+    from nonebot.compat import model_dump
+    from nonebot.config import BaseSettings, SettingsError
+    from nonebot.config import Config as NoneBotConfig
+
+    files, variables = env_files(), names()
+    found = read_files()
+    try:
+        nonebot = NoneBotConfig(_env_file=files)
+    except SettingsError as exc:
+        raise _not_json(exc, environ, found) from None
+    except ValidationError as exc:
+        raise problems(exc, NoneBotConfig, variables, environ, found) from None
+    given = model_dump(nonebot)
+    own = {field: given[field] for field in NONEBOT_FIELDS}
+    if "driver" not in nonebot.model_fields_set:
+        own["driver"] = DRIVER  # what bot.run starts NoneBot with
+    listed = [
+        Shown(field.upper(), masked(value), source_of(variables[field], environ, found))
+        for field, value in own.items()
+    ]
+    for model in _models():
+        try:
+            values = BaseSettings._settings_build_values(
+                model,
+                given,
+                env_file=files,
+                env_file_encoding="utf-8",
+                env_nested_delimiter=nonebot._env_nested_delimiter,
+            )
+            listed += shown(model.model_validate(values), variables, environ, found)
+        except SettingsError as exc:
+            raise _not_json(exc, environ, found) from None
+        except ValidationError as exc:
+            raise problems(exc, model, variables, environ, found) from None
+    return listed
+
+
+def _not_json(exc: ValueError, environ: Mapping[str, str], files: Files) -> ConfigError:
+    # NoneBot's own complaint about a value it reads as JSON: 'error parsing env var "qq_bots"'.
+    quoted = re.search(r'"([^"]+)"', str(exc))
+    name = quoted.group(1).upper() if quoted else "QQ_BOTS"
+    place = source_of([name], environ, files).place()
+    return ConfigError([f"配置错误：{name} 要是一行合法的 JSON。请改正{spaced(place)}后再运行。"])

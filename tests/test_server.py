@@ -265,6 +265,8 @@ def test_fresh_install_answers_from_its_own_docs_with_and_without_ollama(
         assert full["degraded"] is False
         assert "8000" in full["answer"]
         assert full["citations"][0]["source"].startswith("docs/")
+        # The first start says that it imports the guide, in the log the operator reads.
+        assert f"首次启动：知识库 default 是空的，正在导入 {DOCS} 里的文档" in service.log()
 
     down_env = full_env | {"QQRAG_OLLAMA_URL": "http://127.0.0.1:9"}
     with ServiceProcess(down_env, cwd=tmp_path) as service:
@@ -278,6 +280,7 @@ def test_fresh_install_answers_from_its_own_docs_with_and_without_ollama(
         assert degraded["citations"] and all(
             c["source"].startswith("docs/") for c in degraded["citations"]
         )
+        assert "首次启动" not in service.log()  # imported once
 
 
 def test_readyz_names_a_missing_model_and_an_empty_knowledge_base(

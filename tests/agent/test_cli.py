@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.settings import get_settings
 from evals.fakes.ollama import FakeOllama
+from evals.harness import free_port
 from tests.conftest import FIXTURES
 
 runner = CliRunner()
@@ -78,6 +84,20 @@ def test_config_stars_passwords_in_urls_and_secrets(
     shown = json.loads(result.output)
     assert shown["redis_url"] == "redis://:***@10.0.0.5:6379/0"
     assert shown["postgres_url"] == "postgresql://qq:***@db:5432/qq"
+
+
+def test_a_mistyped_setting_in_the_dotenv_file_is_named_with_the_right_one(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("QQRAG_BOT_TIMOUT=30\nQQRAG_NOTHING_LIKE_IT=1\n")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert (
+        "注意：.env 里的 QQRAG_BOT_TIMOUT 不是 qqrag 的配置项，不会生效，是不是 QQRAG_BOT_TIMEOUT？"
+        in result.stderr
+    )
+    assert "注意：.env 里的 QQRAG_NOTHING_LIKE_IT 不是 qqrag 的配置项" in result.stderr
 
 
 def test_chat_shows_each_node_and_keeps_the_conversation(data_dir: Path, fake_ollama: FakeOllama):
@@ -166,3 +186,67 @@ def test_version_is_the_installed_package_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"qqrag {version('qqrag')}"
+
+
+def qqrag(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`qqrag …` in a child process, as an operator runs it: with only `env`'s settings."""
+    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("QQRAG_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        env={**inherited, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_serve_with_a_bad_setting_says_so_in_one_line_and_exits_2(tmp_path: Path):
+    result = qqrag("serve", env={"QQRAG_PORT": "abc"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "配置错误：QQRAG_PORT 要是整数，现在是“abc”。请改正环境变量 QQRAG_PORT 后再运行。"
+    ]
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_serve_on_a_taken_port_exits_3_at_once_naming_the_setting(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "QQRAG_PORT": str(port),
+            "QQRAG_OLAMA_URL": "http://gpu-box:11434",  # mistyped: warned about, then ignored
+            "QQRAG_DATA_DIR": str(tmp_path / "data"),
+            "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+        }
+        started = time.monotonic()
+        result = qqrag("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert time.monotonic() - started < 15  # before the start-up, not after it
+    assert not (tmp_path / "data").exists()
+    lines = result.stderr.splitlines()
+    assert lines == [
+        "注意：环境变量 QQRAG_OLAMA_URL 不是 qqrag 的配置项，不会生效，是不是 QQRAG_OLLAMA_URL？",
+        f"端口 {port} 已被占用（127.0.0.1:{port}），服务没有启动：停掉占用它的程序，"
+        f"或把 QQRAG_PORT（或 qqrag serve --port）改成别的端口，如 {port + 1}。",
+    ]
+
+
+def test_serve_exits_4_when_the_service_fails_to_start(tmp_path: Path):
+    env = {
+        "QQRAG_PORT": str(free_port()),
+        "QQRAG_DATA_DIR": str(tmp_path / "data"),
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+        "QQRAG_CHECKPOINTER": "postgres",
+        "QQRAG_POSTGRES_URL": "postgresql://qqrag@127.0.0.1:9/qqrag",  # nothing listens there
+        "QQRAG_POSTGRES_TIMEOUT": "1",
+    }
+    result = qqrag("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 4
+    assert "QQRAG_POSTGRES_URL" in result.stderr
+    assert result.stderr.splitlines()[-1] == "qqrag 服务启动时出错，没有启动：原因见上面的日志。"
