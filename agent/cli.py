@@ -18,7 +18,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from agent import configuration
-from agent.configuration import ConfigError
+from agent.configuration import ConfigError, Shown
 from agent.links import PLACEHOLDER
 from agent.policy.tenants import OPEN_TENANT, Principal
 from agent.settings import Settings, get_settings
@@ -531,13 +531,52 @@ def gaps(
 
 
 @app.command("config")
-def show_config() -> None:
-    """显示当前生效的配置（环境变量与 .env）；密钥与地址里的密码以 *** 显示。"""
-    shown = {
-        key: configuration.without_password(value) if isinstance(value, str) else value
-        for key, value in get_settings().model_dump(mode="json").items()
-    }
-    console.print_json(json.dumps(shown, ensure_ascii=False))
+def show_config(
+    as_json: Annotated[bool, typer.Option("--json", help="以 JSON 输出，供脚本读取")] = False,
+) -> None:
+    """显示服务与机器人当前生效的每一项配置及其来源（环境变量、.env 或默认值）；密钥与地址里的密码以 *** 显示。"""
+    from bot import config as bot_config
+
+    service = configuration.shown(
+        get_settings(),
+        configuration.SERVICE_NAMES,
+        os.environ,
+        configuration.service_files(),
+    )
+    groups = {"service": service, "bot": bot_config.read(os.environ)}
+    if as_json:
+        listed = {
+            group: {s.name: {"value": s.value, "source": _source_code(s)} for s in shown}
+            for group, shown in groups.items()
+        }
+        console.print_json(json.dumps(listed, ensure_ascii=False))
+        return
+    titles = {"service": "qqrag 服务（qqrag serve）", "bot": "QQ 机器人（qqrag bot）"}
+    for group, shown in groups.items():
+        console.print(f"# {titles[group]}", markup=False, highlight=False)
+        for setting in shown:
+            line = f"{setting.name}={_as_text(setting.value)}  # {setting.source}"
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _as_text(value: Any) -> str:
+    """A value the way `.env` writes it: lists of words comma-separated, structures as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
+        return ",".join(map(str, value))
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _source_code(setting: Shown) -> dict[str, str]:
+    """Where a value came from, for programs: environment, default, or a file's name."""
+    where = setting.source.where
+    codes = {configuration.ENVIRONMENT: "environment", configuration.DEFAULT: "default"}
+    return {"from": codes.get(where, where), "variable": setting.source.name}
 
 
 if __name__ == "__main__":

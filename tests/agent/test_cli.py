@@ -64,9 +64,13 @@ def test_kb_add_rejects_a_missing_path(data_dir: Path):
 
 
 def test_config_shows_effective_settings(data_dir: Path):
-    result = runner.invoke(app, ["config"])
+    result = runner.invoke(app, ["config", "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.output)["data_dir"] == str(data_dir)
+    shown = json.loads(result.output)
+    assert shown["service"]["QQRAG_DATA_DIR"] == {
+        "value": str(data_dir),
+        "source": {"from": "environment", "variable": "QQRAG_DATA_DIR"},
+    }
 
 
 def test_config_stars_passwords_in_urls_and_secrets(
@@ -76,14 +80,49 @@ def test_config_stars_passwords_in_urls_and_secrets(
     monkeypatch.setenv("QQRAG_POSTGRES_URL", "postgresql://qq:pa55@db:5432/qq")
     monkeypatch.setenv("QQRAG_MAXKB_API_KEY", "application-topsecret")
     get_settings.cache_clear()
-    result = runner.invoke(app, ["config"])
+    result = runner.invoke(app, ["config", "--json"])
     get_settings.cache_clear()  # the next test reads its own settings
     assert result.exit_code == 0
     for secret in ("s3cret", "pa55", "topsecret"):
         assert secret not in result.output
-    shown = json.loads(result.output)
-    assert shown["redis_url"] == "redis://:***@10.0.0.5:6379/0"
-    assert shown["postgres_url"] == "postgresql://qq:***@db:5432/qq"
+    shown = json.loads(result.output)["service"]
+    assert shown["QQRAG_REDIS_URL"]["value"] == "redis://:***@10.0.0.5:6379/0"
+    assert shown["QQRAG_POSTGRES_URL"]["value"] == "postgresql://qq:***@db:5432/qq"
+    assert shown["QQRAG_MAXKB_API_KEY"]["value"] == "***"
+
+
+def test_config_lists_the_bot_settings_with_their_sources_and_secrets_starred(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "QQRAG_BOT_TIMEOUT=30\n"
+        "QQRAG_CHAT_MODEL=qwen3:14b\n"
+        "ONEBOT_ACCESS_TOKEN=onebot-secret\n"
+        'QQ_BOTS=[{"id":"102","token":"","secret":"app-secret"}]\n'
+    )
+    monkeypatch.setenv("QQRAG_BOT_API_KEY", "qqrag-botkey")
+    monkeypatch.setenv("OLLAMA_HOST", "gpu-box:11434")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["config"])
+    as_json = runner.invoke(app, ["config", "--json"])
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    for secret in ("onebot-secret", "app-secret", "qqrag-botkey"):
+        assert secret not in result.output and secret not in as_json.output
+    lines = result.output.splitlines()
+    assert "QQRAG_BOT_TIMEOUT=30.0  # .env" in lines
+    assert "QQRAG_BOT_API_KEY=***  # 环境变量" in lines
+    assert "QQRAG_BOT_SERVICE_URL=http://127.0.0.1:8000  # 默认值" in lines
+    assert "ONEBOT_ACCESS_TOKEN=***  # .env" in lines
+    assert "QQRAG_CHAT_MODEL=qwen3:14b  # .env" in lines
+    assert "QQRAG_OLLAMA_URL=http://gpu-box:11434  # 环境变量（OLLAMA_HOST）" in lines
+    bot = json.loads(as_json.output)["bot"]
+    # Every setting of the plugin, NoneBot's HOST and PORT, and the adapters' settings.
+    assert {"HOST", "PORT", "DRIVER", "QQ_BOTS", "QQRAG_BOT_NICKNAMES"} <= set(bot)
+    assert bot["QQ_BOTS"]["value"][0]["id"] == "102"
+    assert bot["QQ_BOTS"]["value"][0]["secret"] == "***"
+    assert bot["QQRAG_BOT_TIMEOUT"]["source"] == {"from": ".env", "variable": "QQRAG_BOT_TIMEOUT"}
 
 
 def test_a_mistyped_setting_in_the_dotenv_file_is_named_with_the_right_one(
