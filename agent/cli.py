@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from agent import configuration
@@ -350,19 +351,22 @@ def bench_command(ctx: typer.Context) -> None:
 
 @app.command()
 def doctor() -> None:
-    """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；有错误时退出码为 1。"""
-    from agent.doctor import run_checks
+    """检查 Ollama、模型、数据目录和知识库，逐条给出修复方法；退出码：0 没有错误，1 有错误，2 配置有误。"""
+    from agent.doctor import LABELS, report, run_checks
 
     findings = asyncio.run(run_checks(get_settings()))
-    marks = {"ok": "[green]正常[/]", "warn": "[yellow]注意[/]", "error": "[red]错误[/]"}
-    table = Table("检查项", "结果", "说明", "怎么修")
-    for finding in findings:
-        table.add_row(finding.check, marks[finding.status], finding.detail, finding.fix)
-    console.print(table)
+    styles = {"ok": "green", "warn": "yellow", "error": "red"}
+    # Lines wrapped here, at word and character boundaries, and printed as they are: a table
+    # cell would fold a URL or a command in two.
+    for status, line in report(findings, console.width):
+        text = Text(line)
+        if status is not None:
+            text.stylize(styles[status], 0, len(LABELS[status]))
+        console.print(text, soft_wrap=True)
     errors = sum(f.status == "error" for f in findings)
     if errors:
         console.print(f"[red]发现 {errors} 个错误[/]")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     console.print("[green]一切正常[/]")
 
 

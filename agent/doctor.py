@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from dotenv import dotenv_values
+from rich.cells import cell_len
 
 from agent.health import ollama_health, probe_ollama, serving_models
 from agent.settings import Settings
@@ -36,16 +38,25 @@ def of_health(check: str, health: Health) -> Finding:
     return Finding(check, "ok" if health.ok else "error", health.message, health.fix)
 
 
-def in_container() -> bool:
-    """Docker and Podman leave a marker file at the root of every container."""
-    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+CONTAINER_FILES = (Path("/.dockerenv"), Path("/run/.containerenv"))
+"""The marker files Docker and Podman leave at the root of every container."""
+
+
+def in_container(environ: Mapping[str, str] = os.environ) -> bool:
+    """Docker's and Podman's marker files; the `container` variable that Podman, systemd-nspawn
+    and LXC set; Kubernetes' service variables, in every pod whatever the runtime."""
+    markers = ("container", "KUBERNETES_SERVICE_HOST")
+    return any(path.exists() for path in CONTAINER_FILES) or any(environ.get(m) for m in markers)
 
 
 def _raw_ollama_url() -> str:
     return os.environ.get("QQRAG_OLLAMA_URL") or os.environ.get("OLLAMA_HOST") or ""
 
 
-def check_ollama_url(settings: Settings, containerised: bool) -> list[Finding]:
+def check_ollama_url(settings: Settings, containerised: bool, reachable: bool) -> list[Finding]:
+    """What is wrong with the address itself. A local address inside a container is a likely
+    mistake, yet not when the live check reached Ollama there (host networking, Ollama in the
+    same container): the live check has the last word."""
     findings = []
     raw = _raw_ollama_url().rstrip("/")
     if raw.endswith("/v1"):
@@ -58,12 +69,12 @@ def check_ollama_url(settings: Settings, containerised: bool) -> list[Finding]:
             )
         )
     host = urlsplit(settings.ollama_url).hostname or ""
-    if containerised and host in _LOCAL_HOSTS:
+    if containerised and host in _LOCAL_HOSTS and not reachable:
         findings.append(
             Finding(
                 "Ollama 地址",
                 "error",
-                f"在容器里运行，但 Ollama 地址是 {settings.ollama_url}：容器里的 localhost 指容器自己",
+                f"在容器里运行，Ollama 地址是 {settings.ollama_url}，连不上：容器里的 localhost 指容器自己",
                 "改成 compose 服务名（如 http://ollama:11434）或宿主机地址（如 http://host.docker.internal:11434）",
             )
         )
@@ -235,8 +246,11 @@ def is_bot_variable(name: str) -> bool:
     return name.startswith("QQRAG_BOT_") or name in {"ONEBOT_ACCESS_TOKEN", "QQ_BOTS"}
 
 
-def check_bot(environ: dict[str, str | None], containerised: bool) -> list[Finding]:
-    """The bot's settings as NoneBot will read them (environment first, then `.env`)."""
+def check_bot(
+    environ: Mapping[str, str | None], containerised: bool, service_reachable: bool = False
+) -> list[Finding]:
+    """The bot's settings as NoneBot will read them (environment first, then `.env`). A local
+    service URL inside a container is an error unless it answered from here."""
     if containerised and not any(is_bot_variable(name) for name in environ):
         # Compose hands the bot's settings to the bot container alone (its tokens included):
         # judging the defaults here would report a bot that this container does not run.
@@ -279,13 +293,13 @@ def check_bot(environ: dict[str, str | None], containerised: bool) -> list[Findi
                     "配置 QQ_BOTS，或把 QQRAG_BOT_ADAPTERS 改成 onebot",
                 )
             )
-    service = environ.get("QQRAG_BOT_SERVICE_URL") or "http://127.0.0.1:8000"
-    if containerised and (urlsplit(service).hostname or "") in _LOCAL_HOSTS:
+    service = bot_service_url(environ)
+    if containerised and is_local(service) and not service_reachable:
         findings.append(
             Finding(
                 "QQ 机器人 · 服务地址",
                 "error",
-                f"在容器里运行，但 QQRAG_BOT_SERVICE_URL 是 {service}",
+                f"在容器里运行，QQRAG_BOT_SERVICE_URL 是 {service}，连不上",
                 "改成 compose 服务名，如 http://service:8000",
             )
         )
@@ -298,6 +312,23 @@ def bot_environment() -> dict[str, str | None]:
     return {**dotenv_values(".env"), **os.environ}
 
 
+def bot_service_url(environ: Mapping[str, str | None]) -> str:
+    return environ.get("QQRAG_BOT_SERVICE_URL") or "http://127.0.0.1:8000"
+
+
+def is_local(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in _LOCAL_HOSTS
+
+
+async def answers(client: httpx.AsyncClient, url: str) -> bool:
+    """Whether anything answers HTTP at `url`."""
+    try:
+        await client.get(url)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 async def run_checks(
     settings: Settings,
     *,
@@ -305,14 +336,81 @@ async def run_checks(
     environ: dict[str, str | None] | None = None,
 ) -> list[Finding]:
     containerised = in_container() if containerised is None else containerised
-    findings = check_ollama_url(settings, containerised)
+    environ = bot_environment() if environ is None else environ
     async with httpx.AsyncClient(timeout=5.0) as client:
-        findings += await check_ollama(settings, client)
+        live = await check_ollama(settings, client)
+        service = bot_service_url(environ)
+        # Only asked where the answer changes the verdict: a local URL inside a container.
+        service_reachable = containerised and is_local(service) and await answers(client, service)
+    reachable = any(f.check == "Ollama 连接" and f.status == "ok" for f in live)
+    findings = check_ollama_url(settings, containerised, reachable) + live
     findings += await check_maxkb(settings)
-    findings += check_bot(bot_environment() if environ is None else environ, containerised)
+    findings += check_bot(environ, containerised, service_reachable)
     findings += check_workers(settings)
     data = check_data_dir(settings)
     findings += data
     if data[0].status == "ok":
         findings += check_knowledge(settings)
     return findings
+
+
+LABELS: dict[Status, str] = {"ok": "正常", "warn": "注意", "error": "错误"}
+_INDENT = 6  # a label (two wide characters) and two spaces
+_CLOSING = frozenset("，。、；：）」』”’！？》,.;:)]}")
+_OPENING = frozenset("（「『“‘《")
+
+
+def _tokens(text: str) -> list[str]:
+    """The pieces a line may break between: a run of narrow characters (a word, a URL, a
+    command, a line of JSON) stays whole, a wide (CJK) character stands alone, punctuation
+    keeps to the piece it belongs to; " " is a space."""
+    tokens: list[str] = []
+    glued = False
+    for char in text:
+        if char.isspace():
+            if tokens and tokens[-1] != " ":
+                tokens.append(" ")
+            glued = False
+            continue
+        last = tokens[-1] if tokens and tokens[-1] != " " else ""
+        narrow_run = bool(last) and cell_len(char) == 1 and cell_len(last[-1]) == 1
+        if last and (glued or char in _CLOSING or narrow_run):
+            tokens[-1] += char
+        else:
+            tokens.append(char)
+        glued = char in _OPENING
+    return tokens
+
+
+def wrap(text: str, width: int, lead: str, indent: int) -> list[str]:
+    """`text` after `lead` in lines of at most `width` cells, the ones after the first
+    indented by `indent`; a piece longer than a line gets a line of its own rather than
+    being cut."""
+    lines: list[str] = []
+    line, start = lead, len(lead)
+    for token in _tokens(text):
+        if token == " ":
+            if len(line) > start:
+                line += " "
+            continue
+        if len(line) > start and cell_len(line.rstrip() + token) > width:
+            lines.append(line.rstrip())
+            line, start = " " * indent, indent
+        line += token
+    lines.append(line.rstrip())
+    return lines
+
+
+def report(findings: list[Finding], width: int) -> list[tuple[Status | None, str]]:
+    """The findings as lines to print, each with the status it opens (None for the lines
+    that go on): the label, the check and what was found, then how to fix it."""
+    lines: list[tuple[Status | None, str]] = []
+    for finding in findings:
+        lead = f"{LABELS[finding.status]}  "
+        head = wrap(f"{finding.check}：{finding.detail}", width, lead, _INDENT)
+        lines.append((finding.status, head[0]))
+        lines += [(None, line) for line in head[1:]]
+        if finding.fix:
+            fix = wrap(f"怎么修：{finding.fix}", width, " " * _INDENT, _INDENT)
+            lines += [(None, line) for line in fix]
+    return lines

@@ -150,8 +150,9 @@ def test_a_full_disk_is_not_ready_gets_a_short_reply_and_heals_without_a_restart
             timeout=60,
         )
         assert doctor.returncode == 1
-        [row] = [line for line in doctor.stdout.splitlines() if "数据目录" in line]
-        assert storage["error"] in row and storage["fix"] in row
+        lines = doctor.stdout.splitlines()
+        head = lines.index(f"错误  数据目录：{storage['error']}")
+        assert lines[head + 1] == f"      怎么修：{storage['fix']}"
 
         refused = ask(service, "星尘打印机支持哪些耗材？")
         assert refused.status_code == 507

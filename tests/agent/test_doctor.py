@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -74,15 +78,31 @@ async def test_unreachable_ollama(tmp_path: Path):
 
 
 async def test_localhost_inside_a_container_and_v1_suffix(
-    tmp_path: Path, fake: FakeOllama, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("QQRAG_OLLAMA_URL", f"{fake.url}/v1")
+    monkeypatch.setenv("QQRAG_OLLAMA_URL", "http://127.0.0.1:9/v1")  # nothing listens there
     settings = Settings(_env_file=None, data_dir=tmp_path / "d", default_docs=FIXTURES / "kb")  # type: ignore[call-arg]
-    findings = await run_checks(settings, containerised=True)
+    findings = await run_checks(settings, containerised=True, environ=BOT_OK)
     url_findings = [f for f in findings if f.check == "Ollama 地址"]
     assert [f.status for f in url_findings] == ["warn", "error"]
     assert "/v1" in url_findings[0].detail
     assert "http://ollama:11434" in url_findings[1].fix
+
+
+async def test_localhost_inside_a_container_is_fine_when_the_live_check_connects(
+    tmp_path: Path, fake: FakeOllama
+):
+    """Host networking, or Ollama in the same container: the live check has the last word."""
+    findings = await run_checks(
+        settings_for(tmp_path, fake.url),
+        containerised=True,
+        environ=BOT_OK
+        | {
+            "QQRAG_BOT_SERVICE_URL": fake.url  # a local URL that answers from here
+        },
+    )
+    assert not [f for f in findings if f.status == "error"], findings
+    assert "Ollama 地址" not in by_check(findings)
 
 
 async def test_unwritable_data_dir(tmp_path: Path, fake: FakeOllama):
@@ -121,6 +141,8 @@ def test_bot_settings():
     assert found["QQ 机器人 · OneBot"].status == "warn"
     assert found["QQ 机器人 · 官方 API"].status == "warn"
     assert found["QQ 机器人 · 服务地址"].status == "error"
+    answered = check_bot({}, containerised=True, service_reachable=True)
+    assert "QQ 机器人 · 服务地址" not in {f.check for f in answered}
     broken = check_bot({"QQRAG_BOT_ADAPTERS": "qq", "QQ_BOTS": '[{"id": "1"}]'}, False)
     assert [(f.check, f.status) for f in broken] == [("QQ 机器人 · 官方 API", "error")]
     fine = check_bot(
@@ -161,3 +183,70 @@ async def test_maxkb_reachable_and_key_checked(tmp_path: Path, fake: FakeOllama)
     missing = settings_for(tmp_path, fake.url, knowledge_backend="maxkb")
     (finding,) = await check_maxkb(missing)
     assert finding.status == "error" and "QQRAG_MAXKB_URL" in finding.detail
+
+
+def doctor(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """`qqrag doctor` in a child process, its output piped (as in a deploy script)."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(("QQRAG_", "QQ_", "ONEBOT_", "OLLAMA_"))
+        and k not in {"COLUMNS", "container", "KUBERNETES_SERVICE_HOST"}
+    }
+    env = {
+        "QQRAG_DATA_DIR": str(cwd / "data"),
+        "QQRAG_DEFAULT_DOCS": str(FIXTURES / "kb"),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "doctor"],
+        env={**inherited, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_piped_at_80_columns_the_fixes_are_wrapped_and_never_cut(tmp_path: Path):
+    result = doctor(
+        {
+            "COLUMNS": "80",
+            "container": "podman",  # the variable Podman sets in its containers
+            "QQRAG_OLLAMA_URL": "http://127.0.0.1:9",  # nothing listens there
+            "QQRAG_BOT_ADAPTERS": "qq",
+            "QQ_BOTS": '[{"id": "1"}]',  # no secret: the fix is a long line of JSON
+        },
+        tmp_path,
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    for line in lines:
+        # Longer than the width only where one piece (a URL, a line of JSON) is longer.
+        assert cell_len(line) <= 80 or " " not in line.strip(), line
+    stripped = [line.strip() for line in lines]
+    bots = 'QQ_BOTS=[{"id":"AppID","token":"","secret":"AppSecret","intent":{"c2c_group_at_messages":true}}]'
+    assert bots in stripped
+    fix = next(f for f in lines if "怎么修：改成 compose 服务名" in f)
+    rest = lines[lines.index(fix) + 1]
+    assert cell_len(fix) <= 80 and "（如 http://ollama:11434）" in fix
+    assert rest == "      http://host.docker.internal:11434）"
+
+
+def test_inside_a_container_a_local_ollama_that_answers_is_no_error(
+    tmp_path: Path, fake: FakeOllama
+):
+    result = doctor(
+        {
+            "container": "podman",
+            "QQRAG_OLLAMA_URL": fake.url,  # http://127.0.0.1:…
+            "QQRAG_BOT_ADAPTERS": "onebot",
+            "ONEBOT_ACCESS_TOKEN": "secret",
+            "QQRAG_BOT_SERVICE_URL": fake.url,  # local too, and answering
+        },
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("正常  Ollama 连接") for line in lines)
+    assert not [line for line in lines if line.startswith("错误")]
