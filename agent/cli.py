@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
 import json
 import os
+import re
 import socket
 from importlib.metadata import version
 from pathlib import Path
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import BadParameter, MissingParameter, NoSuchOption, UsageError
 from typer.core import TyperGroup
 
 from agent import configuration
@@ -23,6 +26,7 @@ from agent.configuration import ConfigError, Shown
 from agent.links import PLACEHOLDER
 from agent.policy.tenants import OPEN_TENANT, Principal
 from agent.settings import Settings, get_settings
+from agent.validation import explain
 
 EXIT_FAILED = 1
 """A check found errors (qqrag doctor), or a command could not do what it was asked."""
@@ -36,11 +40,15 @@ EXIT_STARTUP_FAILED = 4
 
 class _Commands(TyperGroup):
     """The `qqrag` command group: settings that cannot be used end whichever command read
-    them with one Chinese line each and EXIT_CONFIG, instead of a traceback."""
+    them with one Chinese line each and EXIT_CONFIG, instead of a traceback; so does a
+    mistake on the command line (click's messages are English)."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own copy of click.Context
         try:
             return super().invoke(ctx)
+        except UsageError as exc:
+            typer.echo(_usage_problem(exc), err=True)
+            raise typer.Exit(EXIT_CONFIG) from None
         except ValidationError as exc:
             if exc.title != Settings.__name__:
                 raise
@@ -50,6 +58,33 @@ class _Commands(TyperGroup):
         for line in problem.lines:
             typer.echo(line, err=True)
         raise typer.Exit(EXIT_CONFIG)
+
+
+def _usage_problem(exc: UsageError) -> str:
+    """A mistake on the command line, in one Chinese line that says how to get help."""
+    ctx = exc.ctx
+    command = ctx.command_path if ctx is not None else "qqrag"
+    help_hint = f"用 {command} --help 查看用法。"
+    if isinstance(exc, NoSuchOption):
+        # click lists the close ones, the closest first.
+        close = f"，是不是 {exc.possibilities[0]}？" if exc.possibilities else "。"
+        return f"命令行参数有误：{command} 没有选项 {exc.option_name}{close}{help_hint}"
+    if isinstance(exc, BadParameter):
+        hint = exc.param_hint or (exc.param.get_error_hint() if exc.param else "")
+        name = " / ".join(hint) if isinstance(hint, list | tuple) else str(hint).strip("'")
+        if isinstance(exc, MissingParameter):
+            return f"命令行参数有误：缺少 {name}。{help_hint}"
+        # typer checks values with pydantic and keeps its error as the cause.
+        if isinstance(exc.__cause__, ValidationError):
+            return f"命令行参数有误：{explain(exc.__cause__.errors()[0], name)}。{help_hint}"
+        return f"命令行参数有误：{name} 的值不对（{exc.message}）。{help_hint}"
+    unknown = re.match(r"No such command '(.+?)'\.", exc.message)
+    if unknown and ctx is not None and isinstance(ctx.command, TyperGroup):
+        commands = ctx.command.list_commands(ctx)
+        nearest = difflib.get_close_matches(unknown.group(1), commands, n=1)
+        guess = f"，是不是 {nearest[0]}？" if nearest else "。"
+        return f"命令行参数有误：{command} 没有 {unknown.group(1)} 这个命令{guess}{help_hint}"
+    return f"命令行参数有误（{exc.format_message()}）。{help_hint}"
 
 
 app = typer.Typer(

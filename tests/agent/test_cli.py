@@ -63,6 +63,30 @@ def test_kb_add_rejects_a_missing_path(data_dir: Path):
     assert "does not exist" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["serve", "--port", "abc"],
+            "命令行参数有误：--port 要是整数。用 qqrag serve --help 查看用法。",
+        ),
+        (
+            ["serve", "--prot", "1"],
+            "命令行参数有误：qqrag serve 没有选项 --prot，是不是 --port？用 qqrag serve --help 查看用法。",
+        ),
+        (
+            ["serev"],
+            "命令行参数有误：qqrag 没有 serev 这个命令，是不是 serve？用 qqrag --help 查看用法。",
+        ),
+        (["kb", "search"], "命令行参数有误：缺少 query。用 qqrag kb search --help 查看用法。"),
+    ],
+)
+def test_a_command_line_mistake_is_one_chinese_line(data_dir: Path, args: list[str], line: str):
+    result = runner.invoke(app, args, prog_name="qqrag")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [line]
+
+
 def test_config_shows_effective_settings(data_dir: Path):
     result = runner.invoke(app, ["config", "--json"])
     assert result.exit_code == 0
