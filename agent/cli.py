@@ -11,11 +11,13 @@ import re
 import socket
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import BadParameter, MissingParameter, NoSuchOption, UsageError
@@ -86,6 +88,9 @@ def _usage_problem(exc: UsageError) -> str:
         return f"命令行参数有误：{command} 没有 {unknown.group(1)} 这个命令{guess}{help_hint}"
     return f"命令行参数有误（{exc.format_message()}）。{help_hint}"
 
+
+if TYPE_CHECKING:
+    from tools.kb import IngestPlan, IngestReport
 
 app = typer.Typer(
     cls=_Commands, help="QQ 知识库问答智能体", no_args_is_help=True, add_completion=False
@@ -228,22 +233,115 @@ def _open_kb(name: str | None) -> Any:
 
 @kb_app.command("add")
 def kb_add(
-    paths: Annotated[list[Path], typer.Argument(help=".md/.txt/.jsonl 文件或文件夹", exists=True)],
+    paths: Annotated[list[Path], typer.Argument(help="文件或文件夹，可写多个", exists=True)],
     kb: Annotated[str | None, typer.Option(help="知识库名，默认 QQRAG_KB_NAME")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="不询问，直接替换只能按同名认定是同一文件的文档")
+    ] = False,
 ) -> None:
-    """导入文档：Markdown 按标题切分，重复导入未改动的文件不会重复写入。"""
+    """导入文档：Markdown（.md、.markdown）、纯文本（.txt）、JSONL（.jsonl，每行一个 {"id","title","text"}）、PDF（.pdf）和 Word（.docx）。
+
+    同一个文件再次导入时，没改动的跳过，改动过的替换它原来的段落；别的文件夹里的同名文件是另一个文档，
+    存成更长的名字，不会顶替已有的文档。要替换的文档在导入前先列出来。读不了的文件逐个列出原因，
+    其余照常导入；有文件没导入时退出码为 1。
+    """
     base = _open_kb(kb)
     try:
-        for path in paths:
-            report = base.add_path(path, progress=True)
-            console.print(
-                f"[bold]{path}[/]：新增 {report.added_files} 个文件，替换 {report.replaced_files} 个，"
-                f"未改动 {report.unchanged_files} 个，跳过 {report.skipped_files} 个；"
-                f"写入 {report.passages_added} 段，删除 {report.passages_removed} 段，"
-                f"生成向量 {report.vectors_added} 个，用时 {report.seconds:.2f} 秒"
-            )
+        plan = base.plan(paths)
+        _announce(plan)
+        guesses = len(plan.guesses)
+        if guesses and not _confirm(
+            f"上面 {guesses} 个文档只能按同名认定是同一个文件，替换吗？", yes
+        ):
+            raise typer.Exit(1)
+        report = base.ingest(plan, progress=True)
     finally:
         base.close()
+    _show_report(base.name, report)
+    if report.failed:
+        console.print(
+            f"[red]{len(report.failed)} 个文件没有导入，知识库里它们原有的内容（如果有）保持不变；"
+            "改好后重新运行 qqrag kb add[/]"
+        )
+        raise typer.Exit(1)
+
+
+def _announce(plan: IngestPlan) -> None:
+    """Before anything changes: which documents get replaced, which files take a longer name
+    because theirs is taken, which documents were found at a new place."""
+    for item in plan.files:
+        file, source = escape(str(item.file)), escape(item.source)
+        stored = item.stored
+        if item.action == "replace" and stored is not None:
+            if not item.guessed:
+                why = "文件改过"
+            elif stored.origin is None:
+                why = "它是升级前导入的，没有记下原文件，只能按同名认定是这个文件"
+            else:
+                why = f"它原来的文件 {escape(stored.origin)} 已经不在了，只能按同名认定是这个文件"
+            console.print(
+                f"[yellow]将替换[/] {source}（{file}）：{why}；原来的 {stored.passages} 段删除，"
+                "换成新内容",
+                soft_wrap=True,
+            )
+        elif item.action == "add" and item.wanted:
+            console.print(
+                f"{file}：名字 {escape(item.wanted)} 已属于另一个文件"
+                f"（{escape(_origin_text(item.clash_origin))}），这个文件存为 {source}，"
+                "那个文档保持不动",
+                soft_wrap=True,
+            )
+        elif item.moved_from is not None:
+            console.print(
+                f"{source} 的文件从 {escape(item.moved_from)} 换到了 {file}，内容相同，只记下新位置",
+                soft_wrap=True,
+            )
+
+
+def _show_report(name: str, report: IngestReport) -> None:
+    console.print(
+        f"知识库 {name}：新增 {report.added_files} 个文件，替换 {report.replaced_files} 个，"
+        f"未改动 {report.unchanged_files} 个，跳过 {len(report.unsupported)} 个，"
+        f"没有导入 {len(report.failed)} 个；写入 {report.passages_added} 段，"
+        f"删除 {report.passages_removed} 段，生成向量 {report.vectors_added} 个，"
+        f"用时 {report.seconds:.2f} 秒",
+        soft_wrap=True,
+    )
+    for file in report.unsupported:
+        console.print(f"  跳过 {escape(file)}：不是能导入的格式", soft_wrap=True)
+    for failure in report.failed:
+        console.print(
+            f"  [red]没有导入 {escape(failure.file)}：{escape(failure.reason)}[/]", soft_wrap=True
+        )
+    if report.vectors_error is not None:
+        console.print(
+            f"[yellow]没有生成向量：{escape(report.vectors_error)}。段落已保存，可以按关键词检索；"
+            "Ollama 恢复后运行 qqrag kb reindex 补齐[/]",
+            soft_wrap=True,
+        )
+
+
+def _origin_text(origin: str | None) -> str:
+    from tools.kb import UPLOAD_PREFIX
+
+    if origin is None:
+        return "升级前导入，没有记下原文件"
+    if origin.startswith(UPLOAD_PREFIX):
+        return f"经 HTTP 上传的 {origin.removeprefix(UPLOAD_PREFIX)}"
+    return origin
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    """`--yes`, or the operator's answer; without a terminal to answer from, no."""
+    if yes:
+        return True
+    try:
+        if typer.confirm(question, default=False):
+            return True
+    except typer.Abort:
+        console.print()
+    console.print("已取消，什么也没有改动（在脚本里运行时加 --yes）")
+    return False
 
 
 @kb_app.command("reindex")
@@ -273,12 +371,18 @@ def kb_reindex(
 
 @kb_app.command("list")
 def kb_list(kb: Annotated[str | None, typer.Option(help="知识库名")] = None) -> None:
-    """列出已导入的文档。"""
+    """列出已导入的文档：文档 ID、来源、段落数、导入时间和原文件。"""
     base = _open_kb(kb)
     try:
-        table = Table("来源", "段落数", "导入时间")
+        table = Table("文档 ID", "来源", "段落数", "导入时间", "原文件")
         for source in base.sources():
-            table.add_row(source.source, str(source.passages), str(source.ingested_at))
+            table.add_row(
+                source.document_id,
+                escape(source.source),
+                str(source.passages),
+                source.ingested_at,
+                escape(_origin_text(source.origin)),
+            )
         console.print(table)
         console.print(f"知识库 {base.name}：共 {base.count()} 段")
     finally:
@@ -291,15 +395,50 @@ def kb_search(
     k: Annotated[int, typer.Option("-k", help="返回条数")] = 5,
     kb: Annotated[str | None, typer.Option(help="知识库名")] = None,
 ) -> None:
-    """只做检索，查看会命中哪些段落。"""
+    """只做检索，查看会命中哪些段落（显示整段原文）。"""
     base = _open_kb(kb)
     try:
-        table = Table("#", "得分", "标题", "来源", "内容")
-        for i, p in enumerate(base.search_sync(query, k), start=1):
-            table.add_row(str(i), f"{p['score']:.3f}", p["title"], p["source"], p["text"][:60])
-        console.print(table)
+        hits = base.search_sync(query, k)
     finally:
         base.close()
+    width = max(console.width - 4, 20)
+    for i, p in enumerate(hits, start=1):
+        console.print(
+            f"[bold]{i}.[/] 得分 {p['score']:.3f}  {escape(p['title'])} · {escape(p['source'])}"
+        )
+        for line in _wrap(p["text"], width):
+            # Wrapped already, and never inside a number: rich must not wrap it again.
+            console.print(f"   {escape(line)}", soft_wrap=True)
+    if not hits:
+        console.print("没有找到任何段落")
+
+
+_UNBROKEN = re.compile(r"(?:[!-~]+|\S)[，。、；：？！）」』”’》]*|\s+")
+"""What a line is not broken inside: a run of ASCII (a number, a word, a URL) or any other
+character alone (CJK), each with the closing punctuation after it, which never starts a line;
+whitespace."""
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of `text` at most `width` cells wide, broken between CJK characters or at spaces.
+
+    Rich breaks only at spaces: a Chinese sentence is one long word to it, cut wherever the
+    line ends, in the middle of a number as readily as anywhere.
+    """
+    lines = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for piece in _UNBROKEN.findall(paragraph):
+            if line and cell_len(line + piece.rstrip()) > width:
+                lines.append(line.rstrip())
+                line = "" if piece.isspace() else piece
+            else:
+                line += piece
+            while cell_len(line) > width:  # longer than a line on its own: fold it
+                lines.append(line[:width])
+                line = line[width:]
+        lines.append(line.rstrip())
+    return lines
 
 
 @app.command("chat")

@@ -172,27 +172,40 @@ def services_from_settings(settings: Settings) -> Services:
     return services
 
 
+_NO_VECTORS = "vectors not built, keyword search only until Ollama answers: %s"
+
+
 def ensure_default_knowledge(kb: EmbeddedKB, settings: Settings) -> None:
     """A fresh install answers questions about itself: ingest the user guide into an empty base.
 
     Vectors are best effort here: without Ollama the passages are still searchable by keyword,
     and the next ingest (or `qqrag kb reindex`) adds the missing vectors.
     """
-    try:
-        if kb.count() == 0 and settings.default_docs.is_dir():
-            # Said before, since it takes a while, and in Chinese: the operator reads it.
-            log.info(
-                "首次启动：知识库 %s 是空的，正在导入 %s 里的文档（QQRAG_DEFAULT_DOCS，默认是自带的"
-                "用户指南）；以后不再自动导入，自己的文档用 qqrag kb add 导入",
-                kb.name,
-                settings.default_docs,
-            )
-            # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
-            kb.add_path(settings.default_docs, root=settings.default_docs.parent)
-        elif kb.embedder is not None:
+    if kb.count() == 0 and settings.default_docs.is_dir():
+        # Said before, since it takes a while, and in Chinese: the operator reads it.
+        log.info(
+            "首次启动：知识库 %s 是空的，正在导入 %s 里的文档（QQRAG_DEFAULT_DOCS，默认是自带的"
+            "用户指南）；以后不再自动导入，自己的文档用 qqrag kb add 导入",
+            kb.name,
+            settings.default_docs,
+        )
+        # Sources read "docs/install.md" rather than "install.md": clearer in a citation.
+        report = kb.add_path(settings.default_docs, root=settings.default_docs.parent)
+        log.info(
+            "knowledge base %s was empty: ingested %d passages from %s",
+            kb.name,
+            report.passages_added,
+            settings.default_docs,
+        )
+        for failure in report.failed:
+            log.warning("user guide file not ingested: %s: %s", failure.file, failure.reason)
+        if report.vectors_error is not None:
+            log.warning(_NO_VECTORS, report.vectors_error)
+    elif kb.embedder is not None:
+        try:
             kb.reindex_vectors()
-    except EmbeddingError as exc:
-        log.warning("vectors not built, keyword search only until Ollama answers: %s", exc)
+        except EmbeddingError as exc:
+            log.warning(_NO_VECTORS, exc)
 
 
 _current: Services | None = None

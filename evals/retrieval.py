@@ -277,6 +277,7 @@ def run_benchmark(
             )
         )
         ingest = kb.add_path(data_dir / "kb.jsonl", progress=progress)
+        ingest.raise_on_problems()
         report: dict[str, Any] = {
             "dataset": "cmrc2018",
             "questions": len(questions),

@@ -300,7 +300,7 @@ def _ingest(suite: Suite, kb: EmbeddedKB) -> dict[str, Any]:
     started = time.perf_counter()
     for path in suite.knowledge.paths:
         # Sources named from the parent: "docs/install.md", as the service's default base.
-        kb.add_path(path, root=path.parent)
+        kb.add_path(path, root=path.parent).raise_on_problems()
     return {
         "name": kb.name,
         "passages": kb.count(),

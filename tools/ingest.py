@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from tools.text import split_sentences
+
+if TYPE_CHECKING:
+    from docx.document import Document as WordDocument
 
 MIN_CHARS = 200
 """Chunks shorter than this are avoided when a section is split (short sections stay short)."""
@@ -36,8 +40,17 @@ _FENCE_OPEN_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _FENCE_CLOSE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
 
 
+# pypdf logs every repair it attempts on a damaged file ("EOF marker not found"), in English,
+# on stderr; the `IngestError` for a file it cannot read already says what is wrong.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+
 class IngestError(ValueError):
-    """A document that cannot be turned into chunks; the message names the file (and line)."""
+    """A document that cannot be turned into chunks.
+
+    The message says what is wrong in Chinese, with the line where there is one, but not which
+    file: whoever holds the file names it (an import lists each file it left out).
+    """
 
 
 @dataclass(frozen=True)
@@ -91,23 +104,24 @@ def read_document(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise IngestError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+        raise IngestError(f"不是 UTF-8 编码的文本（第 {exc.start} 个字节）") from None
 
 
 def _pdf_markdown(data: bytes, source: str) -> str:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(io.BytesIO(data))
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError) as exc:
-        raise IngestError(f"{source}: unreadable PDF ({exc})") from None
+        title = (reader.metadata.title if reader.metadata else None) or _stem(source)
+    # A damaged file makes pypdf's parser fail wherever it stumbles: besides its own errors,
+    # TypeError, AttributeError, AssertionError… Whatever it is, this file cannot be read.
+    except Exception as exc:
+        raise IngestError(f"PDF 文件已损坏或不是 PDF，无法读取（{_detail(exc)}）") from None
     if not pages:
-        raise IngestError(f"{source}: unreadable PDF (no pages found)")
+        raise IngestError("PDF 文件里没有任何页面")
     if not any(pages):
-        raise IngestError(f"{source}: no text in this PDF (a scan? run OCR first)")
-    title = (reader.metadata.title if reader.metadata else None) or _stem(source)
+        raise IngestError("PDF 里没有文字层（可能是扫描件），先做 OCR 再导入")
     # One section per page: a citation then says which page to open.
     sections = [f"## 第 {n} 页\n\n{text}" for n, text in enumerate(pages, start=1) if text]
     return f"# {title}\n\n" + "\n\n".join(sections)
@@ -115,13 +129,17 @@ def _pdf_markdown(data: bytes, source: str) -> str:
 
 def _docx_markdown(data: bytes, source: str) -> str:
     import docx
-    from docx.opc.exceptions import PackageNotFoundError
-    from docx.table import Table
 
     try:
-        document = docx.Document(io.BytesIO(data))
-    except (PackageNotFoundError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        raise IngestError(f"{source}: unreadable Word file ({exc})") from None
+        return "\n\n".join(_docx_blocks(docx.Document(io.BytesIO(data))))
+    # As with PDF: a damaged package fails in zipfile, lxml or python-docx, in many ways.
+    except Exception as exc:
+        raise IngestError(f"Word 文件已损坏或不是 .docx，无法读取（{_detail(exc)}）") from None
+
+
+def _docx_blocks(document: WordDocument) -> list[str]:
+    from docx.table import Table
+
     lines = []
     # Body order matters: a table belongs to the heading above it.
     for block in document.iter_inner_content():
@@ -134,7 +152,12 @@ def _docx_markdown(data: bytes, source: str) -> str:
             style = (block.style.name if block.style is not None else "") or ""
             level = _heading_level(style)
             lines.append(f"{'#' * level} {text}" if level else text)
-    return "\n\n".join(lines)
+    return lines
+
+
+def _detail(exc: Exception) -> str:
+    """The library's own words on what it met, for whoever digs further."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _heading_level(style: str) -> int:
@@ -154,7 +177,7 @@ def chunk_document(content: str, source: str) -> list[Chunk]:
         return chunk_text(content, source)
     if suffix == ".jsonl":
         return chunk_jsonl(content, source)
-    raise IngestError(f"{source}: unsupported file type {suffix or '(none)'!r}")
+    raise IngestError(f"不支持的文件格式：{suffix or '（没有扩展名）'}")
 
 
 def chunk_markdown(content: str, source: str) -> list[Chunk]:
@@ -206,15 +229,14 @@ def chunk_jsonl(content: str, source: str) -> list[Chunk]:
     for number, line in enumerate(_lines(content), start=1):
         if not line.strip():
             continue
-        given_id, title, text = _jsonl_record(line, f"{source}:{number}", _stem(source))
+        given_id, title, text = _jsonl_record(line, f"第 {number} 行", _stem(source))
         pieces = _pack(_units([_Block([text])]), HARD_LIMIT) if len(text) > HARD_LIMIT else [text]
         base_id = given_id or chunk_id(source, len(chunks), title, text)
         for piece_number, piece in enumerate(pieces, start=1):
             passage_id = base_id if piece_number == 1 else f"{base_id}#{piece_number}"
             if passage_id in first_line:
                 raise IngestError(
-                    f"{source}:{number}: duplicate id {passage_id!r} "
-                    f"(first on line {first_line[passage_id]})"
+                    f"第 {number} 行：id {passage_id} 与第 {first_line[passage_id]} 行重复"
                 )
             first_line[passage_id] = number
             chunks.append(Chunk(passage_id, title, source, piece, len(chunks)))
@@ -225,20 +247,20 @@ def _jsonl_record(line: str, where: str, default_title: str) -> tuple[str | None
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise IngestError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        raise IngestError(f"{where}：不是合法的 JSON（第 {exc.colno} 列：{exc.msg}）") from None
     if not isinstance(record, dict):
-        raise IngestError(f"{where}: expected an object with id, title and text")
+        raise IngestError(f"{where}：应为含 id、title、text 的 JSON 对象")
     passage_id, title, text = record.get("id"), record.get("title"), record.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise IngestError(f"{where}: 'text' must be a non-empty string")
+        raise IngestError(f"{where}：text 必须是非空字符串")
     if title is not None and not isinstance(title, str):
-        raise IngestError(f"{where}: 'title' must be a string")
+        raise IngestError(f"{where}：title 必须是字符串")
     if passage_id is not None and (
         isinstance(passage_id, bool)
         or not isinstance(passage_id, str | int)
         or not str(passage_id).strip()
     ):
-        raise IngestError(f"{where}: 'id' must be a non-empty string or an integer")
+        raise IngestError(f"{where}：id 必须是非空字符串或整数")
     given_id = str(passage_id).strip() if passage_id is not None else None
     return given_id, default_title if title is None else title.strip(), text.strip()
 

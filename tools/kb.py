@@ -7,6 +7,11 @@ queries are OR-ed jieba tokens of the question (see `query_tokens`).
 
 With an `Embedder`, every passage also gets a vector (table `vectors`, keyed by passage and
 model) and a search fuses the lexical and the dense ranking by reciprocal rank fusion.
+
+A document is known by where it came from (`SourceInfo.origin`: the file's resolved path, or
+the name it was uploaded under), and shown under its `source` name: the path relative to the
+folder it was first imported from, made longer when another document already has that name.
+So two files never share a document, and importing a file again replaces its own passages only.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import TracebackType
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jieba
 import numpy as np
@@ -64,6 +69,8 @@ LIMIT ?
 """
 
 
+_SOURCES_SQL = "SELECT source, sha256, passages, ingested_at, origin FROM sources WHERE kb = ?"
+
 _MISSING_VECTORS_SQL = """
 SELECT p.pk, p.title, p.text FROM passages AS p
 WHERE p.kb = ? AND NOT EXISTS (SELECT 1 FROM vectors AS v WHERE v.pk = p.pk AND v.model = ?)
@@ -91,31 +98,129 @@ class _DenseIndex(NamedTuple):
     """float32, one L2-normalised row per passage."""
 
 
+UPLOAD_PREFIX = "upload:"
+"""Origin of a document uploaded over HTTP: the prefix, then the file name it came with."""
+DOCUMENT_ID_CHARS = 12
+
+
 @dataclass(frozen=True)
 class SourceInfo:
-    """One ingested file."""
+    """One ingested document."""
 
     source: str
+    """Its name in citations and lists, unique within the knowledge base."""
     sha256: str
     passages: int
     ingested_at: str
     """UTC time of the last (re)ingestion, ISO 8601."""
+    origin: str | None = None
+    """What it was imported from: a file's resolved absolute path, or `UPLOAD_PREFIX` and a
+    file name. None for a document imported before origins were recorded."""
+
+    @property
+    def document_id(self) -> str:
+        """Short, stable handle for commands and URLs, where a source name with its slashes is
+        awkward: the name never changes, so neither does the id."""
+        return document_id(self.source)
+
+
+def document_id(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:DOCUMENT_ID_CHARS]
+
+
+Action = Literal["add", "replace", "unchanged", "unsupported", "unreadable"]
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """What an import will do with one file (`EmbeddedKB.plan`)."""
+
+    file: Path
+    """As found under the path given, the way the operator names it."""
+    origin: str
+    source: str
+    """The name it is stored under."""
+    action: Action
+    sha256: str = ""
+    stored: SourceInfo | None = None
+    """The document it updates or leaves unchanged."""
+    wanted: str = ""
+    """For an add under a longer name: the relative name another document already has."""
+    clash_origin: str | None = None
+    """Where that other document came from."""
+    reason: str = ""
+    """Why an unreadable file cannot be read."""
+
+    @property
+    def guessed(self) -> bool:
+        """A replacement tied to the stored document by the same name only (its own origin is
+        unknown or gone): it may be another file, so an operator confirms it first."""
+        return (
+            self.action == "replace"
+            and self.stored is not None
+            and self.stored.origin != self.origin
+        )
+
+    @property
+    def moved_from(self) -> str | None:
+        """For an unchanged document found at a new place: its old origin."""
+        stored = self.stored
+        if self.action == "unchanged" and stored is not None and stored.origin != self.origin:
+            return stored.origin
+        return None
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    files: list[PlannedFile]
+
+    @property
+    def guesses(self) -> list[PlannedFile]:
+        return [item for item in self.files if item.guessed]
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    file: str
+    reason: str
+    """In Chinese, for the operator."""
 
 
 @dataclass
 class IngestReport:
-    """What one `EmbeddedKB.add_path` call did."""
+    """What one import did."""
 
     added_files: int = 0
     unchanged_files: int = 0
     replaced_files: int = 0
-    skipped_files: int = 0
-    """Files of an unsupported type."""
     passages_added: int = 0
     passages_removed: int = 0
     vectors_added: int = 0
     """Passages embedded: new ones, and older ones that lacked a vector for the model."""
     seconds: float = 0.0
+    unsupported: list[str] = field(default_factory=list)
+    """Files of a type the knowledge base does not read, left alone."""
+    failed: list[FileFailure] = field(default_factory=list)
+    """Files left out; what the knowledge base held for them stays as it was."""
+    vectors_error: str | None = None
+    """Why the new passages got no vectors (Ollama): they are searchable by keyword meanwhile,
+    and `reindex_vectors` (or the next import) fills the vectors in."""
+
+    def raise_on_problems(self) -> None:
+        """For callers that need every file and every vector in (evaluations): what went wrong,
+        raised as the error it would have been."""
+        if self.failed:
+            raise IngestError("；".join(f"{f.file}：{f.reason}" for f in self.failed))
+        if self.vectors_error is not None:
+            raise EmbeddingError(self.vectors_error)
+
+
+class DocumentConflict(ValueError):
+    """An upload's name belongs to another document of the knowledge base."""
+
+    def __init__(self, existing: SourceInfo) -> None:
+        super().__init__(existing.source)
+        self.existing = existing
 
 
 def query_tokens(query: str) -> list[str]:
@@ -251,38 +356,138 @@ class EmbeddedKB:
     def add_path(
         self, path: Path | str, *, root: Path | str | None = None, progress: bool = False
     ) -> IngestReport:
-        """Ingest a file, or every supported file under a directory.
+        """Ingest a file, or every supported file under a directory: `ingest(plan([path]))`."""
+        return self.ingest(self.plan([path], root=root), progress=progress)
 
-        Unchanged files (same sha256) are left alone; a changed file's passages are replaced in
-        one transaction. Sources are named by their path relative to `root` (default: the
-        directory given, or the file's parent). Hidden files and directories are ignored.
+    def plan(self, paths: Iterable[Path | str], *, root: Path | str | None = None) -> IngestPlan:
+        """What importing `paths` would do, file by file, without changing anything.
 
-        Hybrid: then every passage lacking a vector for the embedder's model is embedded,
-        committed batch by batch. Passages are committed first, so an `EmbeddingError` here
-        leaves them searchable lexically, and the next `add_path` fills in the vectors.
+        A file is the document stored with its resolved path as origin: unchanged when its
+        sha256 is the same, else replaced. Otherwise, when a document already has the file's
+        relative name (to `root`, by default the directory given or the file's parent):
+        that document's file still exists elsewhere (or it was uploaded), so this is another
+        document, added under a longer name; or its file is unknown (imported before origins
+        were kept) or gone, and the same name makes them one document: unchanged, or a
+        replacement that `PlannedFile.guessed` flags. Hidden files and directories are
+        ignored; a file given twice counts once.
+        """
+        stored = self.sources()
+        by_origin = {info.origin: info for info in stored if info.origin}
+        by_name = {info.source: info for info in stored}
+        # Who holds each name so far: the stored documents, then this plan's files in order.
+        holders: dict[str, str | None] = {name: info.origin for name, info in by_name.items()}
+        items: list[PlannedFile] = []
+        seen: set[str] = set()
+        for given in map(Path, paths):
+            if not given.exists():
+                raise FileNotFoundError(f"no such file or directory: {given}")
+            base = Path(root) if root is not None else given if given.is_dir() else given.parent
+            for file in _files(given):
+                origin = str(file.resolve())
+                if origin in seen:
+                    continue
+                seen.add(origin)
+                relative = _source_name(file, base)
+                item = _plan_file(file, origin, relative, by_origin, by_name, holders)
+                if item.action == "unsupported" and file == given:
+                    # Named on its own, not met in a folder: the operator expects it imported.
+                    reason = f"不支持的文件格式：{file.suffix or '（没有扩展名）'}"
+                    item = replace(item, action="unreadable", reason=reason)
+                if item.action in ("add", "replace", "unchanged") and not item.wanted:
+                    holders[item.source] = origin
+                items.append(item)
+        # Longer names last: a file whose own relative name is free keeps it, even when an
+        # earlier file of this import would otherwise have been renamed onto it.
+        for index, item in enumerate(items):
+            if item.wanted:
+                source = _longer_name(item.origin, item.wanted, holders)
+                holders[source] = item.origin
+                items[index] = replace(item, source=source)
+        return IngestPlan(items)
+
+    def ingest(self, plan: IngestPlan, *, progress: bool = False) -> IngestReport:
+        """Carry out a plan, each file in its own transaction.
+
+        A file that cannot be read, parsed or stored, or that changed since it was planned, is
+        left out with its reason in `IngestReport.failed` and the rest goes on. Hybrid: then
+        every passage lacking a vector for the embedder's model is embedded, committed batch by
+        batch; when Ollama fails the passages stay searchable lexically, the report says why
+        (`vectors_error`), and the next import or `reindex_vectors` fills in the vectors.
         """
         started = time.perf_counter()
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no such file or directory: {path}")
-        base = Path(root) if root is not None else path if path.is_dir() else path.parent
-        files = _files(path)
         report = IngestReport()
         with self._write_lock:
-            for file in track(
-                files,
+            for item in track(
+                plan.files,
                 description=f"导入知识库 {self.name}",
                 console=Console(stderr=True),
                 disable=not progress,
             ):
-                if file.suffix.lower() in SUPPORTED_SUFFIXES:
-                    self._ingest_file(file, _source_name(file, base), report)
-                else:
-                    report.skipped_files += 1
-            if self.embedder is not None:
-                report.vectors_added = self._embed_missing(self.embedder, progress)
+                self._ingest_planned(item, report)
+            self._embed_for(report, progress)
         report.seconds = round(time.perf_counter() - started, 3)
         return report
+
+    def _ingest_planned(self, item: PlannedFile, report: IngestReport) -> None:
+        if item.action == "unsupported":
+            report.unsupported.append(str(item.file))
+            return
+        if item.action == "unreadable":
+            report.failed.append(FileFailure(str(item.file), item.reason))
+            return
+        try:
+            if item.action == "unchanged":
+                self._keep(item)
+                report.unchanged_files += 1
+                return
+            data = item.file.read_bytes()
+            if hashlib.sha256(data).hexdigest() != item.sha256:
+                raise IngestError("导入过程中文件被改动了，这次没有导入；请重新运行 qqrag kb add")
+            self._store(item, data, report)
+        except OSError as exc:
+            report.failed.append(FileFailure(str(item.file), _unreadable_file(exc)))
+        except IngestError as exc:
+            report.failed.append(FileFailure(str(item.file), str(exc)))
+
+    def add_upload(self, filename: str, data: bytes) -> tuple[SourceInfo, IngestReport]:
+        """Store a document uploaded as `filename` (its last path component), known by that name.
+
+        Uploading the same name again replaces it (or leaves it, when the content is the same).
+        `DocumentConflict` when the name belongs to another document, one imported from a file;
+        `IngestError` when the content cannot be read or is of an unsupported type.
+        """
+        started = time.perf_counter()
+        name = PurePath(filename.replace("\\", "/")).name.strip()
+        if not name or name.startswith("."):
+            raise IngestError("文件名为空或以点开头")
+        if PurePath(name).suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise IngestError(f"不支持的文件格式：{PurePath(name).suffix or '（没有扩展名）'}")
+        origin = UPLOAD_PREFIX + name
+        digest = hashlib.sha256(data).hexdigest()
+        report = IngestReport()
+        with self._write_lock:
+            known = self._source(name)
+            if known is not None and known.sha256 == digest:
+                report.unchanged_files += 1
+            elif known is not None and known.origin != origin:
+                raise DocumentConflict(known)
+            else:
+                action: Action = "add" if known is None else "replace"
+                item = PlannedFile(Path(name), origin, name, action, digest, stored=known)
+                self._store(item, data, report)
+                self._embed_for(report, progress=False)
+        stored = self._source(name)
+        assert stored is not None
+        report.seconds = round(time.perf_counter() - started, 3)
+        return stored, report
+
+    def _embed_for(self, report: IngestReport, progress: bool) -> None:
+        if self.embedder is None:
+            return
+        try:
+            report.vectors_added = self._embed_missing(self.embedder, progress)
+        except EmbeddingError as exc:
+            report.vectors_error = str(exc)
 
     def reindex_vectors(self, *, rebuild: bool = False, progress: bool = False) -> int:
         """Embed the passages lacking a vector for the embedder's model; returns how many.
@@ -305,8 +510,14 @@ class EmbeddedKB:
                     )
             return self._embed_missing(self.embedder, progress)
 
+    def document(self, ref: str) -> SourceInfo | None:
+        """A document by its source name or its `SourceInfo.document_id`."""
+        return self._source(ref) or next(
+            (info for info in self.sources() if info.document_id == ref), None
+        )
+
     def remove_source(self, source: str) -> int:
-        """Forget one ingested file; returns how many passages went with it."""
+        """Forget one document; returns how many passages went with it."""
         conn = self._conn()
         with self._write_lock, _transaction(conn):
             return self._delete_source(conn, source)
@@ -317,12 +528,8 @@ class EmbeddedKB:
         return int(row.fetchone()[0])
 
     def sources(self) -> list[SourceInfo]:
-        """The ingested files, by source name."""
-        rows = self._conn().execute(
-            "SELECT source, sha256, passages, ingested_at FROM sources WHERE kb = ?"
-            " ORDER BY source",
-            (self.name,),
-        )
+        """The ingested documents, by source name."""
+        rows = self._conn().execute(f"{_SOURCES_SQL} ORDER BY source", (self.name,))
         return [SourceInfo(**dict(row)) for row in rows]
 
     def get(self, passage_id: str) -> Passage | None:
@@ -375,12 +582,23 @@ class EmbeddedKB:
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn, execute_plugins=False)
         db.enable_wal()
-        db.table("sources").create(
-            {"kb": str, "source": str, "sha256": str, "passages": int, "ingested_at": str},
+        sources = db.table("sources")
+        sources.create(
+            {
+                "kb": str,
+                "source": str,
+                "sha256": str,
+                "passages": int,
+                "ingested_at": str,
+                "origin": str,
+            },
             pk=("kb", "source"),
             not_null=("kb", "source", "sha256", "passages", "ingested_at"),
             if_not_exists=True,
         )
+        if "origin" not in sources.columns_dict:
+            self._add_origin(sources)
+        sources.create_index(["kb", "origin"], unique=True, if_not_exists=True)
         passages = db.table("passages").create(
             {
                 "pk": int,
@@ -410,6 +628,18 @@ class EmbeddedKB:
         )
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS vectors_pk_model ON vectors (pk, model)")
         conn.execute("CREATE INDEX IF NOT EXISTS vectors_model_id ON vectors (model, id)")
+
+    @staticmethod
+    def _add_origin(sources: sqlite_utils.db.Table) -> None:
+        """Give a sources table from before origins were kept its column: every document there
+        has no origin, and the next import of a file under its name adopts it
+        (`EmbeddedKB.plan`)."""
+        try:
+            sources.add_column("origin", str)
+        except sqlite3.OperationalError:
+            # Another process opening the same file added it first.
+            if "origin" not in sources.columns_dict:
+                raise
 
     def _embed_missing(self, embedder: Embedder, progress: bool) -> int:
         conn = self._conn()
@@ -494,19 +724,20 @@ class EmbeddedKB:
                 index = self._dense = _DenseIndex(fingerprint, pks, matrix)
         return index
 
-    def _ingest_file(self, file: Path, source: str, report: IngestReport) -> None:
-        data = file.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        conn = self._conn()
-        known = conn.execute(
-            "SELECT sha256 FROM sources WHERE kb = ? AND source = ?", (self.name, source)
-        ).fetchone()
-        if known is not None and known["sha256"] == digest:
-            report.unchanged_files += 1
-            return
+    def _store(self, item: PlannedFile, data: bytes, report: IngestReport) -> None:
+        """Add or replace one document in one transaction, as planned."""
+        source = item.source
         chunks = chunk_document(read_document(data, source), source)
         tokens = [(" ".join(tokenize(c.title)), " ".join(tokenize(c.text))) for c in chunks]
+        conn = self._conn()
         with _transaction(conn):
+            # Another process may have written since the plan was made: then this file waits
+            # for the next import rather than overwrite what it did not announce.
+            current = self._source(source)
+            if current != item.stored or (item.stored is None and self._origin_taken(item.origin)):
+                raise IngestError(
+                    "知识库里的这个文档刚被另一个操作改动过，这次没有导入；请重新运行"
+                )
             report.passages_removed += self._delete_source(conn, source)
             for chunk, (title_tokens, text_tokens) in zip(chunks, tokens, strict=True):
                 try:
@@ -517,23 +748,43 @@ class EmbeddedKB:
                     )
                 except sqlite3.IntegrityError:
                     raise IngestError(
-                        f"{source}: passage id {chunk.id!r} already exists in knowledge base "
-                        f"{self.name} (from {self._source_of(conn, chunk.id)})"
+                        f"段落 id {chunk.id} 已被知识库 {self.name} 里的文档"
+                        f" {self._source_of(conn, chunk.id)} 使用"
                     ) from None
                 conn.execute(
                     "INSERT INTO passages_fts (rowid, title, text) VALUES (?, ?, ?)",
                     (cursor.lastrowid, title_tokens, text_tokens),
                 )
             conn.execute(
-                "INSERT INTO sources (kb, source, sha256, passages, ingested_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (self.name, source, digest, len(chunks), _now()),
+                "INSERT INTO sources (kb, source, sha256, passages, ingested_at, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self.name, source, item.sha256, len(chunks), _now(), item.origin),
             )
         report.passages_added += len(chunks)
-        if known is None:
+        if item.stored is None:
             report.added_files += 1
         else:
             report.replaced_files += 1
+
+    def _keep(self, item: PlannedFile) -> None:
+        """An unchanged document: only where it now comes from is written down."""
+        if item.stored is not None and item.stored.origin != item.origin:
+            conn = self._conn()
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE sources SET origin = ? WHERE kb = ? AND source = ?",
+                    (item.origin, self.name, item.source),
+                )
+
+    def _source(self, source: str) -> SourceInfo | None:
+        row = self._conn().execute(f"{_SOURCES_SQL} AND source = ?", (self.name, source)).fetchone()
+        return None if row is None else SourceInfo(**dict(row))
+
+    def _origin_taken(self, origin: str) -> bool:
+        row = self._conn().execute(
+            "SELECT 1 FROM sources WHERE kb = ? AND origin = ?", (self.name, origin)
+        )
+        return row.fetchone() is not None
 
     def _delete_source(self, conn: sqlite3.Connection, source: str) -> int:
         key = (self.name, source)
@@ -555,6 +806,18 @@ class EmbeddedKB:
             "SELECT source FROM passages WHERE kb = ? AND id = ?", (self.name, passage_id)
         ).fetchone()
         return str(row["source"]) if row else "?"
+
+
+def knowledge_base_names(db_path: Path | str) -> list[str]:
+    """The knowledge bases that hold documents in a database file; none without the file."""
+    if not Path(db_path).exists():
+        return []
+    with closing(sqlite3.connect(db_path, timeout=30.0)) as conn:
+        try:
+            return [row[0] for row in conn.execute("SELECT DISTINCT kb FROM sources ORDER BY kb")]
+        except sqlite3.OperationalError:
+            # No sources table: a file no knowledge base was ever opened on.
+            return []
 
 
 @contextmanager
@@ -585,6 +848,64 @@ def _source_name(file: Path, root: Path) -> str:
     if relative.parts[:1] == ("..",):
         raise ValueError(f"{file} is not under the ingest root {root}")
     return relative.as_posix()
+
+
+def _plan_file(
+    file: Path,
+    origin: str,
+    relative: str,
+    by_origin: dict[str, SourceInfo],
+    by_name: dict[str, SourceInfo],
+    holders: dict[str, str | None],
+) -> PlannedFile:
+    if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+        return PlannedFile(file, origin, relative, "unsupported")
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as exc:
+        return PlannedFile(file, origin, relative, "unreadable", reason=_unreadable_file(exc))
+    known = by_origin.get(origin)
+    named = by_name.get(relative)
+    # A stored document whose file is unknown or gone is this file's, unless a file of this
+    # very import took the name already.
+    if (
+        known is None
+        and named is not None
+        and not _still_there(named.origin)
+        and holders.get(relative) == named.origin
+    ):
+        known = named
+    if known is not None:
+        action: Action = "unchanged" if known.sha256 == digest else "replace"
+        return PlannedFile(file, origin, known.source, action, digest, stored=known)
+    if relative in holders:
+        return PlannedFile(
+            file, origin, relative, "add", digest, wanted=relative, clash_origin=holders[relative]
+        )
+    return PlannedFile(file, origin, relative, "add", digest)
+
+
+def _still_there(origin: str | None) -> bool:
+    """Whether a stored document's origin is a file that exists, or an upload (which no file
+    on disk can be)."""
+    if origin is None:
+        return False
+    return origin.startswith(UPLOAD_PREFIX) or Path(origin).exists()
+
+
+def _longer_name(origin: str, wanted: str, holders: dict[str, str | None]) -> str:
+    """`wanted` with as many of the folders above it as make it a name nobody holds: the
+    second guide.md becomes b/guide.md; the whole path when nothing shorter is free."""
+    parts = PurePath(origin).parts
+    for length in range(len(PurePath(wanted).parts) + 1, len(parts)):
+        candidate = PurePath(*parts[-length:]).as_posix()
+        if candidate not in holders:
+            return candidate
+    return PurePath(origin).as_posix()
+
+
+def _unreadable_file(exc: OSError) -> str:
+    return f"无法读取这个文件（{exc.strerror or exc}）"
 
 
 def _now() -> str:

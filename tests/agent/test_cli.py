@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -85,6 +86,106 @@ def test_a_command_line_mistake_is_one_chinese_line(data_dir: Path, args: list[s
     result = runner.invoke(app, args, prog_name="qqrag")
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [line]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def sources(data_dir: Path, kb: str = "default") -> dict[str, str | None]:
+    from tools.kb import EmbeddedKB
+
+    with EmbeddedKB(data_dir / "kb.sqlite", kb) as base:
+        return {info.source: info.origin for info in base.sources()}
+
+
+def test_kb_add_of_another_folder_keeps_its_same_named_file_apart(data_dir: Path, tmp_path: Path):
+    printers = write(tmp_path / "printers" / "guide.md", "# 打印机\n\n星尘打印机喷头保修六个月。\n")
+    robots = write(tmp_path / "robots" / "guide.md", "# 扫地机器人\n\n月光滤网三个月更换。\n")
+    assert runner.invoke(app, ["kb", "add", str(printers.parent)]).exit_code == 0
+    second = runner.invoke(app, ["kb", "add", str(robots.parent)])
+    assert second.exit_code == 0, second.output
+    assert (
+        f"名字 guide.md 已属于另一个文件（{printers.resolve()}），这个文件存为 robots/guide.md"
+        in (second.output)
+    )
+    assert "新增 1 个文件，替换 0 个" in second.output and "删除 0 段" in second.output
+    assert sources(data_dir) == {
+        "guide.md": str(printers.resolve()),
+        "robots/guide.md": str(robots.resolve()),
+    }
+    listed = runner.invoke(app, ["kb", "list"])
+    assert "robots/guide.md" in listed.output and str(robots.resolve()) in listed.output
+
+
+def test_kb_add_announces_a_replacement_and_asks_when_only_the_name_ties_it(
+    data_dir: Path, tmp_path: Path
+):
+    guide = write(tmp_path / "old" / "guide.md", "# 指南\n\n保修一年。\n")
+    runner.invoke(app, ["kb", "add", str(guide.parent)])
+    write(guide, "# 指南\n\n保修两年。\n")
+    updated = runner.invoke(app, ["kb", "add", str(guide.parent)])
+    assert updated.exit_code == 0
+    assert f"将替换 guide.md（{guide}）：文件改过；原来的 1 段删除" in updated.output
+    assert "替换 1 个" in updated.output
+
+    # Moved and changed: the same name is all that ties it to the stored document.
+    moved = write(tmp_path / "new" / "guide.md", "# 指南\n\n保修三年。\n")
+    guide.unlink()
+    refused = runner.invoke(app, ["kb", "add", str(moved.parent)], input="n\n")
+    assert refused.exit_code == 1
+    assert f"它原来的文件 {guide.resolve()} 已经不在了，只能按同名认定是这个文件" in refused.output
+    assert "已取消，什么也没有改动" in refused.output
+    assert sources(data_dir) == {"guide.md": str(guide.resolve())}
+    # No terminal to answer from (a script): no.
+    assert runner.invoke(app, ["kb", "add", str(moved.parent)]).exit_code == 1
+    accepted = runner.invoke(app, ["kb", "add", str(moved.parent), "--yes"])
+    assert accepted.exit_code == 0 and "替换 1 个" in accepted.output
+    assert sources(data_dir) == {"guide.md": str(moved.resolve())}
+
+
+def test_kb_add_imports_the_good_files_and_names_each_one_left_out(data_dir: Path, tmp_path: Path):
+    from tests.tools.test_ingest import corrupt_pdf
+
+    folder = tmp_path / "docs"
+    write(folder / "guide.md", "# 指南\n\n说明。\n")
+    (folder / "坏.pdf").write_bytes(corrupt_pdf())
+    (folder / "logo.png").write_bytes(b"\x89PNG")
+    result = runner.invoke(app, ["kb", "add", str(folder)])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "新增 1 个文件" in result.output and "跳过 1 个，没有导入 1 个" in result.output
+    assert f"跳过 {folder / 'logo.png'}：不是能导入的格式" in result.output
+    assert f"没有导入 {folder / '坏.pdf'}：PDF 文件已损坏或不是 PDF，无法读取" in result.output
+    assert "1 个文件没有导入" in result.output
+    assert list(sources(data_dir)) == ["guide.md"]
+
+
+def test_kb_add_help_lists_every_format_it_reads(data_dir: Path):
+    from tools.ingest import SUPPORTED_SUFFIXES
+
+    result = runner.invoke(app, ["kb", "add", "--help"])
+    assert result.exit_code == 0
+    for suffix in SUPPORTED_SUFFIXES:
+        assert f"（{suffix}" in result.output or f"、{suffix}" in result.output, suffix
+
+
+def test_kb_search_shows_the_whole_passage_without_breaking_a_number(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    text = "月光机器人售后客服电话 4008123456，工作日九点到晚上九点接听，节假日照常服务，欢迎来电。"
+    runner.invoke(app, ["kb", "add", str(write(tmp_path / "客服.md", f"# 客服\n\n{text}\n"))])
+    for columns in ("200", "40", "33"):
+        monkeypatch.setenv("COLUMNS", columns)
+        result = runner.invoke(app, ["kb", "search", "客服电话", "-k", "1"])
+        assert result.exit_code == 0
+        lines = [line.strip() for line in result.output.splitlines()[1:]]
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+        assert any("4008123456" in line for line in lines), result.output
+        assert all(cell_len(line) <= int(columns) - 3 for line in lines), result.output
 
 
 def test_config_shows_effective_settings(data_dir: Path):

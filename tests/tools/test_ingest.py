@@ -189,19 +189,16 @@ def test_jsonl_long_text_split_with_numbered_ids() -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"id": "a", "text": ', "data.jsonl:2: invalid JSON: Expecting value (column 21)"),
-        ('["a", "b"]', "data.jsonl:2: expected an object with id, title and text"),
-        ('{"id": "a"}', "data.jsonl:2: 'text' must be a non-empty string"),
-        ('{"id": "a", "text": "  "}', "data.jsonl:2: 'text' must be a non-empty string"),
-        ('{"id": "a", "title": 3, "text": "x"}', "data.jsonl:2: 'title' must be a string"),
-        (
-            '{"id": true, "text": "x"}',
-            "data.jsonl:2: 'id' must be a non-empty string or an integer",
-        ),
-        ('{"id": "ok", "text": "x"}', "data.jsonl:2: duplicate id 'ok' (first on line 1)"),
+        ('{"id": "a", "text": ', "第 2 行：不是合法的 JSON（第 21 列：Expecting value）"),
+        ('["a", "b"]', "第 2 行：应为含 id、title、text 的 JSON 对象"),
+        ('{"id": "a"}', "第 2 行：text 必须是非空字符串"),
+        ('{"id": "a", "text": "  "}', "第 2 行：text 必须是非空字符串"),
+        ('{"id": "a", "title": 3, "text": "x"}', "第 2 行：title 必须是字符串"),
+        ('{"id": true, "text": "x"}', "第 2 行：id 必须是非空字符串或整数"),
+        ('{"id": "ok", "text": "x"}', "第 2 行：id ok 与第 1 行重复"),
     ],
 )
-def test_jsonl_bad_line_names_file_and_line(line: str, message: str) -> None:
+def test_jsonl_bad_line_says_which_line_in_chinese(line: str, message: str) -> None:
     content = '{"id": "ok", "title": "t", "text": "好的。"}\n' + line + "\n"
     with pytest.raises(IngestError) as error:
         chunk_jsonl(content, "data.jsonl")
@@ -212,7 +209,7 @@ def test_chunk_document_dispatches_on_suffix() -> None:
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.MD")] == ["标题"]
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.markdown")] == ["标题"]
     assert [c.title for c in chunk_document("# 标题\n正文。", "a.txt")] == ["a"]
-    with pytest.raises(IngestError, match=r"^a\.odt: unsupported file type '\.odt'$"):
+    with pytest.raises(IngestError, match=r"^不支持的文件格式：\.odt$"):
         chunk_document("x", "a.odt")
 
 
@@ -264,12 +261,44 @@ def test_pdf_pages_become_sections() -> None:
 def test_pdf_without_text_and_broken_files_get_clear_errors() -> None:
     from tools.ingest import read_document
 
-    with pytest.raises(IngestError, match=r"scan\.pdf: no text in this PDF"):
+    with pytest.raises(IngestError, match=r"^PDF 里没有文字层（可能是扫描件），先做 OCR 再导入$"):
         read_document(minimal_pdf([""]), "scan.pdf")
-    with pytest.raises(IngestError, match=r"broken\.pdf: unreadable PDF"):
+    with pytest.raises(IngestError, match=r"^PDF 文件已损坏或不是 PDF，无法读取（"):
         read_document(b"%PDF-1.4 nonsense", "broken.pdf")
-    with pytest.raises(IngestError, match=r"broken\.docx: unreadable Word file"):
+    with pytest.raises(IngestError, match=r"^Word 文件已损坏或不是 \.docx，无法读取（"):
         read_document(b"not a zip", "broken.docx")
+
+
+def corrupt_pdf() -> bytes:
+    """A PDF whose cross-reference table lost an entry's line end: pypdf stumbles over it with
+    a TypeError, none of its own errors."""
+    data = minimal_pdf(["Install with pip install qqrag.", "The default port is 8000."])
+    damaged = data.replace(b"n \n0000000121 ", b"")
+    assert damaged != data
+    return damaged
+
+
+def test_any_failure_of_the_pdf_parser_is_an_ingest_error() -> None:
+    from tools.ingest import read_document
+
+    with pytest.raises(IngestError) as error:
+        read_document(corrupt_pdf(), "坏.pdf")
+    assert str(error.value).startswith("PDF 文件已损坏或不是 PDF，无法读取（TypeError: ")
+
+
+def test_any_failure_of_the_word_parser_is_an_ingest_error() -> None:
+    import io
+    import zipfile
+
+    from tools.ingest import read_document
+
+    # A zip that is no Word package at all, and one whose main part is not XML.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types")
+    for data in (buffer.getvalue(), b"PK\x03\x04 truncated"):
+        with pytest.raises(IngestError, match=r"^Word 文件已损坏或不是 \.docx，无法读取（"):
+            read_document(data, "坏.docx")
 
 
 def test_docx_headings_and_tables_become_markdown_sections() -> None:

@@ -19,11 +19,13 @@ import pytest
 import tools.kb
 from evals.fakes.ollama import DEFAULT_MODELS, EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.base import KnowledgeBackend, Passage
-from tools.embeddings import EmbeddingError, OllamaEmbedder
+from tools.embeddings import OllamaEmbedder
 from tools.health import Health
 from tools.ingest import IngestError
 from tools.kb import (
+    DocumentConflict,
     EmbeddedKB,
+    FileFailure,
     IngestReport,
     SourceInfo,
     match_expression,
@@ -137,10 +139,10 @@ def test_add_directory_report_and_sources(empty_kb: EmbeddedKB, corpus: Path) ->
         added_files=3,
         unchanged_files=0,
         replaced_files=0,
-        skipped_files=1,
         passages_added=7 + 3 + 1,
         passages_removed=0,
         seconds=report.seconds,
+        unsupported=[str(corpus / "docs" / "logo.png")],
     )
     assert report.seconds >= 0
     assert kb.count() == 11
@@ -178,7 +180,7 @@ def test_reingest_unchanged_does_nothing(kb: EmbeddedKB, corpus: Path) -> None:
     before_ids, before_sources = stored_ids(kb), kb.sources()
     report = kb.add_path(corpus)
     assert (report.added_files, report.unchanged_files, report.replaced_files) == (0, 3, 0)
-    assert (report.skipped_files, report.passages_added, report.passages_removed) == (1, 0, 0)
+    assert (len(report.unsupported), report.passages_added, report.passages_removed) == (1, 0, 0)
     assert stored_ids(kb) == before_ids
     assert len(before_ids) == 11
     assert kb.sources() == before_sources
@@ -230,7 +232,9 @@ def test_single_file_and_explicit_root(empty_kb: EmbeddedKB, corpus: Path) -> No
         kb.add_path(corpus / "nope")
 
 
-def test_bad_files_raise_and_leave_nothing_behind(tmp_path: Path, empty_kb: EmbeddedKB) -> None:
+def test_bad_files_are_reported_and_leave_nothing_behind(
+    tmp_path: Path, empty_kb: EmbeddedKB
+) -> None:
     root, kb = tmp_path / "bad", empty_kb
     root.mkdir()
     (root / "a.jsonl").write_text('{"id": "x", "text": "甲。"}\n', encoding="utf-8")
@@ -238,20 +242,203 @@ def test_bad_files_raise_and_leave_nothing_behind(tmp_path: Path, empty_kb: Embe
     (root / "b.jsonl").write_text(
         '{"id": "y", "text": "乙。"}\n{"id": "x", "text": "丙。"}\n', encoding="utf-8"
     )
-    with pytest.raises(IngestError) as error:
-        kb.add_path(root / "b.jsonl")
-    assert str(error.value) == (
-        "b.jsonl: passage id 'x' already exists in knowledge base default (from a.jsonl)"
-    )
+    report = kb.add_path(root / "b.jsonl")
+    assert report.failed == [
+        FileFailure(str(root / "b.jsonl"), "段落 id x 已被知识库 default 里的文档 a.jsonl 使用")
+    ]
     assert kb.get("y") is None
     assert [s.source for s in kb.sources()] == ["a.jsonl"]
     (root / "c.jsonl").write_text('{"id": "z", "text": "丁。"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(IngestError, match=r"^c\.jsonl:2: invalid JSON"):
-        kb.add_path(root / "c.jsonl")
+    assert kb.add_path(root / "c.jsonl").failed[0].reason.startswith("第 2 行：不是合法的 JSON")
     (root / "d.txt").write_bytes("中文".encode("gbk"))
-    with pytest.raises(IngestError, match=r"^d\.txt: not UTF-8 text \(byte 0\)$"):
-        kb.add_path(root / "d.txt")
+    assert kb.add_path(root / "d.txt").failed == [
+        FileFailure(str(root / "d.txt"), "不是 UTF-8 编码的文本（第 0 个字节）")
+    ]
     assert kb.count() == 1
+
+
+# ------------------------------------------------------------------------ document identity
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_same_named_file_of_another_folder_is_another_document(
+    tmp_path: Path, empty_kb: EmbeddedKB
+) -> None:
+    kb = empty_kb
+    write(tmp_path / "printers" / "guide.md", "# 打印机\n\n星尘打印机喷头保修六个月。\n")
+    write(tmp_path / "robots" / "guide.md", "# 扫地机器人\n\n月光扫地机器人滤网三个月更换。\n")
+    kb.add_path(tmp_path / "printers")
+    plan = kb.plan([tmp_path / "robots"])
+    assert [(item.action, item.source, item.wanted) for item in plan.files] == [
+        ("add", "robots/guide.md", "guide.md")
+    ]
+    assert plan.files[0].clash_origin == str((tmp_path / "printers" / "guide.md").resolve())
+    report = kb.add_path(tmp_path / "robots")
+    assert (report.added_files, report.replaced_files, report.passages_removed) == (1, 0, 0)
+    assert [s.source for s in kb.sources()] == ["guide.md", "robots/guide.md"]
+    assert kb.search_sync("喷头保修", 1)[0]["source"] == "guide.md"
+    assert kb.search_sync("滤网更换", 1)[0]["source"] == "robots/guide.md"
+    # Each folder again: each its own document, nothing replaced.
+    again = kb.plan([tmp_path / "printers", tmp_path / "robots"])
+    assert [(i.action, i.source) for i in again.files] == [
+        ("unchanged", "guide.md"),
+        ("unchanged", "robots/guide.md"),
+    ]
+
+
+def test_two_same_named_files_in_one_import_stay_two_documents(
+    tmp_path: Path, empty_kb: EmbeddedKB
+) -> None:
+    write(tmp_path / "a" / "faq.md", "# 甲\n\n甲的内容。\n")
+    write(tmp_path / "b" / "faq.md", "# 乙\n\n乙的内容。\n")
+    # b/faq.md is the relative name of a file of its own: it keeps it, the clash goes longer.
+    write(tmp_path / "c" / "b" / "faq.md", "# 丙\n\n丙的内容。\n")
+    report = empty_kb.ingest(empty_kb.plan([tmp_path / "a", tmp_path / "b", tmp_path / "c"]))
+    assert report.added_files == 3 and report.failed == []
+    sources = {s.source: s.origin for s in empty_kb.sources()}
+    assert sources == {
+        "faq.md": str((tmp_path / "a" / "faq.md").resolve()),
+        "b/faq.md": str((tmp_path / "c" / "b" / "faq.md").resolve()),
+        f"{tmp_path.name}/b/faq.md": str((tmp_path / "b" / "faq.md").resolve()),
+    }
+
+
+def test_reimport_from_another_working_directory_replaces_the_same_document(
+    tmp_path: Path, empty_kb: EmbeddedKB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = empty_kb
+    guide = write(tmp_path / "site" / "docs" / "guide.md", "# 指南\n\n旧的说明。\n")
+    monkeypatch.chdir(tmp_path / "site")
+    kb.add_path("docs")
+    write(guide, "# 指南\n\n新的说明。\n")
+    monkeypatch.chdir(tmp_path)
+    plan = kb.plan(["site/docs"])
+    assert [(i.action, i.source, i.guessed) for i in plan.files] == [("replace", "guide.md", False)]
+    report = kb.ingest(plan)
+    assert (report.replaced_files, report.passages_removed, report.passages_added) == (1, 1, 1)
+    assert [p["text"] for p in kb.search_sync("说明", 5)] == ["新的说明。"]
+    # From another root the file keeps the name it was first stored under.
+    assert [i.source for i in kb.plan([tmp_path / "site"]).files] == ["guide.md"]
+
+
+def test_a_moved_file_keeps_its_document_and_a_changed_one_is_a_guess(
+    tmp_path: Path, empty_kb: EmbeddedKB
+) -> None:
+    kb = empty_kb
+    write(tmp_path / "old" / "guide.md", "# 指南\n\n说明。\n")
+    kb.add_path(tmp_path / "old")
+    (tmp_path / "old").rename(tmp_path / "new")
+    moved = kb.plan([tmp_path / "new"]).files[0]
+    assert (moved.action, moved.moved_from) == (
+        "unchanged",
+        str((tmp_path / "old" / "guide.md").resolve()),
+    )
+    kb.ingest(kb.plan([tmp_path / "new"]))
+    assert kb.sources()[0].origin == str((tmp_path / "new" / "guide.md").resolve())
+    (tmp_path / "new").rename(tmp_path / "newer")
+    write(tmp_path / "newer" / "guide.md", "# 指南\n\n改过的说明。\n")
+    changed = kb.plan([tmp_path / "newer"])
+    assert [(i.action, i.source, i.guessed) for i in changed.files] == [
+        ("replace", "guide.md", True)
+    ]
+    assert changed.guesses == changed.files
+
+
+def test_documents_from_before_origins_are_adopted_by_name(tmp_path: Path, corpus: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    with EmbeddedKB(db) as kb:
+        kb.add_path(corpus)
+    # The schema of before: no origin column.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX idx_sources_kb_origin")
+        conn.execute("ALTER TABLE sources DROP COLUMN origin")
+    (corpus / "docs" / "notes.txt").write_text("改过的笔记。\n", encoding="utf-8")
+    with EmbeddedKB(db) as kb:
+        assert {s.origin for s in kb.sources()} == {None}
+        plan = kb.plan([corpus])
+        assert [(i.source, i.action, i.guessed) for i in plan.files if i.stored] == [
+            ("docs/guide.md", "unchanged", False),
+            ("docs/notes.txt", "replace", True),
+            ("faq.jsonl", "unchanged", False),
+        ]
+        report = kb.ingest(plan)
+        assert (report.unchanged_files, report.replaced_files, report.added_files) == (2, 1, 0)
+        assert {s.source: s.origin for s in kb.sources()} == {
+            name: str((corpus / name).resolve())
+            for name in ("docs/guide.md", "docs/notes.txt", "faq.jsonl")
+        }
+        assert kb.count() == 11
+
+
+def test_a_corrupt_pdf_is_left_out_and_the_rest_imported(
+    tmp_path: Path, empty_kb: EmbeddedKB, corpus: Path
+) -> None:
+    from tests.tools.test_ingest import corrupt_pdf
+
+    (corpus / "坏.pdf").write_bytes(corrupt_pdf())
+    (corpus / "空.pdf").write_bytes(b"")
+    report = empty_kb.add_path(corpus)
+    assert report.added_files == 3 and empty_kb.count() == 11
+    assert [(f.file, f.reason.split("（")[0]) for f in report.failed] == [
+        (str(corpus / "坏.pdf"), "PDF 文件已损坏或不是 PDF，无法读取"),
+        (str(corpus / "空.pdf"), "PDF 文件已损坏或不是 PDF，无法读取"),
+    ]
+    assert report.unsupported == [str(corpus / "docs" / "logo.png")]
+
+
+def test_a_file_given_by_name_must_be_of_a_supported_type(
+    empty_kb: EmbeddedKB, corpus: Path
+) -> None:
+    report = empty_kb.add_path(corpus / "docs" / "logo.png")
+    assert report.failed == [
+        FileFailure(str(corpus / "docs" / "logo.png"), "不支持的文件格式：.png")
+    ]
+    assert report.unsupported == []
+
+
+def test_a_file_changed_after_the_plan_waits_for_the_next_import(
+    tmp_path: Path, empty_kb: EmbeddedKB
+) -> None:
+    guide = write(tmp_path / "guide.md", "# 指南\n\n说明。\n")
+    plan = empty_kb.plan([guide])
+    write(guide, "# 指南\n\n没有宣布过的内容。\n")
+    report = empty_kb.ingest(plan)
+    assert report.failed[0].reason.startswith("导入过程中文件被改动了") and empty_kb.count() == 0
+
+
+def test_documents_by_id_or_name(kb: EmbeddedKB) -> None:
+    faq = kb.document("faq.jsonl")
+    assert faq is not None and len(faq.document_id) == 12
+    assert kb.document(faq.document_id) == faq
+    assert kb.document("nothing.md") is None
+
+
+def test_uploads_are_documents_by_their_file_name(empty_kb: EmbeddedKB, corpus: Path) -> None:
+    kb = empty_kb
+    stored, report = kb.add_upload("C:\\资料\\售后.md", "# 售后\n\n七天无理由退货。\n".encode())
+    assert (stored.source, stored.origin, report.added_files) == ("售后.md", "upload:售后.md", 1)
+    again, report = kb.add_upload("售后.md", "# 售后\n\n十五天无理由退货。\n".encode())
+    assert (again.document_id, report.replaced_files, report.passages_removed) == (
+        stored.document_id,
+        1,
+        1,
+    )
+    _, report = kb.add_upload("售后.md", "# 售后\n\n十五天无理由退货。\n".encode())
+    assert report.unchanged_files == 1
+    kb.add_path(corpus / "faq.jsonl")
+    with pytest.raises(DocumentConflict) as conflict:
+        kb.add_upload("faq.jsonl", '{"id": "other", "text": "别的内容。"}\n'.encode())
+    assert conflict.value.existing.origin == str((corpus / "faq.jsonl").resolve())
+    with pytest.raises(IngestError, match=r"^不支持的文件格式：\.png$"):
+        kb.add_upload("logo.png", b"\x89PNG")
+    # A local file of the uploaded name is another document too.
+    write(corpus / "售后.md", "# 售后\n\n本地的版本。\n")
+    assert kb.plan([corpus / "售后.md"]).files[0].source == f"{corpus.name}/售后.md"
 
 
 def test_named_knowledge_bases_share_a_file_but_not_passages(
@@ -383,6 +570,7 @@ def test_reopen_keeps_data_and_progress_bar_runs(
             sha256=hashlib.sha256((corpus / "faq.jsonl").read_bytes()).hexdigest(),
             passages=7,
             ingested_at=kb.sources()[2].ingested_at,
+            origin=str((corpus / "faq.jsonl").resolve()),
         )
         assert ids(kb.search_sync("退款", 1)) == ["refund"]
 
@@ -534,8 +722,10 @@ def test_embedding_failure_during_ingest_keeps_the_passages(
     hybrid_kb: EmbeddedKB, corpus: Path, ollama: FakeOllama
 ) -> None:
     ollama.fail_next(Fault.MODEL_NOT_FOUND)
-    with pytest.raises(EmbeddingError, match=f"先运行 ollama pull {EMBED_MODEL}"):
-        hybrid_kb.add_path(corpus)
+    report = hybrid_kb.add_path(corpus)
+    assert report.vectors_error is not None
+    assert f"先运行 ollama pull {EMBED_MODEL}" in report.vectors_error
+    assert (report.added_files, report.vectors_added) == (3, 0)
     assert hybrid_kb.count() == 11
     assert vector_rows(hybrid_kb) == []
     assert ids(hybrid_kb.search_sync("退款", 1)) == ["refund"]
