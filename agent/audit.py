@@ -1,4 +1,5 @@
-"""The audit log: one row per turn, feedback on answers, and the gaps they reveal."""
+"""The audit log: one row per turn, feedback on answers, the gaps they reveal, and what
+administrators removed or changed (documents, tenants, keys)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ Rating = Literal["good", "bad"]
 RATING_WORDS: dict[str, Rating] = {"好": "good", "good": "good", "差": "bad", "bad": "bad"}
 
 _JSON_COLUMNS = ("candidates", "ranked", "evidence", "cited", "node_seconds", "safety_hits")
+
+Via = Literal["http", "cli"]
 
 
 @functools.cache
@@ -88,6 +91,23 @@ class AuditLog:
         )
         self._turns.create_index(["tenant", "created_at"], if_not_exists=True)
         self._turns.create_index(["thread_id"], if_not_exists=True)
+        self._actions = self._db.table("admin_actions")
+        self._actions.create(
+            {
+                "id": int,
+                "via": str,
+                "actor": str,
+                "actor_tenant": str,
+                "action": str,
+                "kb": str,
+                "target": str,
+                "detail": str,
+                "created_at": str,
+            },
+            pk="id",
+            not_null={"via", "actor", "action", "target", "detail", "created_at"},
+            if_not_exists=True,
+        )
 
     def record_turn(self, row: dict[str, Any]) -> int:
         """Store one turn; list and dict values are kept as JSON text."""
@@ -174,6 +194,43 @@ class AuditLog:
         where, args = ("thread_id = ?", [thread_id]) if thread_id else (None, None)
         with self._lock:
             return list(self._feedback.rows_where(where, args, order_by="id"))
+
+    def record_action(
+        self,
+        *,
+        via: Via,
+        actor: str,
+        actor_tenant: str | None,
+        action: str,
+        target: str,
+        kb: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Write down who did what to which document, tenant or key.
+
+        `actor` is the key id over HTTP and the system user on the command line, where
+        `actor_tenant` is None: whoever runs the CLI holds the data folder, no key.
+        """
+        row = {
+            "via": via,
+            "actor": actor,
+            "actor_tenant": actor_tenant,
+            "action": action,
+            "kb": kb,
+            "target": target,
+            "detail": json.dumps(detail or {}, ensure_ascii=False),
+            "created_at": _now(),
+        }
+        with self._lock:
+            return int(self._actions.insert(row).last_rowid or 0)
+
+    def actions(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The administrators' actions, newest first."""
+        with self._lock:
+            rows = list(self._actions.rows_where(order_by="id desc", limit=limit))
+        for row in rows:
+            row["detail"] = json.loads(row["detail"])
+        return rows
 
     def close(self) -> None:
         self._db.close()

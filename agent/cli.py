@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import errno
+import getpass
 import json
 import os
 import re
@@ -344,6 +345,33 @@ def _confirm(question: str, yes: bool) -> bool:
     return False
 
 
+def _record(action: str, target: str, *, kb: str | None = None, detail: dict[str, Any]) -> None:
+    """An administrator's action in the audit log, done by whoever runs the command."""
+    from agent.audit import AuditLog
+
+    log = AuditLog(get_settings().audit_path)
+    try:
+        log.record_action(
+            via="cli",
+            actor=_system_user(),
+            actor_tenant=None,
+            action=action,
+            target=target,
+            kb=kb,
+            detail=detail,
+        )
+    finally:
+        log.close()
+
+
+def _system_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        # A container's user may have neither a name in the environment nor a passwd entry.
+        return "unknown"
+
+
 @kb_app.command("reindex")
 def kb_reindex(
     rebuild: Annotated[bool, typer.Option(help="重算所有向量（换了同名模型时用）")] = False,
@@ -439,6 +467,46 @@ def _wrap(text: str, width: int) -> list[str]:
                 line = line[width:]
         lines.append(line.rstrip())
     return lines
+
+
+@kb_app.command("remove")
+def kb_remove(
+    documents: Annotated[
+        list[str], typer.Argument(help="来源名或文档 ID（见 qqrag kb list），可写多个")
+    ],
+    kb: Annotated[str | None, typer.Option(help="知识库名")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="不询问，直接删除")] = False,
+) -> None:
+    """删除文档和它的全部段落、向量，立即生效。删除前列出要删的文档并确认；每次删除记入审计日志。"""
+    base = _open_kb(kb)
+    try:
+        found = {}
+        for ref in documents:
+            info = base.document(ref)
+            if info is None:
+                console.print(
+                    f"[red]知识库 {base.name} 里没有文档 {escape(ref)}（qqrag kb list 列出来源名和"
+                    "文档 ID），什么也没有删除[/]",
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1)
+            found[info.source] = info
+        console.print(f"将从知识库 {base.name} 删除：", soft_wrap=True)
+        for info in found.values():
+            console.print(
+                f"  {info.document_id}  {escape(info.source)}（{info.passages} 段，"
+                f"{escape(_origin_text(info.origin))}）",
+                soft_wrap=True,
+            )
+        if not _confirm(f"删除这 {len(found)} 个文档吗？", yes):
+            raise typer.Exit(1)
+        for info in found.values():
+            removed = base.remove_source(info.source)
+            detail = {"document_id": info.document_id, "passages": removed, "origin": info.origin}
+            _record("document.remove", info.source, kb=base.name, detail=detail)
+            console.print(f"已删除 {escape(info.source)}（{removed} 段）", soft_wrap=True)
+    finally:
+        base.close()
 
 
 @app.command("chat")
@@ -573,7 +641,24 @@ def tenant_add(
     finally:
         store.close()
     console.print(f"已创建租户 {tenant.name}，知识库：{', '.join(tenant.knowledge_bases)}")
+    _warn_empty_knowledge_bases(tenant.knowledge_bases)
     _show_link_domains(tenant.name, tenant.link_domains)
+
+
+def _warn_empty_knowledge_bases(names: tuple[str, ...]) -> None:
+    """A tenant may be set up before its documents are imported, but a misspelt name would
+    leave it finding nothing, silently."""
+    from tools.kb import knowledge_base_names
+
+    settings = get_settings()
+    existing = knowledge_base_names(settings.kb_path)
+    # QQRAG_KB_NAME needs no import: the service fills it with the user guide, or it is MaxKB.
+    for name in [n for n in names if n not in existing and n != settings.kb_name]:
+        console.print(
+            f"[yellow]注意：知识库 {escape(name)} 里还没有任何文档（名字写错了？），这个租户从它检索不到"
+            f"内容。现有的知识库：{escape(', '.join(existing)) or '无'}；"
+            f"导入文档：qqrag kb add PATH --kb {escape(name)}[/]"
+        )
 
 
 def _show_link_domains(name: str, domains: tuple[str, ...]) -> None:
@@ -631,6 +716,41 @@ def tenant_list() -> None:
         store.close()
 
 
+@tenant_app.command("remove")
+def tenant_remove(
+    name: Annotated[str, typer.Argument(help="租户名")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="不询问，直接删除")] = False,
+) -> None:
+    """删除租户并吊销它的全部密钥，立即生效；知识库、对话和审计记录都保留。删除前先确认，删除记入审计日志。"""
+    store = _tenants()
+    try:
+        tenant = store.tenant(name)
+        if tenant is None:
+            console.print(f"[red]没有租户 {escape(name)}[/]")
+            raise typer.Exit(1)
+        active = [key.key_id for key in store.list_keys(name) if key.active]
+        keys = (
+            f"它的 {len(active)} 个有效密钥（{', '.join(active)}）"
+            if active
+            else "（它没有有效密钥）"
+        )
+        console.print(
+            f"将删除租户 {escape(name)}（知识库：{escape(', '.join(tenant.knowledge_bases))}），"
+            f"并吊销{keys}；知识库里的文档、对话记录和审计记录不受影响"
+        )
+        if not _confirm("删除这个租户吗？", yes):
+            raise typer.Exit(1)
+        revoked = store.remove_tenant(name)
+    finally:
+        store.close()
+    detail = {
+        "knowledge_bases": list(tenant.knowledge_bases),
+        "revoked_keys": [key.key_id for key in revoked],
+    }
+    _record("tenant.remove", name, detail=detail)
+    console.print(f"已删除租户 {escape(name)}，吊销密钥 {len(revoked)} 个")
+
+
 @key_app.command("issue")
 def key_issue(
     tenant: Annotated[str, typer.Argument(help="租户名；不存在时自动创建")],
@@ -683,7 +803,33 @@ def key_revoke(
     if revoked is None:
         console.print("[red]没有找到这个有效密钥[/]")
         raise typer.Exit(1)
+    _record("key.revoke", revoked.key_id, detail={"tenant": revoked.tenant})
     console.print(f"已吊销密钥 {revoked.key_id}（租户 {revoked.tenant}）")
+
+
+@key_app.command("rotate")
+def key_rotate(
+    key: Annotated[str, typer.Argument(help="要换掉的密钥本身，或密钥 ID 的前 6 位以上")],
+) -> None:
+    """换新密钥：为同一租户签发角色、备注相同的新密钥，同时吊销旧密钥（立即失效）。新密钥只显示这一次。"""
+    store = _tenants()
+    try:
+        rotation = store.rotate_key(key)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    if rotation is None:
+        console.print("[red]没有找到这个有效密钥[/]")
+        raise typer.Exit(1)
+    old, new = rotation.old, rotation.new
+    _record("key.rotate", old.key_id, detail={"tenant": old.tenant, "new_key_id": new.key_id})
+    console.print(
+        f"已吊销旧密钥 {old.key_id}，它立即失效；租户 {old.tenant} 的新密钥 {new.key_id}"
+        "（只显示这一次，请换到用旧密钥的地方）："
+    )
+    print(rotation.secret)
 
 
 @app.command()

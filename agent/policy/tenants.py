@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import sqlite_utils
 
@@ -70,6 +70,14 @@ class KeyInfo:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+class Rotation(NamedTuple):
+    old: KeyInfo
+    """Revoked by the rotation."""
+    new: KeyInfo
+    secret: str
+    """The new key itself: shown once, never stored."""
 
 
 def hash_key(key: str) -> str:
@@ -205,21 +213,68 @@ class TenantStore:
         Returns the revoked key, or None when no active key matches; `ValueError` when a
         prefix is too short or matches several active keys.
         """
+        with self._lock:
+            row = self._active_key(key_or_prefix)
+            if row is None:
+                return None
+            row = {**row, "revoked_at": _now()}
+            self._keys.update(row["key_hash"], {"revoked_at": row["revoked_at"]})
+        return _key_info(row)
+
+    def rotate_key(self, key_or_prefix: str) -> Rotation | None:
+        """Replace an active key (given as for `revoke_key`) by a new one of the same tenant,
+        role and label, in one transaction. None when no active key matches."""
+        key = KEY_PREFIX + secrets.token_urlsafe(24)
+        now = _now()
+        with self._lock:
+            row = self._active_key(key_or_prefix)
+            if row is None:
+                return None
+            # Both or neither: a rotation must never leave the tenant with two keys or none.
+            with self._db.conn:
+                self._db.conn.execute(
+                    "UPDATE keys SET revoked_at = ? WHERE key_hash = ?", (now, row["key_hash"])
+                )
+                self._db.conn.execute(
+                    "INSERT INTO keys (key_hash, tenant, role, label, created_at, revoked_at)"
+                    " VALUES (?, ?, ?, ?, ?, NULL)",
+                    (hash_key(key), row["tenant"], row["role"], row["label"], now),
+                )
+        new = {**row, "key_hash": hash_key(key), "created_at": now, "revoked_at": None}
+        return Rotation(_key_info({**row, "revoked_at": now}), _key_info(new), key)
+
+    def remove_tenant(self, name: str) -> list[KeyInfo]:
+        """Delete a tenant and revoke its active keys, returned as revoked; `KeyError` for an
+        unknown tenant.
+
+        The keys stay listed, revoked: a service whose last tenant went does not fall back into
+        open mode (`is_open`).
+        """
+        now = _now()
+        with self._lock:
+            if not self._tenants.count_where("name = ?", [name]):
+                raise KeyError(f"unknown tenant {name!r}")
+            active = list(self._keys.rows_where("tenant = ? AND revoked_at IS NULL", [name]))
+            with self._db.conn:
+                self._db.conn.execute(
+                    "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL",
+                    (now, name),
+                )
+                self._db.conn.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        return [_key_info({**row, "revoked_at": now}) for row in active]
+
+    def _active_key(self, key_or_prefix: str) -> dict[str, Any] | None:
+        """The one active key row given by its secret or a key id prefix; the lock is held."""
         if key_or_prefix.startswith(KEY_PREFIX):
             where, args = "key_hash = ?", [hash_key(key_or_prefix)]
         elif len(key_or_prefix) >= _MIN_PREFIX and re.fullmatch(r"[0-9a-f]+", key_or_prefix):
             where, args = "key_hash LIKE ?", [key_or_prefix + "%"]
         else:
             raise ValueError(f"give the key itself or {_MIN_PREFIX}+ hex characters of its id")
-        with self._lock:
-            rows = list(self._keys.rows_where(f"{where} AND revoked_at IS NULL", args))
-            if len(rows) > 1:
-                raise ValueError(f"{key_or_prefix!r} matches {len(rows)} keys; give more of it")
-            if not rows:
-                return None
-            row = {**rows[0], "revoked_at": _now()}
-            self._keys.update(row["key_hash"], {"revoked_at": row["revoked_at"]})
-        return _key_info(row)
+        rows = list(self._keys.rows_where(f"{where} AND revoked_at IS NULL", args))
+        if len(rows) > 1:
+            raise ValueError(f"{key_or_prefix!r} matches {len(rows)} keys; give more of it")
+        return rows[0] if rows else None
 
     def authenticate(self, bearer: str | None) -> Principal | None:
         """The principal of an active key, or None; accepts the key or "Bearer <key>"."""

@@ -42,3 +42,33 @@ def test_feedback_marks_the_threads_latest_turn(tmp_path: Path):
     assert (newest["feedback"], newest["feedback_comment"]) == ("bad", "不对")
     assert oldest["feedback"] is None
     assert log.feedback("a:1")[0]["rating"] == "bad"
+
+
+def test_admin_actions_say_who_did_what_and_come_back_newest_first(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.sqlite")
+    log.record_action(
+        via="http",
+        actor="3fa2b1c9d0e1",
+        actor_tenant="ops",
+        action="document.remove",
+        kb="faq",
+        target="售后.md",
+        detail={"passages": 3},
+    )
+    log.record_action(
+        via="cli", actor="root", actor_tenant=None, action="tenant.remove", target="acme"
+    )
+    newest, oldest = log.actions()
+    assert (newest["action"], newest["actor"], newest["actor_tenant"]) == (
+        "tenant.remove",
+        "root",
+        None,
+    )
+    assert (oldest["via"], oldest["kb"], oldest["target"], oldest["detail"]) == (
+        "http",
+        "faq",
+        "售后.md",
+        {"passages": 3},
+    )
+    assert oldest["created_at"] and len(log.actions(limit=1)) == 1
+    log.close()

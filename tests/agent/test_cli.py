@@ -188,6 +188,102 @@ def test_kb_search_shows_the_whole_passage_without_breaking_a_number(
         assert all(cell_len(line) <= int(columns) - 3 for line in lines), result.output
 
 
+def test_kb_remove_lists_asks_and_audits(data_dir: Path):
+    from agent.audit import AuditLog
+
+    runner.invoke(app, ["kb", "add", str(FIXTURES / "kb")])
+    moonlight = runner.invoke(app, ["kb", "list"]).output
+    missing = runner.invoke(app, ["kb", "remove", "moonlight.md", "nothing.md", "--yes"])
+    assert missing.exit_code == 1 and "知识库 default 里没有文档 nothing.md" in missing.output
+    assert "moonlight.md" in sources(data_dir)
+
+    refused = runner.invoke(app, ["kb", "remove", "moonlight.md"], input="n\n")
+    assert refused.exit_code == 1 and "将从知识库 default 删除：" in refused.output
+    assert "moonlight.md（3 段，" in refused.output and "moonlight.md" in sources(data_dir)
+    from tools.kb import document_id
+
+    removed = runner.invoke(app, ["kb", "remove", document_id("moonlight.md")], input="y\n")
+    assert removed.exit_code == 0 and "已删除 moonlight.md（3 段）" in removed.output
+    assert list(sources(data_dir)) == ["stardust.md"] and document_id("moonlight.md") in moonlight
+    log = AuditLog(data_dir / "audit.sqlite")
+    try:
+        (action,) = log.actions()
+    finally:
+        log.close()
+    assert (action["via"], action["action"], action["kb"], action["target"]) == (
+        "cli",
+        "document.remove",
+        "default",
+        "moonlight.md",
+    )
+    assert action["detail"]["passages"] == 3 and action["actor"]
+
+
+def test_tenant_add_warns_about_a_knowledge_base_without_documents(data_dir: Path):
+    runner.invoke(app, ["kb", "add", str(FIXTURES / "kb"), "--kb", "docs"])
+    added = runner.invoke(app, ["tenant", "add", "acme", "--kb", "docs", "--kb", "fqa"])
+    assert added.exit_code == 0
+    assert "注意：知识库 fqa 里还没有任何文档（名字写错了？）" in added.output
+    assert "现有的知识库：docs" in added.output
+    assert "知识库 docs 里" not in added.output
+    # QQRAG_KB_NAME is filled by the service itself (the user guide) or served by MaxKB.
+    assert "注意" not in runner.invoke(app, ["tenant", "add", "newco"]).output
+
+
+def test_tenant_remove_revokes_its_keys_after_asking_and_audits(data_dir: Path):
+    from agent.audit import AuditLog
+    from agent.policy.tenants import TenantStore
+
+    key = runner.invoke(app, ["key", "issue", "acme"]).output.strip().splitlines()[-1]
+    refused = runner.invoke(app, ["tenant", "remove", "acme"], input="n\n")
+    assert refused.exit_code == 1 and "并吊销它的 1 个有效密钥" in refused.output
+    removed = runner.invoke(app, ["tenant", "remove", "acme", "--yes"])
+    assert removed.exit_code == 0 and "已删除租户 acme，吊销密钥 1 个" in removed.output
+    assert runner.invoke(app, ["tenant", "remove", "acme", "--yes"]).exit_code == 1
+    store = TenantStore(data_dir / "tenants.sqlite")
+    try:
+        assert store.tenant("acme") is None and store.authenticate(key) is None
+    finally:
+        store.close()
+    log = AuditLog(data_dir / "audit.sqlite")
+    try:
+        (action,) = log.actions()
+    finally:
+        log.close()
+    assert (action["action"], action["target"], action["kb"]) == ("tenant.remove", "acme", None)
+    assert len(action["detail"]["revoked_keys"]) == 1
+
+
+def test_key_rotate_shows_the_new_key_once_and_revokes_the_old(data_dir: Path):
+    from agent.audit import AuditLog
+    from agent.policy.tenants import TenantStore, hash_key
+
+    old = runner.invoke(app, ["key", "issue", "acme", "--label", "机器人"]).output.split()[-1]
+    rotated = runner.invoke(app, ["key", "rotate", hash_key(old)[:8]])
+    assert rotated.exit_code == 0, rotated.output
+    new = rotated.output.strip().splitlines()[-1]
+    assert new.startswith("qqrag-") and new != old
+    assert f"已吊销旧密钥 {hash_key(old)[:12]}" in rotated.output
+    store = TenantStore(data_dir / "tenants.sqlite")
+    try:
+        assert store.authenticate(old) is None
+        principal = store.authenticate(new)
+        assert principal is not None and principal.tenant == "acme"
+        assert new not in runner.invoke(app, ["key", "list"]).output
+    finally:
+        store.close()
+    assert runner.invoke(app, ["key", "rotate", old]).exit_code == 1
+    runner.invoke(app, ["key", "revoke", new])
+    log = AuditLog(data_dir / "audit.sqlite")
+    try:
+        revoke, rotate = log.actions()
+    finally:
+        log.close()
+    assert (rotate["action"], rotate["target"]) == ("key.rotate", hash_key(old)[:12])
+    assert rotate["detail"] == {"tenant": "acme", "new_key_id": hash_key(new)[:12]}
+    assert (revoke["action"], revoke["target"]) == ("key.revoke", hash_key(new)[:12])
+
+
 def test_config_shows_effective_settings(data_dir: Path):
     result = runner.invoke(app, ["config", "--json"])
     assert result.exit_code == 0

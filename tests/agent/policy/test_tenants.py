@@ -198,3 +198,36 @@ def test_only_the_exact_key_shape_authenticates(store: TenantStore):
     assert store.authenticate(f"Basic {key}") is None
     with pytest.raises(ValueError, match="tenant name"):
         store.create_tenant("acme\n")
+
+
+def test_rotating_a_key_revokes_it_and_issues_one_like_it(store: TenantStore):
+    store.create_tenant("acme")
+    old = store.issue_key("acme", "admin", label="运维")
+    old_id = store.authenticate(old).key_id  # type: ignore[union-attr]
+    rotation = store.rotate_key(old_id[:8])
+    assert rotation is not None
+    assert (rotation.old.key_id, rotation.old.active) == (old_id, False)
+    assert store.authenticate(old) is None
+    assert store.authenticate(rotation.secret) == Principal("acme", "admin", rotation.new.key_id)
+    listed = {key.key_id: key for key in store.list_keys("acme")}
+    assert listed[rotation.new.key_id].label == "运维" and listed[rotation.new.key_id].active
+    assert store.rotate_key(old) is None  # a revoked key cannot be rotated again
+    with pytest.raises(ValueError):
+        store.rotate_key("abc")
+
+
+def test_removing_a_tenant_revokes_its_keys_and_keeps_the_service_locked(store: TenantStore):
+    store.create_tenant("acme")
+    store.create_tenant("other")
+    key, revoked_earlier = store.issue_key("acme"), store.issue_key("acme")
+    store.revoke_key(revoked_earlier)
+    kept = store.issue_key("other")
+    revoked = store.remove_tenant("acme")
+    assert [info.key_id for info in revoked] == [hash_key(key)[:12]]
+    assert store.tenant("acme") is None and store.authenticate(key) is None
+    assert store.authenticate(kept) is not None
+    store.remove_tenant("other")
+    # No tenant and no active key left, yet the service does not fall open.
+    assert store.list_tenants() == [] and not store.is_open()
+    with pytest.raises(KeyError):
+        store.remove_tenant("acme")
