@@ -111,14 +111,17 @@ class Services:
         """
         if not names or list(names) == [self.settings.kb_name] or self.embedded == {}:
             return self.knowledge
-        bases: list[KnowledgeBackend] = []
-        for name in names:
-            if name not in self.embedded:
-                from tools.kb import EmbeddedKB
-
-                self.embedded[name] = EmbeddedKB(self.settings.kb_path, name, self.embedder)
-            bases.append(self.embedded[name])
+        bases: list[KnowledgeBackend] = [self.embedded_kb(name) for name in names]
         return bases[0] if len(bases) == 1 else MergedKnowledge(bases)
+
+    def embedded_kb(self, name: str) -> EmbeddedKB:
+        """The embedded knowledge base of that name, opened on first use; searches and the
+        admin's uploads share it, so its write lock orders them."""
+        if name not in self.embedded:
+            from tools.kb import EmbeddedKB
+
+            self.embedded[name] = EmbeddedKB(self.settings.kb_path, name, self.embedder)
+        return self.embedded[name]
 
     def search_tool(self, ctx: Context) -> StructuredTool:
         """The follow-up knowledge search the answer model may call, tuned by the run context."""

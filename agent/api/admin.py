@@ -1,4 +1,5 @@
-"""`/v1/audit` (the caller's turns) and `/v1/admin/gaps` (what the knowledge base is missing)."""
+"""`/v1/audit` (the caller's turns), `/v1/admin/gaps` (what the knowledge base is missing) and
+`/v1/admin/actions` (what administrators removed or changed)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ async def get_gaps(
     """Questions answered with "not found": what the knowledge base is missing."""
     gaps = await _read(rt.services.audit, lambda log: log.gaps(tenant, days=days))
     return {"days": days, "gaps": gaps}
+
+
+@router.get("/admin/actions")
+async def get_actions(
+    rt: RuntimeDep,
+    principal: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """Documents uploaded or removed, tenants removed, keys revoked or rotated: who, what, when."""
+    return {"actions": await _read(rt.services.audit, lambda log: log.actions(limit=limit))}
