@@ -134,18 +134,12 @@ def test_compared_profiles_get_one_drill_down_each(tmp_path: Path):
 
 def test_without_a_baseline_the_page_shows_plain_figures(tmp_path: Path):
     # No baseline is shipped for the strict profile.
-    run = strict_run(tmp_path, baseline=None, sample=3)
-    alone = report_json(run)
+    # Failing cases would fail a run without a baseline (tests/evals/test_runner.py): allowed
+    # here, the page shows the figures alone.
+    alone = report_json(strict_run(tmp_path, baseline=None, sample=3, allow_failing=True))
     assert alone["comparison"] is None
-    # The strict profile fails a case: with nothing to compare with, that fails the run.
-    assert verdict(alone) == ("没有可比较的基线；1 个用例未通过：port-follow-up", "bad")
-    assert run.exit_code == 1 and alone["failing"][0]["id"] == "port-follow-up"
-    tolerant = strict_run(tmp_path, baseline=None, sample=3, allow_failing=True)
-    assert tolerant.exit_code == 0
-    assert verdict(report_json(tolerant)) == (
-        "没有可比较的基线：只给出本次数字；1 个用例未通过：port-follow-up",
-        "info",
-    )
+    text, kind = verdict(alone)
+    assert text.startswith("没有可比较的基线：只给出本次数字") and kind == "info"
     assert any("--update-baseline" in note for note in alone["notes"])
     page = Page(render_html(alone))
     assert "样本数" in page.all_text and "3（抽样 3 / 14）" in page.all_text
