@@ -128,6 +128,11 @@ class Context:
         },
     )
 
+    def __post_init__(self) -> None:
+        # A context from JSON (LangGraph Studio's assistant settings, the LangGraph server's
+        # API) brings a list; the services key their caches by these fields.
+        self.knowledge_bases = tuple(self.knowledge_bases)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
         """The defaults taken from `settings` rather than the process's."""

@@ -70,3 +70,8 @@ def test_plain_context_takes_the_process_settings(process_settings: None):
     assert Context() == Context.from_settings(get_settings())
     assert Context().chat_model == "env-chat"
     assert Context().knowledge_bases == ("env-kb",)
+
+
+def test_knowledge_bases_from_json_become_a_tuple():
+    # LangGraph Studio sends the context as JSON, where a tuple arrives as a list.
+    assert Context(knowledge_bases=["a", "b"]).knowledge_bases == ("a", "b")  # type: ignore[arg-type]
