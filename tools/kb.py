@@ -265,16 +265,25 @@ class EmbeddedKB:
     concurrently from any number of threads (one connection per thread); writes are serialised.
     With an `embedder` the knowledge base is hybrid: ingestion stores a vector per passage and
     searches fuse BM25 with cosine similarity; without one it is purely lexical.
+
+    `inline`: a lexical `search` queries SQLite on the calling event loop. False sends it to a
+    worker thread, for a loop that is not ours to block (the graph hosted by `langgraph dev`).
     """
 
     def __init__(
-        self, db_path: Path | str, name: str = "default", embedder: Embedder | None = None
+        self,
+        db_path: Path | str,
+        name: str = "default",
+        embedder: Embedder | None = None,
+        *,
+        inline: bool = True,
     ) -> None:
         if not name.strip():
             raise ValueError("knowledge base name must not be empty")
         self.name = name
         self.db_path = Path(db_path)
         self.embedder = embedder
+        self.inline = inline
         self._dense: _DenseIndex | None = None
         self._dense_retry_at = 0.0
         self._dense_lock = threading.Lock()
@@ -303,7 +312,7 @@ class EmbeddedKB:
         # A keyword search is a local SQLite query, cheaper than a hand-off to a worker thread;
         # a hybrid one waits on Ollama for the query's embedding, so it leaves the event loop.
         try:
-            if self.embedder is None:
+            if self.embedder is None and self.inline:
                 return self.search_sync(query, k)
             return await asyncio.to_thread(self.search_sync, query, k)
         except sqlite3.Error as exc:

@@ -34,7 +34,7 @@ def _counted(state: State, reply: BaseMessage) -> dict[str, int]:
 
 async def _chitchat(state: State, runtime: Runtime[Context], services: Services) -> dict[str, Any]:
     ctx = runtime.context
-    model = services.chat_models(ctx.chat_model, reasoning=False, temperature=ctx.temperature)
+    model = await services.chat_model(ctx.chat_model, reasoning=False, temperature=ctx.temperature)
     messages = [
         SystemMessage(content=prompts.render("chitchat", ctx.prompt_variant)),
         *recent_history(state.messages, ctx.history_turns),
@@ -56,7 +56,7 @@ async def _chitchat(state: State, runtime: Runtime[Context], services: Services)
 
 async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
-    services = get_services()
+    services = await get_services()
     if state.intent == "chitchat":
         return await _chitchat(state, runtime, services)
 
@@ -66,7 +66,7 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         draft = prompts.render(reply, ctx.prompt_variant, question=state.question)
         return {"draft": draft, "draft_source": "not_found", "attempts": attempts}
 
-    runnable = services.answer_model(ctx, with_tools=state.tool_rounds < ctx.max_tool_rounds)
+    runnable = await services.answer_model(ctx, with_tools=state.tool_rounds < ctx.max_tool_rounds)
     question = prompts.render(
         "answer_user",
         ctx.prompt_variant,

@@ -83,6 +83,9 @@ def history_query(question: str, earlier: list[str]) -> str:
 
 async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
+    # First, even when no model is asked: setting up loads the jieba dictionary, which the rules
+    # below segment with, so that it never loads on the event loop.
+    services = await get_services()
     question = current_question(state.messages)
     # Pairs, not messages: messages are built only for a model call, and building them is
     # a measurable share of a turn that makes none.
@@ -99,7 +102,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ctx.classify_always and intent in (None, "knowledge")
     )
     if ask_model:
-        structured = get_services().classifier(ctx, Classification)
+        structured = await services.classifier(ctx, Classification)
         messages = [
             SystemMessage(content=prompts.render("classify", ctx.prompt_variant)),
             *history_messages(history),
@@ -107,7 +110,7 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ]
         out: dict[str, Any] | None = None
         try:
-            out = cast(dict[str, Any], await get_services().call_model(structured, messages, ctx))
+            out = cast(dict[str, Any], await services.call_model(structured, messages, ctx))
             # The turn's first model call: its counts start the turn's.
             prompt, completion = usage_counts(out["raw"])
             update |= {

@@ -18,14 +18,19 @@ from agent.state import State
 async def command(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     latest = state.messages[-1]
     message_id = latest.additional_kwargs.get("message_id")
-    reply = commands.run(
-        state.question,
-        messages=state.messages,
-        sources=state.sources,
-        thread=str(get_config()["configurable"].get("thread_id", "")),
-        message_id=str(message_id) if message_id else None,
-        variant=runtime.context.prompt_variant,
-        audit=get_services().audit,
+    services = await get_services()
+    thread = str(get_config()["configurable"].get("thread_id", ""))
+    # /反馈 writes a row to the audit log.
+    reply = await services.run_io(
+        lambda: commands.run(
+            state.question,
+            messages=state.messages,
+            sources=state.sources,
+            thread=thread,
+            message_id=str(message_id) if message_id else None,
+            variant=runtime.context.prompt_variant,
+            audit=services.audit,
+        )
     )
     if reply.reset:
         return {

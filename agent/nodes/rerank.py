@@ -14,6 +14,7 @@ from tools.rerank import select_evidence
 
 async def rerank(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
-    ranked = await get_services().reranker(ctx.reranker).rerank(state.query, state.candidates)
+    reranker = (await get_services()).reranker(ctx.reranker)
+    ranked = await reranker.rerank(state.query, state.candidates)
     evidence = select_evidence(ranked, ctx.rerank_top_n, ctx.relevance_threshold)
     return {"ranked": ranked, "evidence": evidence}

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
-    knowledge = get_services().knowledge_for(ctx.knowledge_bases)
+    knowledge = await (await get_services()).knowledge_for(ctx.knowledge_bases)
     try:
         candidates = await knowledge.search(state.query, ctx.top_k)
     except KnowledgeUnavailable as exc:

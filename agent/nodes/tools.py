@@ -21,7 +21,7 @@ SEARCH_FAILED = "知识库暂时无法检索，请只根据已有资料回答。
 
 async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
-    tool = get_services().search_tool(ctx)
+    tool = await (await get_services()).search_tool(ctx)
     request = state.scratch[-1]
     assert isinstance(request, AIMessage), "tools runs only after a tool-calling answer"
     evidence = list(state.evidence)

@@ -3,6 +3,9 @@
 `NAME.md` is the default text; `NAME.VARIANT.md` overrides it for a prompt variant. A folder
 named by `QQRAG_PROMPTS_DIR` is searched before the bundled one, so a deployment can replace
 single prompts. Files are re-read when they change: no restart needed after an edit.
+
+Set-up reads them all (`preload`), so a turn's renders only check each file's modification
+time, a stat served from the kernel's cache: nothing is read on the event loop until an edit.
 """
 
 from __future__ import annotations
@@ -29,10 +32,21 @@ def _read(path: Path) -> str | None:
     return cached[1]
 
 
+def _folders() -> list[Path]:
+    override = get_settings().prompts_dir
+    return [override, BUILTIN_DIR] if override else [BUILTIN_DIR]
+
+
+def preload() -> None:
+    """Read every prompt file into the cache (set-up, off the event loop)."""
+    for folder in _folders():
+        for path in folder.glob("*.md"):
+            _read(path)
+
+
 def load(name: str, variant: str = "default") -> str:
     """The text of prompt `name` for `variant`, falling back to the default file."""
-    override = get_settings().prompts_dir
-    folders = [override, BUILTIN_DIR] if override else [BUILTIN_DIR]
+    folders = _folders()
     files = [f"{name}.{variant}.md", f"{name}.md"] if variant != "default" else [f"{name}.md"]
     for filename in files:
         for folder in folders:

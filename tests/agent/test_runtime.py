@@ -19,7 +19,7 @@ async def test_the_runtime_answers_through_its_gateway_and_closes(tmp_path: Path
         ollama_timeout=1.0,
     )
     async with open_runtime(settings, build) as runtime:
-        assert get_services() is runtime.services
+        assert await get_services() is runtime.services
         assert runtime.services.embedded[settings.kb_name].count() > 0
         speaker = Speaker(platform="qq", scene="private", user_id="u1")
         turn = await runtime.gateway.admit(OPEN_PRINCIPAL, speaker, "月光扫地机器人售价多少？")

@@ -71,14 +71,14 @@ async def test_several_knowledge_bases_are_searched_together(tmp_path: Path):
     services = services_from_settings(settings)
     try:
         services.embedded["default"].add_path(FIXTURES / "kb" / "stardust.md")
-        extra = services.knowledge_for(["robots"])
+        extra = await services.knowledge_for(["robots"])
         extra.add_path(FIXTURES / "kb" / "moonlight.md")  # type: ignore[attr-defined]
-        assert services.knowledge_for(["default"]) is services.knowledge
-        both = services.knowledge_for(["default", "robots"])
+        assert await services.knowledge_for(["default"]) is services.knowledge
+        both = await services.knowledge_for(["default", "robots"])
         assert isinstance(both, MergedKnowledge)
         found = await both.search("售价", 4)
         assert {p["kb"] for p in found} == {"default", "robots"}
-        only_robots = await services.knowledge_for(["robots"]).search("售价", 4)
+        only_robots = await (await services.knowledge_for(["robots"])).search("售价", 4)
         assert {p["kb"] for p in only_robots} == {"robots"}
     finally:
         services.close()
