@@ -93,7 +93,13 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     except DEPENDENCY_ERRORS as exc:
         record_call(runtime, ctx.chat_model, messages, error=exc)
         log.warning("answer fell back to extractive quotes: %s", exc)
-        draft = extractive_answer(state.query, state.evidence, ctx.prompt_variant)
+        draft = extractive_answer(
+            state.query,
+            state.evidence,
+            ctx.prompt_variant,
+            question=state.question,
+            threshold=ctx.relevance_threshold,
+        )
         return {
             "draft": draft,
             "draft_source": "extractive",
