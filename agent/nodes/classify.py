@@ -18,7 +18,7 @@ from agent.policy.safety import fold
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from agent.trace import record_call
-from tools.text import content_tokens
+from tools.text import content_tokens, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,15 @@ _INJECTION = re.compile(
 )
 
 
-_REFERRING = re.compile(r"[它他她其此该这那]|上述|上面|前面|刚才|同样|还有|另外")
+_REFERRING_WORDS = frozenset("他 其 此 该 这 那 上述 上面 前面 刚才 刚刚 同样 还有 另外".split())
+_REFERRING_HEADS = ("这", "那", "该", "此", "他", "其")
+"""A word starting with one of these points back too: 这个、那里、该校、此案、他们、其余."""
+_PRONOUNS = re.compile("[它她]")
+"""Characters that are pronouns wherever they stand, even where jieba glues them to the next
+or the previous character (它花、首它)."""
 STANDALONE_MIN_TERMS = 4
-"""A question with this many topic terms and no referring word is taken to stand alone."""
+"""A question with this many topic terms (`topic_terms`) and no referring word is taken to
+stand alone."""
 _CLASSIFY_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, ValueError)
 
 
@@ -51,9 +57,57 @@ class Classification(BaseModel):
     standalone_question: str = Field(description="最后一条消息改写成的独立完整问题")
 
 
+def refers_by_word(text: str) -> bool:
+    """Whether the question has a referring word (它、这个、该校、上面、还有…): whole words,
+    so that 应该、因此、尤其 do not count."""
+    if _PRONOUNS.search(text):
+        return True
+    return any(
+        word in _REFERRING_WORDS or (len(word) > 1 and word.startswith(_REFERRING_HEADS))
+        for word in tokenize(text, search=False)
+    )
+
+
+_QUESTION_NOUNS = frozenset("地方 时候 原因 意思".split())
+"""Nouns that only spell out the question word (什么地方 = 哪里, 什么时候 = 何时): two questions
+that both ask "where" share no topic."""
+
+
+def topic_terms(text: str) -> set[str]:
+    """The words that name what a question is about: whole words (search mode's sub-words
+    would make "端口号" three), no stopwords, no single characters (改、用、好 name nothing)."""
+    return {
+        t
+        for t in content_tokens(text, search=False)
+        if (len(t) > 1 or t.isascii()) and t not in _QUESTION_NOUNS
+    }
+
+
 def needs_context(text: str) -> bool:
     """Whether a question may lean on the conversation: it refers back, or says too little."""
-    return bool(_REFERRING.search(text)) or len(content_tokens(text)) < STANDALONE_MIN_TERMS
+    return refers_by_word(text) or len(topic_terms(text)) < STANDALONE_MIN_TERMS
+
+
+def refers_back(question: str, previous: tuple[str, str]) -> bool:
+    """Whether `question` continues the previous (question, answer) exchange rather than asking
+    about something new, decided without a model.
+
+    It does when it has a referring word; when it names no topic of its own ("怎么改？",
+    "多少钱？"); when it is an elliptical "…呢？"; or when, too short to stand alone, it shares a
+    topic word with the previous question or answer ("备份好以后怎么恢复？" after a question
+    about backups). A short question about a subject the conversation never mentioned
+    ("火星的首都是哪里？") is a new topic.
+    """
+    if refers_by_word(question):
+        return True
+    topics = topic_terms(question)
+    if len(topics) >= STANDALONE_MIN_TERMS:
+        return False
+    if not topics or question.rstrip(" ？?。.!！~～").endswith("呢"):
+        return True
+    # Sub-words on both sides: "端口号" continues a conversation about "端口".
+    said = set(content_tokens(" ".join(previous)))
+    return any(said.intersection(content_tokens(topic)) for topic in topics)
 
 
 def rule_intent(text: str, has_history: bool) -> Intent | None:
@@ -71,14 +125,19 @@ def rule_intent(text: str, has_history: bool) -> Intent | None:
     return None if has_history and needs_context(text) else "knowledge"
 
 
-def history_query(question: str, earlier: list[str]) -> str:
+def history_query(question: str, history: list[tuple[str, str]]) -> str:
     """The search query without a rewrite: the earlier questions this one leans on, then it.
 
-    Earlier questions go back to the last one that stood alone, so that a chain of follow-ups
-    (它… → 那…呢？) still searches for the subject its first question named.
+    Earlier questions go back as long as each continues the one before (`refers_back`), so
+    that a chain of follow-ups (它… → 那…呢？) still searches for the subject its first question
+    named, and a question on a new topic searches for itself alone.
     """
-    start = next((i for i in reversed(range(len(earlier))) if not needs_context(earlier[i])), 0)
-    return " ".join([*earlier[start:], question])
+    chain = [question]
+    for earlier in reversed(range(len(history))):
+        if not refers_back(chain[0], history[earlier]):
+            break
+        chain.insert(0, history[earlier][0])
+    return " ".join(chain)
 
 
 async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -90,7 +149,6 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     # Pairs, not messages: messages are built only for a model call, and building them is
     # a measurable share of a turn that makes none.
     history = recent_exchanges(state.messages, ctx.history_turns)
-    earlier = [q for q, _ in history]
     update: dict[str, Any] = {**TURN_RESET, "query": question, "question": question}
     # The stored conversation is bounded: older messages only cost checkpoint space and time.
     excess = len(state.messages) - 2 * ctx.keep_turns - 1
@@ -131,14 +189,14 @@ async def classify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             record_call(runtime, ctx.classify_model, messages, out["raw"] if out else None, exc)
             log.warning("classify fell back to rules: %s", exc)
             intent = "knowledge"
-            update["query"] = history_query(question, earlier)
+            update["query"] = history_query(question, history)
             update["degraded"] = True
     elif intent is None:
         # rewrite="history": the rules have already caught commands, greetings and injections,
         # so what is left is a question. Search carries the subject along; the answer model sees
         # the conversation and resolves the reference itself, saving the classify call.
         intent = "knowledge"
-        update["query"] = history_query(question, earlier)
+        update["query"] = history_query(question, history)
 
     update["intent"] = intent
     if intent != "blocked":
