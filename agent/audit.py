@@ -145,17 +145,22 @@ class AuditLog:
         return rows
 
     def gaps(self, tenant: str | None = None, *, days: int = 7) -> list[dict[str, Any]]:
-        """Questions the knowledge base could not answer, most asked first."""
+        """Questions the knowledge base could not answer, most asked first.
+
+        One row per user question and what was searched for it: the question is the user's
+        own words, and the search string (the same, a rewrite, or a follow-up with the earlier
+        questions it leaned on) tells apart the "那它怎么改？" of different conversations.
+        """
         since = (datetime.now(UTC) - timedelta(days=days)).isoformat()
         sql = (
-            "SELECT query, COUNT(*) AS times, MAX(created_at) AS last_asked, "
-            "MIN(question) AS example FROM turns WHERE outcome = 'not_found' AND created_at >= ?"
+            "SELECT question, query, COUNT(*) AS times, MAX(created_at) AS last_asked "
+            "FROM turns WHERE outcome = 'not_found' AND created_at >= ?"
         )
         args: list[Any] = [since]
         if tenant is not None:
             sql += " AND tenant = ?"
             args.append(tenant)
-        sql += " GROUP BY query ORDER BY times DESC, last_asked DESC LIMIT 100"
+        sql += " GROUP BY question, query ORDER BY times DESC, last_asked DESC LIMIT 100"
         with self._lock:
             cursor = self._db.execute(sql, args)
             names = [d[0] for d in cursor.description]

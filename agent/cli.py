@@ -847,9 +847,10 @@ def gaps(
         rows = log.gaps(tenant, days=days)
     finally:
         log.close()
-    table = Table("次数", "检索的问题", "原话示例", "最近一次")
+    table = Table("次数", "问题", "检索的问题（与问题不同时）", "最近一次")
     for row in rows:
-        table.add_row(str(row["times"]), row["query"], row["example"], row["last_asked"])
+        searched = "" if row["query"] == row["question"] else row["query"]
+        table.add_row(str(row["times"]), row["question"], searched, row["last_asked"])
     console.print(table)
     console.print(f"最近 {days} 天共 {len(rows)} 个知识缺口")
 

@@ -72,3 +72,24 @@ def test_admin_actions_say_who_did_what_and_come_back_newest_first(tmp_path: Pat
     )
     assert oldest["created_at"] and len(log.actions(limit=1)) == 1
     log.close()
+
+
+def test_gaps_group_the_users_question_with_what_was_searched_for_it(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.sqlite")
+    rows = [
+        ("火星的首都是哪里？", "火星的首都是哪里？"),
+        ("火星的首都是哪里？", "火星的首都是哪里？"),
+        ("那它防水吗？", "星尘打印机保修多久？ 那它防水吗？"),
+        ("那它防水吗？", "月光扫地机器人续航多久？ 那它防水吗？"),
+    ]
+    for question, query in rows:
+        log.record_turn({"outcome": "not_found", "question": question, "query": query})
+    log.record_turn({"outcome": "answered", "question": "端口？", "query": "端口？"})
+    gaps = [(g["question"], g["query"], g["times"]) for g in log.gaps()]
+    assert gaps[0] == ("火星的首都是哪里？", "火星的首都是哪里？", 2)
+    # The same words asked about different things are different gaps.
+    assert sorted(gaps[1:]) == [
+        ("那它防水吗？", "星尘打印机保修多久？ 那它防水吗？", 1),
+        ("那它防水吗？", "月光扫地机器人续航多久？ 那它防水吗？", 1),
+    ]
+    log.close()

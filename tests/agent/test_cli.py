@@ -427,11 +427,22 @@ def test_tenants_keys_and_gaps(data_dir: Path):
         log.record_turn(
             {"tenant": "acme", "outcome": "not_found", "query": question, "question": question}
         )
+    log.record_turn(
+        {
+            "tenant": "acme",
+            "outcome": "not_found",
+            "query": "端口？ 怎么改？",
+            "question": "怎么改？",
+        }
+    )
     log.close()
     shown = runner.invoke(app, ["gaps"])
     assert shown.exit_code == 0
     assert shown.output.index("量子计算机怎么买？") < shown.output.index("火星车多少钱？")
-    assert "共 2 个知识缺口" in shown.output
+    # The user's own words, and what was searched for them where that differs.
+    assert "问题" in shown.output and "怎么改？" in shown.output
+    assert "端口？ 怎么改？" in shown.output and shown.output.count("火星车多少钱？") == 1
+    assert "共 3 个知识缺口" in shown.output
 
 
 def test_eval_runs_a_suite_against_its_baseline(data_dir: Path, tmp_path: Path):

@@ -204,6 +204,22 @@ class HangingKnowledge:
         return Health.up()
 
 
+async def test_gaps_show_the_users_own_question_after_a_topic_switch(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    gateway = local_gateway(settings, services, graph, QuotaLimits())
+    services.audit = AuditLog(settings.data_dir / "audit.sqlite")
+    models.say("星尘打印机整机保修两年[1]。", "星尘打印机标准版售价 1999 元[1]。")
+    try:
+        for text in ("星尘打印机保修多久？", "那它售价多少？", "火星的首都是哪里？"):
+            await gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker(), text))
+        assert [(g["question"], g["query"], g["times"]) for g in services.audit.gaps()] == [
+            ("火星的首都是哪里？", "火星的首都是哪里？", 1)
+        ]
+    finally:
+        gateway.close()
+
+
 async def test_whatever_hangs_the_turn_ends_at_its_deadline_and_keeps_nothing(
     settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
 ):
