@@ -208,6 +208,8 @@ class Expect:
     max_model_calls: int | None = None
     query_contains: tuple[str, ...] = ()
     """The classify node's rewritten question must contain these: the follow-up resolved."""
+    query_not_contains: tuple[str, ...] = ()
+    """The search string must contain none of these: a new topic is not glued to the old one."""
 
 
 @dataclass(frozen=True)
@@ -293,15 +295,27 @@ def observe(
                 f"意图为 {expect.intent}",
             )
         )
+    if expect.query_contains or expect.query_not_contains:
+        query = normalize(result.query)
+        missing = [t for t in expect.query_contains if normalize(t) not in query]
+        glued = [t for t in expect.query_not_contains if normalize(t) in query]
+        obs["rewrite_ok"] = not missing and not glued
     if expect.query_contains:
-        missing = [t for t in expect.query_contains if normalize(t) not in normalize(result.query)]
-        obs["rewrite_ok"] = not missing
         checks.append(
             Check(
                 "query_contains",
                 not missing,
                 f"检索的问题缺少 {'、'.join(missing)}（实际：{result.query}）",
                 f"检索的问题包含 {'、'.join(expect.query_contains)}",
+            )
+        )
+    if expect.query_not_contains:
+        checks.append(
+            Check(
+                "query_not_contains",
+                not glued,
+                f"检索的问题不该包含 {'、'.join(glued)}（实际：{result.query}）",
+                f"检索的问题不含 {'、'.join(expect.query_not_contains)}",
             )
         )
     if expect.answers:

@@ -45,7 +45,7 @@ import yaml
 from agent.settings import Settings
 from evals.metrics import METRICS, Expect, Tolerance
 from evals.retrieval import DATA_DIR as CMRC_DIR
-from evals.retrieval import follow_up, load_questions
+from evals.retrieval import Question, follow_up, load_questions
 from tools.ingest import SUPPORTED_SUFFIXES, chunk_document, read_document
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -76,6 +76,7 @@ _TURN_KEYS = (
     "cite",
     "max_model_calls",
     "query_contains",
+    "query_not_contains",
 )
 _INTENTS = ("knowledge", "chitchat", "command", "blocked")
 
@@ -287,6 +288,7 @@ def _turn(raw: object, source: str, where: str) -> TurnSpec:
             cite=flags["cite"],
             max_model_calls=limit,
             query_contains=strings("query_contains"),
+            query_not_contains=strings("query_not_contains"),
         ),
     )
 
@@ -408,6 +410,68 @@ def cmrc2018_followup_cases(data_dir: Path = CMRC_DIR) -> list[dict[str, Any]]:
     return cases
 
 
+def cmrc2018_switch_cases(data_dir: Path = CMRC_DIR) -> list[dict[str, Any]]:
+    """Five turns over three unrelated paragraphs A, B and C: A's follow-up pair (turn 1 names
+    A, turn 2 refers to it); B's question as asked, naming B; then C's follow-up pair. The
+    switches (turns 3 and 4) must search without the earlier titles, and C's follow-up must
+    lean on C alone.
+
+    B and C are the paragraphs a third and two thirds of the list away from A; a trio where
+    one title occurs in another's turns is left out (the check "A left behind" would be none).
+    """
+    topics = [
+        (question, answers, case)
+        for question, answers in zip(
+            load_questions(data_dir), _answers(data_dir / "questions_public.jsonl"), strict=True
+        )
+        if (case := follow_up(question)) is not None
+    ]
+    cases = []
+    for index, (a, a_answers, a_case) in enumerate(topics):
+        b, b_answers, _ = topics[(index + len(topics) // 3) % len(topics)]
+        c, c_answers, c_case = topics[(index + 2 * len(topics) // 3) % len(topics)]
+        titles = (a.title, b.title, c.title)
+        texts = (a_case.turn1 + a_case.turn2, b.text, c_case.turn1 + c_case.turn2)
+        if any(t in text for i, t in enumerate(titles) for j, text in enumerate(texts) if i != j):
+            continue
+        cases.append(
+            {
+                "id": f"{a.id}__{b.id}__{c.id}",
+                "turns": [
+                    {"text": a_case.turn1, "intent": "knowledge", "gold": sorted(a.gold)},
+                    _asked(a_case.turn2, a, a_answers, after=()),
+                    _asked(b.text, b, b_answers, after=(a.title,)),
+                    {
+                        "text": c_case.turn1,
+                        "intent": "knowledge",
+                        "gold": sorted(c.gold),
+                        "query_contains": [c.title],
+                        "query_not_contains": [a.title, b.title],
+                    },
+                    _asked(c_case.turn2, c, c_answers, after=(a.title, b.title)),
+                ],
+            }
+        )
+    return cases
+
+
+def _asked(
+    text: str, question: Question, answers: list[str], *, after: tuple[str, ...]
+) -> dict[str, Any]:
+    """A turn asking `question` (as `text`): the search must name its paragraph's title and
+    none of the titles of the topics talked about before (`after`)."""
+    turn: dict[str, Any] = {
+        "text": text,
+        "intent": "knowledge",
+        "gold": sorted(question.gold),
+        "answers": answers,
+        "query_contains": [question.title],
+    }
+    if after:
+        turn["query_not_contains"] = list(after)
+    return turn | {"refuse": False, "cite": True}
+
+
 def _answers(path: Path) -> list[list[str]]:
     with path.open(encoding="utf-8") as lines:
         return [list(dict.fromkeys(json.loads(line)["answers"])) for line in lines]
@@ -418,6 +482,7 @@ def derived_suites(data_dir: Path = CMRC_DIR) -> dict[str, list[dict[str, Any]]]
     return {
         "cmrc2018/cases.jsonl": cmrc2018_cases(data_dir),
         "cmrc2018-followup/cases.jsonl": cmrc2018_followup_cases(data_dir),
+        "cmrc2018-switch/cases.jsonl": cmrc2018_switch_cases(data_dir),
     }
 
 

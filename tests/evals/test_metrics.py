@@ -247,12 +247,14 @@ def test_failed_checks_say_what_was_expected():
         cite=True,
         max_model_calls=2,
         query_contains=("qqrag",),
+        query_not_contains=("默认",),
     )
     _, checks = run(expect, turn, error="RuntimeError: boom")
     assert failed(checks) == {
         "error": "运行出错：RuntimeError: boom",
         "intent": "意图应为 chitchat，实际 knowledge",
         "query_contains": "检索的问题缺少 qqrag（实际：默认端口）",
+        "query_not_contains": "检索的问题不该包含 默认（实际：默认端口）",
         "answers": "回答没有包含参考答案：8000",
         "contains": "回答缺少 8000、端口",
         "not_contains": "回答不应包含 没有找到",
@@ -265,6 +267,7 @@ def test_failed_checks_say_what_was_expected():
         "error": "运行不出错",
         "intent": "意图为 chitchat",
         "query_contains": "检索的问题包含 qqrag",
+        "query_not_contains": "检索的问题不含 默认",
         "answers": "回答包含参考答案之一：8000",
         "contains": "回答包含 8000、端口",
         "not_contains": "回答不包含 没有找到",
@@ -272,6 +275,19 @@ def test_failed_checks_say_what_was_expected():
         "cite": "回答应带引用",
         "max_model_calls": "模型调用不超过 2 次",
     }
+
+
+def test_a_new_topic_glued_to_the_old_one_is_a_failed_rewrite():
+    expect = Expect(query_contains=("火星",), query_not_contains=("端口",))
+    glued, checks = run(expect, result("没有找到", query="默认端口？ 火星的首都是哪里？"))
+    assert glued["rewrite_ok"] is False
+    assert failed(checks) == {
+        "query_not_contains": "检索的问题不该包含 端口（实际：默认端口？ 火星的首都是哪里？）"
+    }
+    alone, checks = run(expect, result("没有找到", query="火星的首都是哪里？"))
+    assert alone["rewrite_ok"] is True and failed(checks) == {}
+    only_forbidden, _ = run(Expect(query_not_contains=("端口",)), result("答", query="火星？"))
+    assert only_forbidden["rewrite_ok"] is True
 
 
 def test_judge_scores_become_observations():

@@ -80,7 +80,7 @@ def test_the_page_parses_is_self_contained_and_shows_every_case(outcome: EvalOut
     assert page.links and all(link.startswith("#") and link[1:] in page.ids for link in page.links)
     assert page.tags["svg"] >= 19  # a bar chart per metric
     text = page.all_text
-    assert "评测报告：smoke（版本 1）" in text
+    assert "评测报告：smoke（版本 2）" in text
     for heading in ("各节点指标", "有变化的用例", "用例明细：档案 strict", "耗时"):
         assert heading in text
     for case in suite.cases:
@@ -142,7 +142,7 @@ def test_without_a_baseline_the_page_shows_plain_figures(tmp_path: Path):
     assert text.startswith("没有可比较的基线：只给出本次数字") and kind == "info"
     assert any("--update-baseline" in note for note in alone["notes"])
     page = Page(render_html(alone))
-    assert "样本数" in page.all_text and "3（抽样 3 / 14）" in page.all_text
+    assert "样本数" in page.all_text and "3（抽样 3 / 16）" in page.all_text
     written = tmp_path / "strict.json"
     stored = report_json(strict_run(tmp_path, baseline=written, update_baseline=True, sample=3))
     assert verdict(stored) == (f"已写入基线 {written}", "info")

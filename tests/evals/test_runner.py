@@ -92,10 +92,10 @@ def tiny_suite(tmp_path: Path, **extra: Any) -> Path:
 def test_smoke_suite_passes_against_its_baseline(tmp_path: Path):
     code, out = run(options(tmp_path))
     assert code == 0, out
-    assert "没有回归（本次 对比 基线，14 个用例）" in out
+    assert "没有回归（本次 对比 基线，16 个用例）" in out
     assert (tmp_path / "reports" / "smoke.default.html").is_file()
     report = json.loads((tmp_path / "reports" / "smoke.default.json").read_text("utf-8"))
-    assert report["comparison"]["compared"] == 14
+    assert report["comparison"]["compared"] == 16
     assert not report["comparison"]["regressed"]
     assert report["runs"][0]["errors"] == 0
 

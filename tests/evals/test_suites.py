@@ -23,12 +23,17 @@ SMOKE_KB = SUITES_DIR / "smoke" / "kb"
 
 
 def test_shipped_suites():
-    assert available_suites() == ["cmrc2018", "cmrc2018-followup", "smoke"]
+    assert available_suites() == ["cmrc2018", "cmrc2018-followup", "cmrc2018-switch", "smoke"]
     sizes = {name: len(load_suite(name).cases) for name in available_suites()}
-    assert sizes == {"cmrc2018": 509, "cmrc2018-followup": 362, "smoke": 14}
+    assert sizes == {
+        "cmrc2018": 509,
+        "cmrc2018-followup": 362,
+        "cmrc2018-switch": 362,
+        "smoke": 16,
+    }
 
 
-@pytest.mark.parametrize("name", ["smoke", "cmrc2018", "cmrc2018-followup"])
+@pytest.mark.parametrize("name", ["smoke", "cmrc2018", "cmrc2018-followup", "cmrc2018-switch"])
 def test_every_gold_reference_names_a_passage(name: str):
     assert load_suite(name).unknown_gold() == []
 
@@ -39,6 +44,7 @@ def test_smoke_covers_what_the_issue_asks_for():
     assert len(suite.cases) >= 12
     assert sum(len(case.turns) > 1 for case in suite.cases) >= 6  # multi-turn
     assert any(turn.expect.query_contains for turn in turns)  # follow-ups resolved
+    assert any(turn.expect.query_not_contains for turn in turns)  # topic switches searched alone
     assert any(turn.expect.intent == "chitchat" for turn in turns)
     assert any(turn.expect.intent == "command" for turn in turns)
     # A question the docs cannot answer: refused, not blocked.
@@ -60,7 +66,7 @@ def test_smoke_covers_what_the_issue_asks_for():
 def test_derived_case_files_are_up_to_date_and_credited():
     for relative, rows in derived_suites().items():
         assert (SUITES_DIR / relative).read_text(encoding="utf-8") == jsonl_text(rows), relative
-    for name in ("cmrc2018", "cmrc2018-followup"):
+    for name in ("cmrc2018", "cmrc2018-followup", "cmrc2018-switch"):
         credit = load_suite(name).credit
         assert "CC BY-SA 4.0" in credit and "Cui et al." in credit
 
@@ -73,6 +79,30 @@ def test_follow_up_cases_replace_the_title_in_turn_two():
     assert second.expect.query_contains == ("战国无双3",)
     assert second.expect.gold == first.expect.gold == ("DEV_0",)
     assert second.expect.answers == ("光荣和ω-force",)
+
+
+def test_switch_cases_change_topic_twice_and_leave_the_old_titles_behind():
+    case = load_suite("cmrc2018-switch").cases[0]
+    texts = [turn.text for turn in case.turns]
+    assert texts == [
+        "我想了解一下战国无双3。",
+        "它是由哪两个公司合作开发的？",
+        "耶律乙辛在什么时候被封为赵王？",
+        "我想了解一下且末玉都机场。",
+        "该机场在什么地方？",
+    ]
+    a, b, c = "战国无双3", "耶律乙辛", "且末玉都机场"
+    assert [turn.expect.query_contains for turn in case.turns[1:]] == [(a,), (b,), (c,), (c,)]
+    assert [turn.expect.query_not_contains for turn in case.turns] == [
+        (),
+        (),
+        (a,),
+        (a, b),
+        (a, b),
+    ]
+    assert [turn.expect.gold for turn in case.turns] == [("DEV_0",)] * 2 + [("DEV_291",)] + [
+        ("DEV_617",)
+    ] * 2
 
 
 def test_sample_is_even_and_repeatable():
