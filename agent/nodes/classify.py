@@ -96,7 +96,8 @@ def refers_back(question: str, previous: tuple[str, str]) -> bool:
     "多少钱？"); when it is an elliptical "…呢？"; or when, too short to stand alone, it shares a
     topic word with the previous question or answer ("备份好以后怎么恢复？" after a question
     about backups). A short question about a subject the conversation never mentioned
-    ("火星的首都是哪里？") is a new topic.
+    ("火星的首都是哪里？") is a new topic, and so is one that names the conversation's subject in
+    full and asks something new of it ("星尘打印机售价多少？" after a question on its warranty).
     """
     if refers_by_word(question):
         return True
@@ -107,7 +108,13 @@ def refers_back(question: str, previous: tuple[str, str]) -> bool:
         return True
     # Sub-words on both sides: "端口号" continues a conversation about "端口".
     said = set(content_tokens(" ".join(previous)))
-    return any(said.intersection(content_tokens(topic)) for topic in topics)
+    shared = {topic for topic in topics if said.intersection(content_tokens(topic))}
+    # Naming the conversation's subject again in full, and asking something new of it
+    # ("星尘打印机售价多少？" after "星尘打印机保修多久？"), the question needs nothing earlier;
+    # gluing the earlier question to its search would rank that question's passage first.
+    if len(shared) >= 2 and topics - shared:
+        return False
+    return bool(shared)
 
 
 def rule_intent(text: str, has_history: bool) -> Intent | None:

@@ -156,6 +156,15 @@ def test_single_characters_and_question_nouns_name_no_topic():
     assert not refers_back("辣豆酱源于什么地方？", castle)
 
 
+def test_a_question_naming_the_subject_in_full_stands_alone():
+    """"星尘打印机售价多少？" after a question on its warranty needs nothing earlier: glued to
+    "星尘打印机保修多久？", its search ranked the warranty passage first."""
+    warranty = ("星尘打印机保修多久？", "星尘打印机整机保修两年[1]。")
+    assert not refers_back("星尘打印机售价多少？", warranty)
+    # Only the new ask in words of its own: it leans on the subject just talked about.
+    assert refers_back("打印机售价多少？", warranty)
+
+
 def test_rewrite_defaults_from_the_settings(monkeypatch: pytest.MonkeyPatch):
     assert Context().rewrite == "history"
     monkeypatch.setenv("QQRAG_REWRITE", "model")
