@@ -157,7 +157,7 @@ def test_single_characters_and_question_nouns_name_no_topic():
 
 
 def test_a_question_naming_the_subject_in_full_stands_alone():
-    """"星尘打印机售价多少？" after a question on its warranty needs nothing earlier: glued to
+    """ "星尘打印机售价多少？" after a question on its warranty needs nothing earlier: glued to
     "星尘打印机保修多久？", its search ranked the warranty passage first."""
     warranty = ("星尘打印机保修多久？", "星尘打印机整机保修两年[1]。")
     assert not refers_back("星尘打印机售价多少？", warranty)
