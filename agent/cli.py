@@ -10,6 +10,8 @@ import json
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -620,6 +622,20 @@ def _tenants() -> Any:
     return TenantStore(settings.tenants_path)
 
 
+@contextmanager
+def _tenant_store() -> Iterator[Any]:
+    """The tenant store for one command, closed after it; what the store refuses (a
+    ValueError, its message Chinese) ends the command with that message and exit code 1."""
+    store = _tenants()
+    try:
+        yield store
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+
+
 @tenant_app.command("add")
 def tenant_add(
     name: Annotated[str, typer.Argument(help="租户名：字母、数字、_ . -")],
@@ -632,14 +648,8 @@ def tenant_add(
     ] = None,
 ) -> None:
     """新建租户，并指定它能检索哪些知识库、回答里保留哪些域名的链接。"""
-    store = _tenants()
-    try:
+    with _tenant_store() as store:
         tenant = store.create_tenant(name, kb or [get_settings().kb_name], link_domain or ())
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
     console.print(f"已创建租户 {tenant.name}，知识库：{', '.join(tenant.knowledge_bases)}")
     _warn_empty_knowledge_bases(tenant.knowledge_bases)
     _show_link_domains(tenant.name, tenant.link_domains)
@@ -681,17 +691,14 @@ def tenant_links(
     if clear and link_domain:
         console.print("[red]--clear 和 --link-domain 只能选一个[/]")
         raise typer.Exit(1)
-    store = _tenants()
-    try:
+    with _tenant_store() as store:
         changing = clear or link_domain
-        tenant = store.set_link_domains(name, link_domain or ()) if changing else store.tenant(name)
-    except KeyError:
-        tenant = None
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+        try:
+            tenant = (
+                store.set_link_domains(name, link_domain or ()) if changing else store.tenant(name)
+            )
+        except KeyError:
+            tenant = None
     if tenant is None:
         console.print(f"[red]没有租户 {name}[/]")
         raise typer.Exit(1)
@@ -758,17 +765,11 @@ def key_issue(
     label: Annotated[str, typer.Option(help="备注，如“官方机器人”")] = "",
 ) -> None:
     """签发 API 密钥。密钥只显示这一次，请立即保存；签发第一个密钥后服务开始要求鉴权。"""
-    store = _tenants()
-    try:
+    with _tenant_store() as store:
         if store.tenant(tenant) is None:
             store.create_tenant(tenant, [get_settings().kb_name])
             console.print(f"已创建租户 {tenant}")
         key = store.issue_key(tenant, "admin" if admin else "client", label)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
     console.print("新密钥（只显示这一次）：")
     print(key)
 
@@ -792,14 +793,8 @@ def key_revoke(
     key: Annotated[str, typer.Argument(help="密钥本身，或密钥 ID 的前 6 位以上")],
 ) -> None:
     """吊销密钥，立即生效。"""
-    store = _tenants()
-    try:
+    with _tenant_store() as store:
         revoked = store.revoke_key(key)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
     if revoked is None:
         console.print("[red]没有找到这个有效密钥[/]")
         raise typer.Exit(1)
@@ -812,14 +807,8 @@ def key_rotate(
     key: Annotated[str, typer.Argument(help="要换掉的密钥本身，或密钥 ID 的前 6 位以上")],
 ) -> None:
     """换新密钥：为同一租户签发角色、备注相同的新密钥，同时吊销旧密钥（立即失效）。新密钥只显示这一次。"""
-    store = _tenants()
-    try:
+    with _tenant_store() as store:
         rotation = store.rotate_key(key)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
     if rotation is None:
         console.print("[red]没有找到这个有效密钥[/]")
         raise typer.Exit(1)
