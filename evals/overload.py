@@ -127,10 +127,6 @@ async def ask(connections: Connections, user: str, text: str = QUESTION) -> Repl
     return Reply(status, "" if status == 200 else body["error"]["code"], seconds)
 
 
-def client(url: str, connections: int) -> Connections:
-    return Connections(url, connections)
-
-
 @contextlib.contextmanager
 def service(ollama: FakeOllama, **settings: str) -> Iterator[ServiceProcess]:
     with tempfile.TemporaryDirectory(prefix="qqrag-overload-") as tmp:
@@ -145,7 +141,7 @@ def service(ollama: FakeOllama, **settings: str) -> Iterator[ServiceProcess]:
 
 
 async def warm_up(url: str) -> None:
-    async with client(url, 1) as http:
+    async with Connections(url, 1) as http:
         await ask(http, "warm-up")
 
 
@@ -172,7 +168,7 @@ def burst(model_seconds: float) -> dict[str, Any]:
         async def run() -> tuple[list[Reply], float]:
             # Connections opened beforehand: the burst measures the service, not 200 TCP
             # handshakes in this process.
-            async with client(process.url, BURST) as http:
+            async with Connections(process.url, BURST) as http:
                 started = time.perf_counter()
                 replies = await asyncio.gather(*(ask(http, f"b{i}") for i in range(BURST)))
                 return list(replies), time.perf_counter() - started
@@ -198,7 +194,7 @@ def retry(model_seconds: float) -> dict[str, Any]:
             return replies
 
         async def run() -> tuple[list[Reply], float]:
-            async with client(process.url, RETRY_USERS) as http:
+            async with Connections(process.url, RETRY_USERS) as http:
                 started = time.perf_counter()
                 parts = await asyncio.gather(*(user(http, f"r{i}") for i in range(RETRY_USERS)))
                 return [r for part in parts for r in part], time.perf_counter() - started
@@ -215,7 +211,7 @@ def conversation() -> dict[str, Any]:
     with FakeOllama() as ollama, service(ollama, QQRAG_OLLAMA_TIMEOUT="600") as process:
 
         async def run() -> tuple[list[Reply], float]:
-            async with client(process.url, CONVERSATION_BURST) as http:
+            async with Connections(process.url, CONVERSATION_BURST) as http:
                 await ask(http, "same")
                 ollama.fail_next(Fault.HANG)
                 asked = len(ollama.requests)
@@ -258,7 +254,7 @@ def postgres(url: str, turns: int = 5) -> dict[str, Any] | None:
         with FakeOllama() as ollama, service(ollama, **settings) as process:
 
             async def run() -> tuple[list[Reply], float]:
-                async with client(process.url, turns) as http:
+                async with Connections(process.url, turns) as http:
                     proxy.freeze()
                     started = time.perf_counter()
                     replies = await asyncio.gather(*(ask(http, f"p{i}") for i in range(turns)))
