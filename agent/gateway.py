@@ -488,30 +488,7 @@ class Gateway:
             return
         try:
             self.services.audit.record_turn(
-                {
-                    "trace_id": turn.trace_id,
-                    "tenant": turn.principal.tenant,
-                    "thread_id": turn.thread,
-                    "profile": turn.profile,
-                    "intent": "unknown",
-                    "outcome": outcome,
-                    "question": turn.text,
-                    "query": "",
-                    "answer": "",
-                    "answer_chars": 0,
-                    "candidates": [],
-                    "ranked": [],
-                    "evidence": [],
-                    "cited": [],
-                    "supported_ratio": None,
-                    "removed_sentences": 0,
-                    "tokens": 0,
-                    "model_calls": 0,
-                    "node_seconds": {},
-                    "seconds": round(seconds, 4),
-                    "degraded": 0,
-                    "safety_hits": [],
-                }
+                _audit_row(turn, intent="unknown", outcome=outcome, seconds=seconds)
             )
         except Exception as exc:
             # The storage that failed the turn may be the audit's too (a full disk).
@@ -691,33 +668,60 @@ class Gateway:
             for side, group in (("question", question_hits), ("answer", answer_hits))
             for h in group
         ]
-        verdict = result.verdict if result else None
         self.services.audit.record_turn(
-            {
-                "trace_id": turn.trace_id,
-                "tenant": turn.principal.tenant,
-                "thread_id": turn.thread,
-                "profile": turn.profile,
-                "intent": answer.intent,
-                "outcome": outcome,
-                "question": turn.text,
-                "query": result.query if result else "",
-                "answer": answer.answer,
-                "answer_chars": len(answer.answer),
-                "candidates": _scored(result.candidates) if result else [],
-                "ranked": _scored(result.ranked) if result else [],
-                "evidence": _scored(result.evidence) if result else [],
-                "cited": [c["passage_id"] for c in answer.citations],
-                "supported_ratio": verdict["supported_ratio"] if verdict else None,
-                "removed_sentences": len(verdict["removed"]) if verdict else 0,
-                "tokens": result.tokens if result else 0,
-                "model_calls": result.model_calls if result else 0,
-                "node_seconds": result.node_seconds if result else {},
-                "seconds": round(seconds, 4),
-                "degraded": int(answer.degraded),
-                "safety_hits": hits,
-            },
+            _audit_row(
+                turn,
+                intent=answer.intent,
+                outcome=outcome,
+                seconds=seconds,
+                answer=answer.answer,
+                citations=answer.citations,
+                degraded=answer.degraded,
+                result=result,
+                hits=hits,
+            )
         )
+
+
+def _audit_row(
+    turn: Turn,
+    *,
+    intent: str,
+    outcome: Outcome,
+    seconds: float,
+    answer: str = "",
+    citations: Sequence[Citation] = (),
+    degraded: bool = False,
+    result: TurnResult | None = None,
+    hits: Sequence[dict[str, str]] = (),
+) -> dict[str, Any]:
+    """The turn's audit row; a turn without a graph result (blocked, failed) leaves its
+    retrieval and cost columns empty."""
+    verdict = result.verdict if result else None
+    return {
+        "trace_id": turn.trace_id,
+        "tenant": turn.principal.tenant,
+        "thread_id": turn.thread,
+        "profile": turn.profile,
+        "intent": intent,
+        "outcome": outcome,
+        "question": turn.text,
+        "query": result.query if result else "",
+        "answer": answer,
+        "answer_chars": len(answer),
+        "candidates": _scored(result.candidates) if result else [],
+        "ranked": _scored(result.ranked) if result else [],
+        "evidence": _scored(result.evidence) if result else [],
+        "cited": [c["passage_id"] for c in citations],
+        "supported_ratio": verdict["supported_ratio"] if verdict else None,
+        "removed_sentences": len(verdict["removed"]) if verdict else 0,
+        "tokens": result.tokens if result else 0,
+        "model_calls": result.model_calls if result else 0,
+        "node_seconds": result.node_seconds if result else {},
+        "seconds": round(seconds, 4),
+        "degraded": int(degraded),
+        "safety_hits": list(hits),
+    }
 
 
 def _scored(passages: list[Any]) -> list[list[Any]]:
