@@ -350,7 +350,7 @@ class Gateway:
         # taken back what it stored.
         worker = asyncio.create_task(self._work(turn, tokens, trace, deadline, slot, events))
         worker.add_done_callback(lambda _: slot.free())
-        preview = _MaskedStream(lambda text: self.mask(text, turn.principal.tenant))
+        preview = _MaskedStream(self.masker(turn.principal.tenant))
         try:
             while True:
                 try:
@@ -623,21 +623,20 @@ class Gateway:
         own = self.tenants.tenant(tenant)
         return frozenset((*self.settings.link_allowlist, *(own.link_domains if own else ())))
 
+    def masker(self, tenant: str) -> Callable[[str], str]:
+        """What makes a text as `tenant`'s users may see it: sensitive words starred, links
+        hidden. The tenant's allow-list is read once, for every text it is then given."""
+        allowed = self._link_domains(tenant)
+        return lambda text: mask_links(self.safety.mask(text)[0], allowed)
+
     def mask(self, text: str, tenant: str) -> str:
-        """`text` as `tenant`'s users may see it: sensitive words starred, links hidden."""
-        return mask_links(self.safety.mask(text)[0], self._link_domains(tenant))
+        return self.masker(tenant)(text)
 
     def mask_event(self, event: Any, tenant: str) -> Any:
         """A node event as `tenant`'s users may see it: every text in it masked. A node event
         quotes the model (the draft, removed sentences, the rewrite) and the knowledge base
         (passage titles) before the output gate, so a client must not get it as it is."""
-        if isinstance(event, str):
-            return self.mask(event, tenant)
-        if isinstance(event, dict):
-            return {key: self.mask_event(value, tenant) for key, value in event.items()}
-        if isinstance(event, list):
-            return [self.mask_event(value, tenant) for value in event]
-        return event
+        return _masked_texts(event, self.masker(tenant))
 
     # —— bookkeeping ——
 
@@ -722,6 +721,17 @@ def _audit_row(
         "degraded": int(degraded),
         "safety_hits": list(hits),
     }
+
+
+def _masked_texts(value: Any, mask: Callable[[str], str]) -> Any:
+    """`value` with every string in it, at any depth of dicts and lists, put through `mask`."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {key: _masked_texts(item, mask) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked_texts(item, mask) for item in value]
+    return value
 
 
 def _scored(passages: list[Any]) -> list[list[Any]]:

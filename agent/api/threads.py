@@ -35,13 +35,13 @@ async def get_thread(
     if not state.values:
         return error_response(404, "thread_not_found", f"没有找到对话 {thread}")
     messages = []
+    # The thread's tenant, not the reader's: an admin sees what its users saw.
+    mask = rt.gateway.masker(thread.split(":", 1)[0])
     for message in state.values.get("messages", []):
         if isinstance(message, HumanMessage):
             messages.append(HistoryMessage(role="user", content=message_text(message)))
         elif isinstance(message, AIMessage):
-            # The thread's tenant, not the reader's: an admin sees what its users saw.
-            text = rt.gateway.mask(message_text(message), thread.split(":", 1)[0])
-            messages.append(HistoryMessage(role="assistant", content=text))
+            messages.append(HistoryMessage(role="assistant", content=mask(message_text(message))))
     return ThreadHistory(thread_id=thread, messages=messages)
 
 
