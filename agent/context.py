@@ -50,7 +50,13 @@ class Context:
     )
     relevance_threshold: float = setting(
         "relevance_threshold",
-        "Reranked passages scoring below this (0..1) are not evidence.",
+        "Reranked passages scoring below this (0..1) are not evidence; a question none "
+        "reaches is answered 'not found'.",
+    )
+    evidence_ratio: float = setting(
+        "evidence_ratio",
+        "Evidence must also reach this share of the best passage's score: distractors "
+        "beside a clear answer cost prefill time and mislead the model.",
     )
     reranker: Literal["lexical", "embedding", "qwen3-reranker", "none"] = setting(
         "reranker",

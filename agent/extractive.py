@@ -16,6 +16,9 @@ from tools.base import Passage
 from tools.text import support_score
 
 MAX_QUOTES = 3
+MIN_QUOTE_COVERAGE = 0.3
+"""Share of the question's terms a quote (with its heading) must contain: the evidence has
+passed the relevance gate, but a passage's best sentence may still miss the point."""
 RELATIVE_RELEVANCE = 0.9
 """A quote must cover the question's terms about as well as the best quote does: a passage
 that only shares some of them (a neighbouring section that mentions the subject in passing) is
@@ -192,14 +195,17 @@ def extractive_answer(
     variant: str = "default",
     *,
     question: str = "",
-    threshold: float = 0.0,
+    threshold: float = MIN_QUOTE_COVERAGE,
 ) -> str:
     """The best quote of each relevant passage, each ending with its `[n]`; the not-found reply
     when no quote reaches `threshold` (the relevance gate) of coverage of the query's terms."""
     best: list[tuple[int, _Quote, float]] = []
+    # Quotes come from the passages the reranker rated close to the best: a sentence of a
+    # weaker passage can repeat the question's words ("安装…执行…命令") about something else.
+    leading = max((p["score"] for p in evidence), default=0.0)
     for number, passage in enumerate(evidence, start=1):
         units = _quotes(passage)
-        if not units:
+        if not units or passage["score"] < RELATIVE_RELEVANCE * leading:
             continue
         # Relevance is weighed on the heading and the sentence: the heading names the subject
         # its sentences leave implicit, while code and list lines name many things in passing.

@@ -43,6 +43,7 @@ def _tool_key(ctx: Context) -> tuple[Any, ...]:
         ctx.top_k,
         ctx.rerank_top_n,
         ctx.relevance_threshold,
+        ctx.evidence_ratio,
         ctx.prompt_variant,
     )
 
@@ -166,6 +167,7 @@ class Services:
             top_k=ctx.top_k,
             top_n=ctx.rerank_top_n,
             threshold=ctx.relevance_threshold,
+            ratio=ctx.evidence_ratio,
             description=prompts.load("search_tool", ctx.prompt_variant),
         )
 

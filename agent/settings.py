@@ -59,7 +59,19 @@ class Settings(BaseSettings):
     )
     top_k: int = Field(default=8, ge=1, le=50)
     rerank_top_n: int = Field(default=4, ge=1, le=20)
-    relevance_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
+    relevance_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="The relevance gate: passages scoring below it are not evidence, and a "
+        "question none reaches is answered 没有找到. 0.5 is the lexical score's calibrated gate.",
+    )
+    evidence_ratio: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Evidence must also score this share of the best passage's score.",
+    )
     prompt_variant: str = "default"
     prompts_dir: Path | None = Field(
         default=None, description="Folder searched for prompt files before the bundled ones."

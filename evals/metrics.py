@@ -81,11 +81,13 @@ _METRICS = (
     Metric("retrieve.mrr", "retrieve", "MRR"),
     Metric("rerank.ndcg", "rerank", "nDCG（全部候选）"),
     Metric("rerank.evidence_recall", "rerank", "证据召回率（过阈值的段落）"),
+    Metric("rerank.evidence_precision", "rerank", "证据精确率（交给模型的段落含答案）"),
     Metric("answer.citation_precision", "cite_check", "引用精确率"),
     Metric("answer.citation_recall", "cite_check", "引用召回率"),
     Metric("answer.supported_ratio", "cite_check", "有据句子占比"),
     Metric("answer.refusal_precision", "answer", "拒答精确率"),
     Metric("answer.refusal_recall", "answer", "拒答召回率"),
+    Metric("answer.false_refusal", "answer", "误拒率（答得了却拒答）", False),
     Metric("answer.match", "answer", "答案命中率（规范化包含）"),
     Metric("answer.f1", "answer", "答案字符 F1"),
     Metric("judge.faithfulness", "judge", "忠实度（评审模型）"),
@@ -114,9 +116,11 @@ _MEANS = {
     "retrieve.mrr": "rr",
     "rerank.ndcg": "ndcg",
     "rerank.evidence_recall": "evidence_recall",
+    "rerank.evidence_precision": "evidence_precision",
     "answer.citation_precision": "citation_precision",
     "answer.citation_recall": "citation_recall",
     "answer.supported_ratio": "supported_ratio",
+    "answer.false_refusal": "false_refusal",
     "answer.match": "match",
     "answer.f1": "f1",
     "judge.faithfulness": "faithfulness",
@@ -264,6 +268,16 @@ def observe(
         "refused": record.refused,
         "refuse_expected": expect.refuse is True,
     }
+    if expect.refuse is False:
+        obs["false_refusal"] = record.refused
+    if expect.answers and result.evidence:
+        # What the model was shown, by the only measure that needs no gold list: does the
+        # passage contain a reference answer?
+        references = [normalize(ref) for ref in expect.answers]
+        obs["evidence_precision"] = _share(
+            any(ref in normalize(f"{p['title']} {p['text']}") for ref in references)
+            for p in result.evidence
+        )
     if record.judge is not None:
         obs["faithfulness"] = record.judge["faithfulness"]
         obs["relevance"] = record.judge["relevance"]

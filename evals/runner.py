@@ -296,9 +296,11 @@ async def run_cases(
     return SuiteRun(profile, context, list(cases), round(time.perf_counter() - started, 2))
 
 
-def _ingest(suite: Suite, kb: EmbeddedKB) -> dict[str, Any]:
+def ingest_suite(suite: Suite, kb: EmbeddedKB, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     for path in suite.knowledge.paths:
+        if suite.knowledge.exclude and path.suffix == ".jsonl":
+            path = _without(path, suite.knowledge.exclude, folder / "kept")
         # Sources named from the parent: "docs/install.md", as the service's default base.
         kb.add_path(path, root=path.parent).raise_on_problems()
     return {
@@ -307,6 +309,18 @@ def _ingest(suite: Suite, kb: EmbeddedKB) -> dict[str, Any]:
         "sources": [source.source for source in kb.sources()],
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _without(path: Path, exclude: frozenset[str], folder: Path) -> Path:
+    """A copy of the JSON Lines file `path` in `folder`, under the same name, without the rows
+    whose id is in `exclude`."""
+    folder.mkdir(exist_ok=True)
+    kept = folder / path.name
+    with path.open(encoding="utf-8") as rows, kept.open("w", encoding="utf-8") as out:
+        out.writelines(
+            row for row in rows if not row.strip() or str(json.loads(row).get("id")) not in exclude
+        )
+    return kept
 
 
 def _fake_models(options: EvalOptions, contexts: Sequence[Context]) -> list[str]:
@@ -415,7 +429,7 @@ def evaluate(options: EvalOptions) -> EvalOutcome:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qqrag-eval-")))
         services, kb = _services(_PinnedSettings(**settings_args, data_dir=folder), full, folder)
         stack.callback(kb.close)
-        knowledge = _ingest(full, kb)
+        knowledge = ingest_suite(full, kb, folder)
         judge = None
         if options.judge_model:
             model = services.chat_models(options.judge_model, reasoning=False, temperature=0.0)

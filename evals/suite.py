@@ -9,6 +9,7 @@ expected of it (all optional)::
     knowledge_base:
       name: smoke
       paths: ["{default_docs}", smoke/kb]   # relative to this file; {default_docs}: the guide
+      exclude: smoke/withheld.txt           # optional: passage ids left out (one per line)
     sensitive_words: smoke/sensitive_words  # optional: a folder of *.txt word lists
     tolerances: {answer.f1: 0.02, cost.tokens: 10%}
     defaults: {platform: qq, scene: group, group_id: "20001"}
@@ -108,6 +109,9 @@ class KnowledgeSpec:
     name: str
     paths: tuple[Path, ...]
     """Files or folders ingested, in order; a folder's sources are named from its parent."""
+    exclude: frozenset[str] = frozenset()
+    """Ids of JSON Lines rows left out of the knowledge base: the questions they answer
+    become unanswerable (see `cmrc2018_unanswerable_cases`)."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,7 @@ def load_suite(name_or_path: str, folder: Path = SUITES_DIR) -> Suite:
 
 def _knowledge(raw: object, base: Path, source: str) -> KnowledgeSpec:
     body = _mapping(raw, source, "knowledge_base")
-    _known(body, ("name", "paths"), source, "knowledge_base")
+    _known(body, ("name", "paths", "exclude"), source, "knowledge_base")
     paths = []
     for index, item in enumerate(_list(body.get("paths") or [], source, "knowledge_base.paths")):
         where = f"knowledge_base.paths[{index}]"
@@ -225,7 +229,14 @@ def _knowledge(raw: object, base: Path, source: str) -> KnowledgeSpec:
         paths.append(_existing(path if text == DEFAULT_DOCS else base / text, source, where))
     if not paths:
         raise SuiteError(f"{source}：knowledge_base.paths 至少要有一项")
-    return KnowledgeSpec(_text(body.get("name"), source, "knowledge_base.name"), tuple(paths))
+    exclude: frozenset[str] = frozenset()
+    if "exclude" in body:
+        where = "knowledge_base.exclude"
+        listed = _existing(base / _text(body["exclude"], source, where), source, where)
+        exclude = frozenset(listed.read_text(encoding="utf-8").split())
+    return KnowledgeSpec(
+        _text(body.get("name"), source, "knowledge_base.name"), tuple(paths), exclude
+    )
 
 
 def _case(raw: object, defaults: Mapping[str, Any], source: str, where: str) -> Case:
@@ -455,6 +466,55 @@ def cmrc2018_switch_cases(data_dir: Path = CMRC_DIR) -> list[dict[str, Any]]:
     return cases
 
 
+UNANSWERABLE_EVERY = 2
+"""Every second public question has its gold paragraph withheld."""
+
+
+def _unanswerable_split(data_dir: Path) -> list[tuple[Question, list[str], bool, bool]]:
+    """Each public question with its answers, whether its paragraph is withheld, and whether it
+    belongs to the development half (`python -m evals.calibrate` tunes the gate there) or to
+    the held-out half (the `cmrc2018-unanswerable` suite)."""
+    rows = zip(load_questions(data_dir), _answers(data_dir / "questions_public.jsonl"), strict=True)
+    return [
+        (question, answers, index % UNANSWERABLE_EVERY == 1, (index // UNANSWERABLE_EVERY) % 2 == 0)
+        for index, (question, answers) in enumerate(rows)
+    ]
+
+
+def withheld_paragraphs(data_dir: Path = CMRC_DIR) -> list[str]:
+    """Paragraphs left out of the unanswerable suite's knowledge base, both halves'."""
+    return sorted(
+        gold for q, _, withheld, _ in _unanswerable_split(data_dir) if withheld for gold in q.gold
+    )
+
+
+def unanswerable_questions(
+    data_dir: Path = CMRC_DIR, *, development: bool
+) -> list[tuple[Question, list[str], bool]]:
+    """(question, answers, withheld) of one half."""
+    return [
+        (question, answers, withheld)
+        for question, answers, withheld, dev in _unanswerable_split(data_dir)
+        if dev == development
+    ]
+
+
+def cmrc2018_unanswerable_cases(data_dir: Path = CMRC_DIR) -> list[dict[str, Any]]:
+    """The held-out half of the public questions against a base without the withheld
+    paragraphs: a withheld question must be refused ("not found", no citation); the others
+    answered with their gold cited."""
+    cases = []
+    for question, answers, withheld in unanswerable_questions(data_dir, development=False):
+        turn: dict[str, Any] = {"text": question.text, "intent": "knowledge"}
+        if withheld:
+            turn |= {"refuse": True, "cite": False}
+        else:
+            turn |= {"gold": sorted(question.gold), "answers": answers, "refuse": False}
+            turn["cite"] = True
+        cases.append({"id": question.id, "turns": [turn]})
+    return cases
+
+
 def _asked(
     text: str, question: Question, answers: list[str], *, after: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -477,12 +537,16 @@ def _answers(path: Path) -> list[list[str]]:
         return [list(dict.fromkeys(json.loads(line)["answers"])) for line in lines]
 
 
-def derived_suites(data_dir: Path = CMRC_DIR) -> dict[str, list[dict[str, Any]]]:
-    """Case files under `evals/suites/` and their content, derived from the CMRC 2018 copy."""
+def derived_suites(data_dir: Path = CMRC_DIR) -> dict[str, str]:
+    """Files under `evals/suites/` and their text, derived from the CMRC 2018 copy."""
     return {
-        "cmrc2018/cases.jsonl": cmrc2018_cases(data_dir),
-        "cmrc2018-followup/cases.jsonl": cmrc2018_followup_cases(data_dir),
-        "cmrc2018-switch/cases.jsonl": cmrc2018_switch_cases(data_dir),
+        "cmrc2018/cases.jsonl": jsonl_text(cmrc2018_cases(data_dir)),
+        "cmrc2018-followup/cases.jsonl": jsonl_text(cmrc2018_followup_cases(data_dir)),
+        "cmrc2018-switch/cases.jsonl": jsonl_text(cmrc2018_switch_cases(data_dir)),
+        "cmrc2018-unanswerable/cases.jsonl": jsonl_text(cmrc2018_unanswerable_cases(data_dir)),
+        "cmrc2018-unanswerable/withheld.txt": "".join(
+            f"{paragraph}\n" for paragraph in withheld_paragraphs(data_dir)
+        ),
     }
 
 
@@ -491,11 +555,11 @@ def jsonl_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def main() -> None:
-    for relative, rows in derived_suites().items():
+    for relative, text in derived_suites().items():
         target = SUITES_DIR / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(jsonl_text(rows), encoding="utf-8")
-        print(f"{target}：{len(rows)} 个用例")
+        target.write_text(text, encoding="utf-8")
+        print(f"{target}：{text.count(chr(10))} 行")
 
 
 if __name__ == "__main__":

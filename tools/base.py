@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
 
@@ -48,3 +49,32 @@ class KnowledgeBackend(Protocol):
         """`up`, or `down` when searches would fail (`misconfigured` for a wrong setting);
         never raises."""
         ...
+
+
+class TermCounts(NamedTuple):
+    """How common some terms are in a knowledge base: what rare-term weighting needs."""
+
+    passages: int
+    """Passages in the base."""
+    containing: Mapping[str, int]
+    """For each term asked about, the passages that contain it (0 when none)."""
+
+
+@runtime_checkable
+class TermStatistics(Protocol):
+    """A backend that can tell how common terms are in it (the embedded base can; MaxKB's API
+    cannot)."""
+
+    async def term_counts(self, terms: Sequence[str]) -> TermCounts | None:
+        """Counts for `terms`, or None when this backend has none to give."""
+        ...
+
+
+def statistics(backend: object) -> TermStatistics | None:
+    """The backend, where it can tell how common terms are in it."""
+    return backend if isinstance(backend, TermStatistics) else None
+
+
+async def term_counts(stats: TermStatistics | None, terms: Sequence[str]) -> TermCounts | None:
+    """Counts for `terms` from `stats`, None without any."""
+    return None if stats is None else await stats.term_counts(terms)

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ import sqlite_utils
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, track
 
-from tools.base import KnowledgeUnavailable, Passage
+from tools.base import KnowledgeUnavailable, Passage, TermCounts
 from tools.embeddings import Embedder, EmbeddingError, passage_text
 from tools.health import Health
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
@@ -349,6 +349,45 @@ class EmbeddedKB:
             by_pk.update((row["pk"], row) for row in found)
         return [self._passage(by_pk[pk], round(score, 6)) for pk, score in fused if pk in by_pk]
 
+    async def term_counts(self, terms: Sequence[str]) -> TermCounts | None:
+        """How many passages hold each term, and how many there are, over the whole database
+        file (every knowledge base in it: FTS5 keeps its vocabulary per index, not per base).
+
+        None when the database cannot be read: the statistics only weigh terms, and the
+        search that needs them reports the failure.
+        """
+        try:
+            if self.inline:
+                return self._term_counts(terms)
+            return await asyncio.to_thread(self._term_counts, terms)
+        except sqlite3.Error as exc:
+            log.warning("term statistics unavailable: %s", exc)
+            return None
+
+    def _term_counts(self, terms: Sequence[str]) -> TermCounts:
+        conn = self._conn()
+        wanted = list(dict.fromkeys(terms))
+        if not wanted:
+            return TermCounts(self._passage_total(conn), {})
+        marks = ", ".join("?" * len(wanted))
+        rows = conn.execute(
+            f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", wanted
+        ).fetchall()
+        found = {row["term"]: row["doc"] for row in rows}
+        return TermCounts(self._passage_total(conn), {t: found.get(t, 0) for t in wanted})
+
+    def _passage_total(self, conn: sqlite3.Connection) -> int:
+        # count(*) walks the table (milliseconds at a million passages); it changes only when
+        # someone writes, which data_version (other connections) and total_changes (this one)
+        # reveal.
+        version = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        # Kept beside the thread's connection, which it describes.
+        cached: tuple[tuple[int, int], int] | None = getattr(self._local, "total", None)
+        if cached is None or cached[0] != version:
+            cached = (version, conn.execute("SELECT count(*) FROM passages").fetchone()[0])
+            self._local.total = cached
+        return cached[1]
+
     async def health(self) -> Health:
         """Up when the database opens and holds passages for this knowledge base."""
         try:
@@ -628,6 +667,10 @@ class EmbeddedKB:
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts"
             " USING fts5(title, text, tokenize = 'unicode61 remove_diacritics 2')"
+        )
+        # Document frequencies straight from the index: nothing to keep in step on writes.
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS passages_vocab USING fts5vocab(passages_fts, row)"
         )
         # One row per (passage, model): float32 little-endian blob of `dim` values.
         conn.execute(

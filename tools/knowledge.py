@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from tools.base import KnowledgeBackend, KnowledgeMisconfigured, KnowledgeUnavailable, Passage
+from tools.base import (
+    KnowledgeBackend,
+    KnowledgeMisconfigured,
+    KnowledgeUnavailable,
+    Passage,
+    TermCounts,
+    statistics,
+    term_counts,
+)
 from tools.health import Health
 from tools.rerank import Reranker, select_evidence
 
@@ -31,11 +40,12 @@ async def find_evidence(
     top_k: int,
     top_n: int,
     threshold: float,
+    ratio: float = 0.0,
 ) -> list[Passage]:
-    """Search, rerank and keep what clears the threshold: the whole retrieval path in one call."""
+    """Search, rerank and keep what clears the gate: the whole retrieval path in one call."""
     candidates = await knowledge.search(query, top_k)
-    ranked = await reranker.rerank(query, candidates)
-    return select_evidence(ranked, top_n, threshold)
+    ranked = await reranker.rerank(query, candidates, statistics(knowledge))
+    return select_evidence(ranked, top_n, threshold, ratio)
 
 
 def make_search_tool(
@@ -45,6 +55,7 @@ def make_search_tool(
     top_k: int,
     top_n: int,
     threshold: float,
+    ratio: float = 0.0,
     description: str,
 ) -> StructuredTool:
     """A tool returning evidence passages; the graph's tools node numbers and formats them.
@@ -55,7 +66,7 @@ def make_search_tool(
 
     async def search_knowledge(query: str) -> list[Passage]:
         return await find_evidence(
-            knowledge, reranker, query, top_k=top_k, top_n=top_n, threshold=threshold
+            knowledge, reranker, query, top_k=top_k, top_n=top_n, threshold=threshold, ratio=ratio
         )
 
     return StructuredTool.from_function(
@@ -87,6 +98,19 @@ class MergedKnowledge:
                 fused[key] = (score, passage)
         best = sorted(fused.values(), key=lambda item: item[0], reverse=True)[:k]
         return [Passage(**{**passage, "score": round(score, 6)}) for score, passage in best]
+
+    async def term_counts(self, terms: Sequence[str]) -> TermCounts | None:
+        """The bases' counts added up; None unless every base has them."""
+        counts = await asyncio.gather(
+            *(term_counts(statistics(base), terms) for base in self.bases)
+        )
+        if any(count is None for count in counts):
+            return None
+        known = [count for count in counts if count is not None]
+        return TermCounts(
+            sum(count.passages for count in known),
+            {t: sum(count.containing.get(t, 0) for count in known) for t in terms},
+        )
 
     async def health(self) -> Health:
         # One failing base fails the whole search, so the worst base is the merged one's health.
@@ -160,6 +184,11 @@ class FallbackKnowledge:
                 "知识库 %s 恢复了，不再使用知识库 %s。", self.primary.name, self.fallback.name
             )
         return passages
+
+    async def term_counts(self, terms: Sequence[str]) -> TermCounts | None:
+        """The primary's: the fallback's documents may differ, and weighing the primary's
+        passages by them would skew its scores."""
+        return await term_counts(statistics(self.primary), terms)
 
     async def health(self) -> Health:
         """Degraded while the fallback stands in for the primary, down when it cannot."""

@@ -1,8 +1,10 @@
 """Rerankers: reorder retrieved passages and give each a 0..1 relevance.
 
-Every strategy normalises to 0..1 so that one relevance threshold means the same thing
-whichever strategy a profile picks. The Ollama-based ones (embedding cosine, Qwen3-Reranker)
-fall back to the lexical ordering when Ollama fails, so a reranker never sinks a turn.
+Every strategy scores on 0..1 so that one relevance threshold (the gate, 0.5 by default) means
+the same thing whichever strategy a profile picks: the lexical score is calibrated so that its
+gate lands on 0.5 (see `LEXICAL_GATE`); cosine similarity and Qwen3-Reranker's P(yes) are
+used as they come. The Ollama-based ones (embedding cosine, Qwen3-Reranker) fall back to the
+lexical ordering when Ollama fails, so a reranker never sinks a turn.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from functools import lru_cache
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache, lru_cache
 from typing import Protocol
 
 import numpy as np
 import ollama
 
-from tools.base import Passage
+from tools.base import Passage, TermCounts, TermStatistics, term_counts
 from tools.embeddings import OLLAMA_ERRORS, Embedder, EmbeddingError, LoopLocal, passage_text
-from tools.text import content_tokens, coverage, tokenize
+from tools.text import content_tokens, split_sentences, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +41,28 @@ MAX_RERANK_DOCUMENT_CHARS = 2000
 character into a token on average), so Ollama never cuts the template's head off; a passage's
 opening carries its topic anyway."""
 TOP_LOGPROBS = 5
+LEXICAL_GATE = 0.51
+"""The weighted coverage at which a passage starts to count as evidence, terms weighed by the
+searched base's own statistics: calibrated on the CMRC 2018 development half by
+`python -m evals.calibrate` (the highest gate refusing at most 3% of answerable questions).
+Lexical scores are mapped so that it reads 0.5, the default gate."""
+GENERAL_IDF_GATE = 0.54
+"""The same, terms weighed by jieba's general-Chinese IDF (a backend without statistics)."""
+TITLE_SHARE = 0.2
+PRIOR_PASSAGES = 100
+SENTENCE_WINDOW = 3
+"""Consecutive sentences a passage may cover the question with: terms scattered over a long
+passage are not an answer."""
 
 
 class Reranker(Protocol):
     name: str
 
-    async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
-        """All `passages` with 0..1 scores, in the strategy's order of preference."""
+    async def rerank(
+        self, query: str, passages: list[Passage], stats: TermStatistics | None = None
+    ) -> list[Passage]:
+        """All `passages` with 0..1 scores, in the strategy's order of preference; `stats`
+        (the searched backend) tells how rare each query term is, where the strategy cares."""
         ...
 
 
@@ -52,30 +71,165 @@ def _retrieval_scale(passages: list[Passage]) -> float:
     return top if top > 0 else 1.0
 
 
+_INTERROGATIVE = re.compile(r"[几哪谁怎]|什么|多[少大久长高远重]|何时|为何|如何")
+_REFERS = re.compile(r"[它那这该其此]")
+_QUESTION_FRAME = frozenset(
+    """叫 叫做 名字 时候 称为 称作 问 想问 顺便 另外 还有 知道 告诉 了解 介绍 讲讲 说说 里 上""".split()
+)
+"""Words that frame a question rather than name its subject ("叫什么名字", "什么时候",
+"顺便问", "告诉我", "我想了解一下", "群聊里")."""
+
+
+def query_terms(query: str) -> list[str]:
+    """Distinct topic words of a question (precise mode: a compound counts once), or all its
+    words when it has only function words.
+
+    jieba glues interrogatives to their neighbours ("几月", "哪几个", "多大"): such words never
+    occur in a passage, so the base's statistics would call them its rarest terms and no
+    answer could cover them. They are dropped, like the words that frame a question.
+    """
+    terms = content_tokens(query, search=False)
+    topical = [t for t in terms if not _INTERROGATIVE.search(t) and t not in _QUESTION_FRAME]
+    return list(dict.fromkeys(topical or terms or tokenize(query, search=False)))
+
+
+def term_weights(terms: Sequence[str], counts: TermCounts | None) -> dict[str, float]:
+    """Squared BM25 IDF of each term in the searched base; without its statistics (MaxKB),
+    general-Chinese IDF from jieba's table.
+
+    A term the base lacks weighs as much as its rarest ones, not more: it may be a synonym of
+    the passage's word (钱 for 售价) as well as a subject the base never mentions.
+    `PRIOR_PASSAGES` passages holding none of the terms are counted in, so a base too small to
+    tell which words are rare weighs them almost alike.
+    """
+    if counts is None:
+        idf, unknown = _general_idf()
+        return {t: idf.get(t, unknown) ** 2 for t in terms}
+    total = counts.passages + PRIOR_PASSAGES
+    return {
+        t: math.log(1 + (total - df + 0.5) / (df + 0.5)) ** 2
+        for t in terms
+        for df in [max(min(counts.containing.get(t, 0), counts.passages), 1)]
+    }
+
+
+@cache
+def _general_idf() -> tuple[Mapping[str, float], float]:
+    # jieba.analyse loads its 270k-word IDF table (about a second) on import: only when asked.
+    from jieba import analyse
+
+    table: dict[str, float] = analyse.default_tfidf.idf_freq
+    return table, max(table.values())
+
+
 @lru_cache(maxsize=8192)
-def _terms(text: str) -> frozenset[str]:
-    # jieba costs about a millisecond per passage; the same passages come back query after query.
-    return frozenset(tokenize(text))
+def _windows(title: str, text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """The title with each run of `SENTENCE_WINDOW` consecutive sentences: lower-cased text
+    and jieba tokens (costly: a millisecond per passage, and the same passages come back
+    query after query)."""
+    sentences = split_sentences(text) or [""]
+    runs = range(max(len(sentences) - SENTENCE_WINDOW + 1, 1))
+    texts = [f"{title} {''.join(sentences[i : i + SENTENCE_WINDOW])}".lower() for i in runs]
+    return tuple((window, frozenset(tokenize(window))) for window in texts)
+
+
+def _covered(term: str, window: str, tokens: frozenset[str]) -> float:
+    """How much of `term` the window holds: 1 when it occurs; a Chinese term jieba segmented
+    differently in the question ("蝮是" for 蝮 + 是) gets the share of its character pairs
+    that occur. A Latin word must occur as a word ("port" is not in "support")."""
+    if term.isascii():
+        return float(term in tokens)
+    if term in window:
+        return 1.0
+    if len(term) < 3:
+        return 0.0
+    pairs = [term[i : i + 2] for i in range(len(term) - 1)]
+    return sum(pair in window for pair in pairs) / len(pairs)
+
+
+def weighted_coverage(weights: Mapping[str, float], title: str, text: str) -> float:
+    """Share of the question's term weight that the title and the best `SENTENCE_WINDOW`
+    consecutive sentences of the passage contain, 0..1, `TITLE_SHARE` of it from what the
+    title alone covers: of two passages that both mention every term, the one whose heading
+    names them is about them."""
+    total = sum(weights.values())
+    if total <= 0:
+        return 0.0
+
+    def covered(window: str, tokens: frozenset[str]) -> float:
+        return sum(weight * _covered(term, window, tokens) for term, weight in weights.items())
+
+    best = max(covered(window, tokens) for window, tokens in _windows(title, text))
+    heading = title.lower()
+    named = covered(heading, frozenset(tokenize(heading)))
+    return ((1 - TITLE_SHARE) * best + TITLE_SHARE * named) / total
+
+
+def calibrated(share: float, gate: float = LEXICAL_GATE) -> float:
+    """`share` mapped piecewise linearly onto 0..1 with `gate` landing on 0.5."""
+    if share < gate:
+        return 0.5 * share / gate
+    return 0.5 + 0.5 * (share - gate) / (1 - gate)
 
 
 class LexicalReranker:
-    """Keeps the retrieval order and scores each passage by query-term coverage.
+    """Keeps the retrieval order and scores each passage by the rare-term-weighted share of the
+    question it covers (`weighted_coverage`), calibrated (`calibrated`).
 
-    Coverage answers "does this passage talk about what was asked?" on an absolute 0..1 scale,
-    which is what the relevance threshold needs. Reordering by it loses to BM25's own ranking
-    (cmrc2018 recall@1 0.986 -> 0.969), so the order stays as retrieved.
+    Weighing terms by rarity is what lets the score refuse: a question about something the base
+    does not hold still shares its common words with many passages, but not its rare ones.
+    Reordering by the score loses to BM25's own ranking, so the order stays as retrieved.
     """
 
     name = "lexical"
 
-    async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
-        terms = content_tokens(query) or tokenize(query)
+    async def rerank(
+        self, query: str, passages: list[Passage], stats: TermStatistics | None = None
+    ) -> list[Passage]:
+        if not passages:
+            return []
+        shares, gate = await lexical_shares(query, passages, stats)
         return [
-            Passage(
-                **{**p, "score": round(coverage(terms, _terms(f"{p['title']} {p['text']}")), 4)}
-            )
-            for p in passages
+            Passage(**{**p, "score": round(calibrated(share, gate), 4)})
+            for p, share in zip(passages, shares, strict=True)
         ]
+
+
+async def lexical_shares(
+    query: str, passages: Sequence[Passage], stats: TermStatistics | None
+) -> tuple[list[float], float]:
+    """Each passage's weighted coverage of the question, and the gate that applies to it
+    (`LEXICAL_GATE` with the base's statistics, `GENERAL_IDF_GATE` without).
+
+    A question of several sentences ("星尘打印机保修多久？顺便问滤网多久换") is weighed
+    sentence by sentence, a passage by the one it covers best: no passage answers both
+    halves, and each half has its passage (`_clauses`).
+    """
+    clauses = _clauses(query)
+    counts = await term_counts(stats, [t for terms in clauses for t in terms])
+    weighed = [term_weights(terms, counts) for terms in clauses]
+    shares = [
+        max(weighted_coverage(weights, p["title"], p["text"]) for weights in weighed)
+        for p in passages
+    ]
+    return shares, GENERAL_IDF_GATE if counts is None else LEXICAL_GATE
+
+
+def _clauses(query: str) -> list[list[str]]:
+    """The question's terms, sentence by sentence; a sentence that refers back ("那它支持哪些
+    耗材？") or has fewer than two topic words ("那它怎么改？") leans on its neighbour and is
+    weighed with it: alone, any passage that says 改 would answer it."""
+    groups: list[list[str]] = []
+    for sentence in split_sentences(query):
+        terms = query_terms(sentence)
+        if groups and (len(terms) < 2 or _REFERS.search(sentence)):
+            groups[-1] += terms
+        elif terms:
+            groups.append(terms)
+    if len(groups) > 1 and len(groups[0]) < 2:
+        first = groups.pop(0)
+        groups[0] = first + groups[0]
+    return groups or [query_terms(query)]
 
 
 class NoReranker:
@@ -83,7 +237,9 @@ class NoReranker:
 
     name = "none"
 
-    async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
+    async def rerank(
+        self, query: str, passages: list[Passage], stats: TermStatistics | None = None
+    ) -> list[Passage]:
         scale = _retrieval_scale(passages)
         return [Passage(**{**p, "score": round(max(p["score"], 0.0) / scale, 4)}) for p in passages]
 
@@ -101,7 +257,9 @@ class EmbeddingReranker:
         self._embedder = embedder
         self._fallback = LexicalReranker()
 
-    async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
+    async def rerank(
+        self, query: str, passages: list[Passage], stats: TermStatistics | None = None
+    ) -> list[Passage]:
         if not passages:
             return []
         texts = [query, *(passage_text(p["title"], p["text"]) for p in passages)]
@@ -109,7 +267,7 @@ class EmbeddingReranker:
             vectors = await self._embedder.embed(texts)
         except EmbeddingError as exc:
             log.warning("embedding reranker failed, using lexical order: %s", exc)
-            return await self._fallback.rerank(query, passages)
+            return await self._fallback.rerank(query, passages, stats)
         scores = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
         scored = [
             Passage(**{**p, "score": round(float(score), 4)})
@@ -180,7 +338,9 @@ class Qwen3Reranker:
         )
         self._fallback = LexicalReranker()
 
-    async def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
+    async def rerank(
+        self, query: str, passages: list[Passage], stats: TermStatistics | None = None
+    ) -> list[Passage]:
         if not passages:
             return []
         client, semaphore = self._clients.get()
@@ -198,7 +358,7 @@ class Qwen3Reranker:
                 self.url,
                 _describe(failure.exceptions[0], self.model),
             )
-            return await self._fallback.rerank(query, passages)
+            return await self._fallback.rerank(query, passages, stats)
         scored = [
             Passage(**{**p, "score": round(task.result(), 4)})
             for p, task in zip(passages, tasks, strict=True)
@@ -234,6 +394,12 @@ def _describe(exc: BaseException, model: str) -> str:
     return str(exc) or type(exc).__name__
 
 
-def select_evidence(ranked: list[Passage], top_n: int, threshold: float) -> list[Passage]:
-    """The best `top_n` passages that reach the relevance threshold."""
-    return [p for p in ranked if p["score"] >= threshold][:top_n]
+def select_evidence(
+    ranked: list[Passage], top_n: int, threshold: float, ratio: float = 0.0
+) -> list[Passage]:
+    """At most `top_n` passages, in ranked order, that reach the relevance threshold and
+    `ratio` of the best score: when one passage clearly answers, the weaker ones are
+    distractors that cost the model prefill time and mislead it."""
+    best = max((p["score"] for p in ranked), default=0.0)
+    floor = max(threshold, ratio * best)
+    return [p for p in ranked if p["score"] >= floor][:top_n]

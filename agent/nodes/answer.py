@@ -98,7 +98,6 @@ async def answer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             state.evidence,
             ctx.prompt_variant,
             question=state.question,
-            threshold=ctx.relevance_threshold,
         )
         return {
             "draft": draft,

@@ -123,7 +123,7 @@ async def test_json_lines_hold_the_prompt_the_output_the_draft_and_the_check(
     assert check["verdict"]["removed"] == [
         {
             "text": "星尘打印机可以打印金属零件。",
-            "reason": "所引 [1] 的支持度 0.00，其他资料也不支持（最高支持度 0.50，要求 0.6）",
+            "reason": "所引 [1] 的支持度 0.00，其他资料也不支持（最高支持度 0.00，要求 0.6）",
         }
     ]
     # Passage texts only on request (--passages).

@@ -21,6 +21,7 @@ GIVEN = Settings(
     top_k=3,
     rerank_top_n=2,
     relevance_threshold=0.55,
+    evidence_ratio=0.6,
     reranker="none",
     kb_name="given-kb",
     prompt_variant="given-variant",

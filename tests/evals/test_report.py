@@ -80,7 +80,7 @@ def test_the_page_parses_is_self_contained_and_shows_every_case(outcome: EvalOut
     assert page.links and all(link.startswith("#") and link[1:] in page.ids for link in page.links)
     assert page.tags["svg"] >= 19  # a bar chart per metric
     text = page.all_text
-    assert "评测报告：smoke（版本 2）" in text
+    assert "评测报告：smoke（版本 3）" in text
     for heading in ("各节点指标", "有变化的用例", "用例明细：档案 strict", "耗时"):
         assert heading in text
     for case in suite.cases:

@@ -120,13 +120,13 @@ def test_a_strict_profile_is_a_regression_and_the_cases_are_named(tmp_path: Path
     assert "发现回归" in out and "用例通过率" in out
     assert "基线来自档案 default，本次为档案 strict" in out
     # Nothing clears a 0.99 threshold for these: not found instead of an answer.
-    assert "变差 degraded-mode：新失败" in out
+    assert "变差 install-command：新失败" in out
     assert "变差 injection-in-passage：新失败" in out
     report = json.loads((tmp_path / "reports" / "smoke.strict.json").read_text("utf-8"))
     regressed = {m["key"] for m in report["comparison"]["metrics"] if m["status"] == "regressed"}
     assert {"cases.pass_rate", "answer.citation_recall", "rerank.evidence_recall"} <= regressed
     moved = {m["id"]: m["status"] for m in report["comparison"]["moved"]}
-    assert moved["degraded-mode"] == "regressed"
+    assert moved["install-command"] == "regressed"
     # Blocked questions and commands never reach the threshold: unmoved.
     assert "sensitive-question" not in moved and "help-command" not in moved
 
@@ -177,7 +177,7 @@ def test_compare_two_profiles_side_by_side(tmp_path: Path, profiles: Path):
     )
     assert outcome.comparison.regressed and outcome.exit_code == 1
     assert outcome.runs[1].context.relevance_threshold == 0.99
-    assert outcome.runs[0].context.relevance_threshold == 0.3
+    assert outcome.runs[0].context.relevance_threshold == 0.5
 
 
 # —— baselines, tolerances in the suite file, version ——
@@ -264,7 +264,7 @@ def test_environment_variables_do_not_change_a_run(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("QQRAG_CHAT_MODEL", "other:1b")
     outcome = evaluate(options(tmp_path, tiny_suite(tmp_path)))
     context = outcome.runs[0].context
-    assert (context.relevance_threshold, context.chat_model) == (0.3, "qwen3:8b")
+    assert (context.relevance_threshold, context.chat_model) == (0.5, "qwen3:8b")
     assert outcome.runs[0].metrics["cases.pass_rate"].value == 1.0
 
 

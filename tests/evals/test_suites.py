@@ -10,30 +10,65 @@ import yaml
 
 from agent.policy.safety import SensitiveWords
 from evals.metrics import Tolerance
+from evals.retrieval import load_questions
+from evals.runner import ingest_suite
 from evals.suite import (
     SUITES_DIR,
     SuiteError,
     available_suites,
     derived_suites,
-    jsonl_text,
     load_suite,
+    unanswerable_questions,
 )
+from tools.kb import EmbeddedKB
 
 SMOKE_KB = SUITES_DIR / "smoke" / "kb"
 
 
 def test_shipped_suites():
-    assert available_suites() == ["cmrc2018", "cmrc2018-followup", "cmrc2018-switch", "smoke"]
+    assert available_suites() == [
+        "cmrc2018",
+        "cmrc2018-followup",
+        "cmrc2018-switch",
+        "cmrc2018-unanswerable",
+        "smoke",
+    ]
     sizes = {name: len(load_suite(name).cases) for name in available_suites()}
     assert sizes == {
         "cmrc2018": 509,
         "cmrc2018-followup": 362,
         "cmrc2018-switch": 362,
+        "cmrc2018-unanswerable": 254,
         "smoke": 16,
     }
 
 
-@pytest.mark.parametrize("name", ["smoke", "cmrc2018", "cmrc2018-followup", "cmrc2018-switch"])
+def test_the_unanswerable_suite_withholds_the_gold_of_every_case_it_wants_refused(
+    tmp_path: Path,
+):
+    suite = load_suite("cmrc2018-unanswerable")
+    withheld = suite.knowledge.exclude
+    assert len(withheld) == 254
+    refused = [case for case in suite.cases if case.turns[0].expect.refuse]
+    answered = [case for case in suite.cases if case.turns[0].expect.refuse is False]
+    assert len(refused) == len(answered) == 127
+    gold = {q.id: q.gold for q in load_questions()}
+    assert all(gold[case.id] <= withheld for case in refused)
+    assert all(case.turns[0].expect.gold and not gold[case.id] & withheld for case in answered)
+    # The held-out half only: the calibration's half never appears in the suite.
+    development = {q.id for q, _, _ in unanswerable_questions(development=True)}
+    assert not development & {case.id for case in suite.cases}
+    # The base the runner builds holds everything but the withheld paragraphs.
+    with EmbeddedKB(tmp_path / "kb.sqlite", suite.knowledge.name) as kb:
+        ingest_suite(suite, kb, tmp_path)
+        assert kb.count() == 1104 - 254
+        assert all(kb.get(paragraph) is None for paragraph in sorted(withheld)[:20])
+        assert kb.get(next(iter(answered)).turns[0].expect.gold[0]) is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["smoke", "cmrc2018", "cmrc2018-followup", "cmrc2018-switch", "cmrc2018-unanswerable"]
+)
 def test_every_gold_reference_names_a_passage(name: str):
     assert load_suite(name).unknown_gold() == []
 
@@ -64,9 +99,9 @@ def test_smoke_covers_what_the_issue_asks_for():
 
 
 def test_derived_case_files_are_up_to_date_and_credited():
-    for relative, rows in derived_suites().items():
-        assert (SUITES_DIR / relative).read_text(encoding="utf-8") == jsonl_text(rows), relative
-    for name in ("cmrc2018", "cmrc2018-followup", "cmrc2018-switch"):
+    for relative, text in derived_suites().items():
+        assert (SUITES_DIR / relative).read_text(encoding="utf-8") == text, relative
+    for name in ("cmrc2018", "cmrc2018-followup", "cmrc2018-switch", "cmrc2018-unanswerable"):
         credit = load_suite(name).credit
         assert "CC BY-SA 4.0" in credit and "Cui et al." in credit
 

@@ -7,27 +7,36 @@ import itertools
 import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from ollama import GenerateResponse
 
 from evals.fakes.ollama import FakeOllama, Fault, LatencyModel, embed_text, overlap
-from tools.base import Passage
+from tools.base import Passage, TermCounts
 from tools.embeddings import OllamaEmbedder
+from tools.kb import EmbeddedKB
 from tools.rerank import (
+    LEXICAL_GATE,
     MAX_RERANK_DOCUMENT_CHARS,
     QWEN3_DEFAULT_INSTRUCTION,
     QWEN3_RERANK_PREFIX,
     QWEN3_RERANK_SUFFIX,
+    SENTENCE_WINDOW,
+    TITLE_SHARE,
     EmbeddingReranker,
     LexicalReranker,
     NoReranker,
     Qwen3Reranker,
     Reranker,
     RerankError,
+    calibrated,
+    query_terms,
     qwen3_rerank_prompt,
     select_evidence,
+    term_weights,
+    weighted_coverage,
     yes_probability,
 )
 
@@ -82,7 +91,7 @@ async def test_lexical_and_none_rerankers() -> None:
     # Retrieval order stays; the score says how much of the question each passage covers.
     assert [(p["id"], p["score"]) for p in lexical] == [
         ("points", 0.0),
-        ("refund", 0.8),
+        ("refund", 0.9053),
         ("hours", 0.0),
     ]
     kept = await NoReranker().rerank(QUERY, PASSAGES)
@@ -93,6 +102,113 @@ async def test_lexical_and_none_rerankers() -> None:
     ]
     assert select_evidence(lexical, 1, 0.3) == [lexical[1]]
     assert select_evidence(lexical, 5, 1.01) == []
+
+
+def scored(*scores: float) -> list[Passage]:
+    return [passage(f"p{i}", f"标题{i}", "正文。", score) for i, score in enumerate(scores)]
+
+
+def test_evidence_is_what_clears_the_gate_and_comes_close_to_the_best() -> None:
+    ranked = scored(0.6, 0.95, 0.8, 0.7, 0.9, 0.3)
+    # Ranked order kept; 0.6 and 0.7 are under 0.8 × 0.95, 0.3 under the gate; capped at 2.
+    assert ids(select_evidence(ranked, 4, 0.5, 0.8)) == ["p1", "p2", "p4"]
+    assert ids(select_evidence(ranked, 2, 0.5, 0.8)) == ["p1", "p2"]
+    # Without the ratio every passage over the gate is evidence, as before.
+    assert ids(select_evidence(ranked, 10, 0.5)) == ["p0", "p1", "p2", "p3", "p4"]
+    # The ratio never lets a passage under the gate in: nothing clears it, nothing is evidence.
+    assert select_evidence(scored(0.4, 0.2), 4, 0.5, 0.1) == []
+    assert select_evidence([], 4, 0.5, 0.8) == []
+
+
+def test_query_terms_leave_out_interrogatives_glued_to_their_neighbours() -> None:
+    # jieba makes one word of 几月 and of 哪几个: no passage holds them, so the base's
+    # statistics would make them the rarest terms and the question uncoverable.
+    assert query_terms("落山风在每年几月产生？") == ["落山风", "每年", "产生"]
+    assert query_terms("嘉兴南站由哪几个部分组成？") == ["嘉兴", "南站", "由", "部分", "组成"]
+    assert query_terms("银河又叫什么河？") == ["银河", "河"]
+    # A question of nothing but function words keeps them: something must be searched.
+    assert query_terms("是什么？") == ["是", "什么"]
+
+
+def test_weighted_coverage_weighs_rare_terms_and_looks_at_three_sentences() -> None:
+    weights = {"星尘": 4.0, "打印机": 4.0, "保修": 1.0}
+    body = 1 - TITLE_SHARE
+    # All covered, the heading naming the rare terms: TITLE_SHARE of 8/9 from the heading.
+    assert weighted_coverage(weights, "星尘打印机", "保修一年。") == pytest.approx(
+        body + TITLE_SHARE * 8 / 9
+    )
+    assert weighted_coverage(weights, "", "星尘打印机保修一年。") == pytest.approx(body)
+    # The rare terms missing: the common one alone covers a ninth of the weight.
+    assert weighted_coverage(weights, "", "月光扫地机器人保修两年。") == pytest.approx(body / 9)
+    # Scattered over more than SENTENCE_WINDOW sentences, the terms do not add up.
+    two = {"星尘": 1.0, "打印机": 1.0}
+    far = "星尘很亮。" + "天气不错。" * SENTENCE_WINDOW + "打印机很快。"
+    assert weighted_coverage(two, "", far) == pytest.approx(body / 2)
+    assert weighted_coverage(two, "", "星尘很亮。打印机很快。") == pytest.approx(body)
+    # A term jieba cut differently in the question counts by its character pairs; a Latin
+    # word only as a word.
+    split = {"蝮是": 1.0, "棕榈蝮是": 1.0}
+    assert weighted_coverage(split, "", "棕榈蝮的颜色。") == pytest.approx(body * 2 / 3 / 2)
+    assert weighted_coverage({"port": 1.0}, "", "support 很好。") == 0.0
+    assert weighted_coverage({}, "标题", "正文。") == 0.0
+
+
+async def test_a_question_of_two_sentences_is_weighed_sentence_by_sentence() -> None:
+    printer = passage("warranty", "星尘打印机 › 保修", "星尘打印机保修两年。", 2.0)
+    robot = passage("filter", "月光扫地机器人 › 保养", "扫地机器人的滤网每两个月换一次。", 1.0)
+    prices = passage("price", "星尘打印机 › 价格", "星尘打印机售价 1999 元。", 1.0)
+    reranker = LexicalReranker()
+    two = await reranker.rerank("星尘打印机保修多久？顺便问扫地机器人滤网多久换", [printer, robot])
+    # Each half has its passage, and neither is marked down for not answering the other.
+    assert all(p["score"] > 0.8 for p in two)
+    # A sentence that leans on the one before is weighed with it: alone, 售价 would answer
+    # "那它售价多少？" about any product.
+    follow_up = await reranker.rerank("月光扫地机器人多久换滤网？ 那它售价多少？", [prices, robot])
+    assert [p["id"] for p in select_evidence(follow_up, 4, 0.5)] == ["filter"]
+
+
+def test_calibration_puts_the_gate_on_one_half() -> None:
+    assert calibrated(LEXICAL_GATE) == 0.5
+    assert calibrated(0.0) == 0.0 and calibrated(1.0) == 1.0
+    assert calibrated(LEXICAL_GATE - 0.01) < 0.5 < calibrated(LEXICAL_GATE + 0.01)
+
+
+def test_rare_terms_weigh_more_and_missing_ones_no_more_than_the_rarest() -> None:
+    counts = TermCounts(1000, {"的话": 900, "铁路": 50, "广三": 1, "火星": 0})
+    weights = term_weights(["的话", "铁路", "广三", "火星"], counts)
+    assert weights["的话"] < weights["铁路"] < weights["广三"] == weights["火星"]
+    # Without the base's statistics: jieba's general IDF, unknown words the rarest.
+    general = term_weights(["铁路", "qqrag"], None)
+    assert 0 < general["铁路"] < general["qqrag"]
+
+
+async def test_an_off_topic_question_clears_no_gate_in_a_real_base(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "stardust.md").write_text(
+        "# 星尘打印机\n\n## 保修\n\n星尘打印机整机保修一年，打印头保修六个月。\n\n"
+        "## 价格与购买\n\n星尘打印机售价 899 元，可在官网购买。\n",
+        encoding="utf-8",
+    )
+    (docs / "moonlight.md").write_text(
+        "# 月光扫地机器人\n\n月光扫地机器人续航 150 分钟。\n\n"
+        "## 价格\n\n月光扫地机器人售价 1299 元。\n",
+        encoding="utf-8",
+    )
+    with EmbeddedKB(tmp_path / "kb.sqlite", "t") as kb:
+        kb.add_path(docs, root=tmp_path).raise_on_problems()
+        reranker = LexicalReranker()
+
+        async def evidence(question: str) -> list[str]:
+            ranked = await reranker.rerank(question, await kb.search(question, 8), kb)
+            return [p["title"] for p in select_evidence(ranked, 4, 0.5, 0.8)]
+
+        assert await evidence("星尘打印机保修多久？") == ["星尘打印机 › 保修"]
+        assert await evidence("月光扫地机器人售价多少？") == ["月光扫地机器人 › 价格"]
+        # Shares 打印机 with the base, but not the subject: before the gate weighed terms,
+        # coverage fractions let such questions through with unrelated citations.
+        assert await evidence("激光打印机的墨盒怎么换？") == []
+        assert await evidence("火星上的首都是哪里？") == []
 
 
 async def test_embedding_reranker_makes_one_batched_call(ollama: FakeOllama) -> None:
