@@ -11,7 +11,7 @@ import pytest
 
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault, load_fixture_knowledge
 from tests.conftest import FIXTURES
-from tools.base import KnowledgeBackend, Passage
+from tools.base import KnowledgeBackend, Passage, TermCounts, statistics
 from tools.health import Health, Status
 from tools.kb import EmbeddedKB
 from tools.knowledge import FallbackKnowledge, MergedKnowledge
@@ -230,3 +230,40 @@ async def test_merged_health_is_its_worst_base(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+async def test_term_counts_come_from_the_index_and_follow_every_write(tmp_path: Path) -> None:
+    base = embedded(tmp_path, "counts")
+    total = base.count()
+    counts = await base.term_counts(["星尘", "打印机", "火星"])
+    assert counts is not None and counts.passages == total
+    assert counts.containing["火星"] == 0
+    assert 0 < counts.containing["星尘"] < total
+    # Another connection (another worker) removes a document: the counts follow.
+    other = EmbeddedKB(tmp_path / "counts.sqlite", "counts")
+    removed = other.remove_source(other.sources()[0].source)
+    after = await base.term_counts(["星尘"])
+    assert after is not None and after.passages == total - removed
+    assert await base.term_counts([]) == TermCounts(total - removed, {})
+    other.close()
+    # Closed, it has no statistics to give rather than an error.
+    base.close()
+    assert await base.term_counts(["星尘"]) is None
+
+
+async def test_wrappers_pass_on_the_statistics_they_can_stand_for(
+    tmp_path: Path, maxkb_server: FakeMaxKB
+) -> None:
+    one, two = embedded(tmp_path, "one"), embedded(tmp_path, "two")
+    merged = await MergedKnowledge([one, two]).term_counts(["星尘"])
+    single = await one.term_counts(["星尘"])
+    assert merged is not None and single is not None
+    assert merged.passages == 2 * single.passages
+    assert merged.containing["星尘"] == 2 * single.containing["星尘"]
+    maxkb = maxkb_backend(maxkb_server)
+    # MaxKB tells none, so a base merged with it or standing in for it tells none either:
+    # the embedded base's counts would weigh MaxKB's passages by other documents.
+    assert statistics(maxkb) is None
+    assert await MergedKnowledge([one, maxkb]).term_counts(["星尘"]) is None
+    assert await FallbackKnowledge(maxkb, one).term_counts(["星尘"]) is None
+    assert await FallbackKnowledge(two, one).term_counts(["星尘"]) == single
