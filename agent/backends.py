@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 import redis
 
 from agent.policy.admission import Admission, LocalAdmission
@@ -26,7 +27,7 @@ from agent.threads import FileKeyedLocks, ThreadLocks
 from tools.base import KnowledgeBackend
 from tools.embeddings import Embedder, OllamaEmbedder
 from tools.knowledge import FallbackKnowledge
-from tools.maxkb import MaxKBConfig, MaxKBKnowledge
+from tools.maxkb import AccessLimitNote, MaxKBConfig, MaxKBKnowledge
 from tools.rerank import EmbeddingReranker, LexicalReranker, NoReranker, Qwen3Reranker, Reranker
 
 
@@ -132,16 +133,31 @@ def maxkb_config(settings: Settings) -> MaxKBConfig:
     )
 
 
+MAXKB_ACCESS_LIMIT_FILE = "maxkb-access-limit.json"
+"""In the data folder: the daily access limit MaxKB last refused a search with, read by every
+worker's /readyz and by `qqrag doctor`."""
+
+
 def knowledge(
-    settings: Settings, embedded: KnowledgeBackend, on_outage: Callable[[str], None]
+    settings: Settings,
+    embedded: KnowledgeBackend,
+    on_outage: Callable[[str], None],
+    *,
+    client: httpx.AsyncClient | None = None,
 ) -> KnowledgeBackend:
     """The default knowledge backend: the embedded base, or MaxKB (with the embedded base
-    standing in while it is out, when the settings allow). `on_outage` hears of every failed
-    MaxKB search, even one the fallback covers: the operator should see MaxKB fail."""
+    standing in while it is out, when the settings allow; through `client` when given).
+    `on_outage` hears of every failed MaxKB search, even one the fallback covers or the open
+    circuit skips: the operator should see MaxKB fail."""
     match settings.knowledge_backend:
         case "embedded":
             return embedded
         case "maxkb":
-            maxkb = MaxKBKnowledge(maxkb_config(settings))
+            note = AccessLimitNote(settings.data_dir / MAXKB_ACCESS_LIMIT_FILE)
+            maxkb = MaxKBKnowledge(maxkb_config(settings), client=client, access_limit=note)
             maxkb.on_outage = on_outage
-            return FallbackKnowledge(maxkb, embedded) if settings.maxkb_fallback_embedded else maxkb
+            if not settings.maxkb_fallback_embedded:
+                return maxkb
+            fallback = FallbackKnowledge(maxkb, embedded)
+            fallback.on_outage = on_outage
+            return fallback

@@ -423,12 +423,19 @@ def kb_list(kb: Annotated[str | None, typer.Option(help="知识库名")] = None)
 def kb_search(
     query: Annotated[str, typer.Argument(help="检索语句")],
     k: Annotated[int, typer.Option("-k", help="返回条数")] = 5,
-    kb: Annotated[str | None, typer.Option(help="知识库名")] = None,
+    kb: Annotated[
+        str | None, typer.Option(help="内置知识库名；不写时检索服务所用的知识库（可能是 MaxKB）")
+    ] = None,
 ) -> None:
     """只做检索，查看会命中哪些段落（显示整段原文）。"""
+    settings = get_settings()
     base = _open_kb(kb)
     try:
-        hits = base.search_sync(query, k)
+        if kb is None and settings.knowledge_backend == "maxkb":
+            hits = asyncio.run(_search_as_the_service(settings, base, query, k))
+        else:
+            console.print(f"检索内置知识库 {escape(base.name)}")
+            hits = base.search_sync(query, k)
     finally:
         base.close()
     width = max(console.width - 4, 20)
@@ -441,6 +448,30 @@ def kb_search(
             console.print(f"   {escape(line)}", soft_wrap=True)
     if not hits:
         console.print("没有找到任何段落")
+
+
+async def _search_as_the_service(settings: Settings, embedded: Any, query: str, k: int) -> Any:
+    """The search a turn makes: MaxKB (its hit test or application, as configured), with the
+    embedded base standing in while it is out when the settings allow."""
+    import httpx
+
+    from agent.backends import knowledge
+    from tools.base import KnowledgeUnavailable, stand_in
+
+    console.print(f"检索 MaxKB（{settings.maxkb_url}，{settings.maxkb_mode}）")
+    async with httpx.AsyncClient() as client:
+        try:
+            hits = await knowledge(settings, embedded, lambda _: None, client=client).search(
+                query, k
+            )
+        except KnowledgeUnavailable as exc:
+            console.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(1) from exc
+    if reason := stand_in(hits):
+        console.print(
+            f"[yellow]MaxKB 不可用，以下来自内置知识库 {escape(embedded.name)}：{escape(reason)}[/]"
+        )
+    return hits
 
 
 _UNBROKEN = re.compile(r"(?:[!-~]+|\S)[，。、；：？！）」』”’》]*|\s+")

@@ -220,24 +220,27 @@ def check_knowledge(settings: Settings) -> list[Finding]:
 
 
 async def check_maxkb(settings: Settings) -> list[Finding]:
+    """The knowledge backend the service builds, and its Health as /readyz reports it: a
+    fallback is named only where the service would use it (an outage, and an embedded base
+    that can answer), and the daily access limit the service last met shows too."""
     if settings.knowledge_backend != "maxkb":
         return []
-    from agent.backends import maxkb_config
-    from tools.maxkb import MaxKBError, MaxKBKnowledge
+    from agent.backends import knowledge
+    from tools.kb import EmbeddedKB
+    from tools.maxkb import MaxKBError
 
-    config = maxkb_config(settings)
+    embedded = EmbeddedKB(settings.kb_path, settings.kb_name)
     try:
-        knowledge = MaxKBKnowledge(config)
-    except MaxKBError as exc:
-        return [Finding("MaxKB", "error", str(exc), "按提示修改 QQRAG_MAXKB_* 设置")]
-    try:
-        health = await knowledge.health()
+        async with httpx.AsyncClient() as client:
+            try:
+                backend = knowledge(settings, embedded, lambda _: None, client=client)
+            except MaxKBError as exc:
+                return [Finding("MaxKB", "error", str(exc), "按提示修改 QQRAG_MAXKB_* 设置")]
+            health = await backend.health()
     finally:
-        await knowledge.aclose()
+        embedded.close()
     finding = of_health("MaxKB", health)
     if not health.ok:
-        if settings.maxkb_fallback_embedded and not health.misconfigured:
-            finding.detail += "（QQRAG_MAXKB_FALLBACK_EMBEDDED 开着：先用嵌入式知识库顶上）"
         finding.fix = finding.fix or "按提示修改 QQRAG_MAXKB_* 设置"
     return [finding]
 

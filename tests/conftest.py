@@ -265,6 +265,8 @@ def maxkb(maxkb_server: FakeMaxKB) -> FakeMaxKB:
     maxkb_server.llm_fails = False
     maxkb_server.access_num = 100
     maxkb_server.workspace = "default"
+    maxkb_server.language = "zh"
+    maxkb_server.key_active = True
     return maxkb_server
 
 

@@ -144,6 +144,28 @@ def test_maxkb_faults_fall_back_to_the_embedded_base(maxkb: FakeMaxKB, fault: Ma
         assert api.get("/healthz").json() == {"status": "ok"}
 
 
+def test_answers_of_the_fallback_are_degraded_and_leave_no_knowledge_gap(maxkb: FakeMaxKB):
+    """The embedded base holds other documents than MaxKB: what it answers is degraded, and
+    what it lacks says nothing of what MaxKB lacks."""
+    from agent.audit import AuditLog
+
+    with client() as api:
+        maxkb.stop()
+        answered, _ = ask(api, FIRST)
+        unanswered, _ = ask(api, "广三铁路在哪年建成？")
+
+        assert answered["degraded"] is True and answered["citations"]
+        assert "备用的内置知识库" in answered["answer"]
+        assert unanswered["degraded"] is True and unanswered["citations"] == []
+        assert unanswered["answer"].startswith("知识库暂时连不上")
+        audit = AuditLog(get_settings().audit_path)
+        try:
+            assert [row["degraded"] for row in audit.turns()] == [1, 1]
+            assert audit.gaps() == []
+        finally:
+            audit.close()
+
+
 def test_maxkb_down_without_the_fallback_gets_a_short_reply(
     maxkb: FakeMaxKB, env: pytest.MonkeyPatch
 ):

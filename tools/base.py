@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from typing_extensions import TypedDict
@@ -34,6 +34,21 @@ class Passage(TypedDict):
     """Backend score; after reranking a 0..1 relevance."""
     kb: str
     """Name of the knowledge base that holds it."""
+
+
+class Found(list[Passage]):
+    """A search's passages found by a stand-in for the configured base (a fallback while it
+    is out): they come from other documents, so an answer built on them is degraded."""
+
+    def __init__(self, passages: Iterable[Passage], stand_in: str) -> None:
+        super().__init__(passages)
+        self.stand_in = stand_in
+        """Why the configured base did not answer, in Chinese."""
+
+
+def stand_in(passages: list[Passage]) -> str:
+    """Why a stand-in found `passages` instead of the configured base; empty when it did not."""
+    return passages.stand_in if isinstance(passages, Found) else ""
 
 
 class KnowledgeBackend(Protocol):

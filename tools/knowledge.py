@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
 from tools.base import (
+    Found,
     KnowledgeBackend,
     KnowledgeMisconfigured,
     KnowledgeUnavailable,
     Passage,
     TermCounts,
+    stand_in,
     statistics,
     term_counts,
 )
@@ -45,7 +47,9 @@ async def find_evidence(
     """Search, rerank and keep what clears the gate: the whole retrieval path in one call."""
     candidates = await knowledge.search(query, top_k)
     ranked = await reranker.rerank(query, candidates, statistics(knowledge))
-    return select_evidence(ranked, top_n, threshold, ratio)
+    evidence = select_evidence(ranked, top_n, threshold, ratio)
+    reason = stand_in(candidates)
+    return Found(evidence, reason) if reason else evidence
 
 
 def make_search_tool(
@@ -133,9 +137,11 @@ def _is_outage(kind: type[BaseException], error: BaseException) -> bool:
 class FallbackKnowledge:
     """One backend first; another while the first is out (down, refusing, over its quota).
 
-    A wrong setting (:class:`~tools.base.KnowledgeMisconfigured`) is not hidden behind the
-    fallback: it needs an operator. One warning is logged when an outage starts and one when
-    the primary answers again.
+    What the fallback finds comes as :class:`~tools.base.Found`: it holds other documents, so
+    the turn is degraded, and a question it cannot answer is no gap of the primary's. A wrong
+    setting (:class:`~tools.base.KnowledgeMisconfigured`) is not hidden behind the fallback: it
+    needs an operator. One warning is logged when an outage starts and one when the primary
+    answers again.
     """
 
     def __init__(
@@ -158,26 +164,36 @@ class FallbackKnowledge:
             expected_exception=_is_outage,
             name=primary.name,
         )
+        self.on_outage: Callable[[str], None] | None = None
+        """Told the primary's name when the open circuit skips it (metrics): the primary
+        reports the searches it fails itself, a skipped one is as failed to the operator."""
 
     async def search(self, query: str, k: int) -> list[Passage]:
         try:
             # The library checks for an open circuit in its decorators only, not in `with`.
             if self.breaker.opened:
+                if self.on_outage is not None:
+                    self.on_outage(self.primary.name)
                 raise CircuitBreakerError(self.breaker)
             with self.breaker:
                 passages = await self.primary.search(query, k)
         except KnowledgeMisconfigured:
             raise
         except (KnowledgeUnavailable, CircuitBreakerError) as exc:
+            reason = (
+                f"知识库 {self.primary.name} 接连失败，暂时不去查它"
+                if isinstance(exc, CircuitBreakerError)
+                else str(exc)
+            )
             if not self._outage:
                 self._outage = True
                 logger.warning(
                     "知识库 %s 不可用，改用知识库 %s：%s",
                     self.primary.name,
                     self.fallback.name,
-                    exc,
+                    reason,
                 )
-            return await self.fallback.search(query, k)
+            return Found(await self.fallback.search(query, k), reason)
         if self._outage:
             self._outage = False
             logger.warning(

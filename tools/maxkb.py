@@ -20,10 +20,13 @@ raw). Error messages are Chinese and say what an operator should do.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -53,12 +56,17 @@ MAX_ACCESS_NUM = 10_000
 ACCESS_LIMIT_STATUS = 461
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _AUTH_CODES = frozenset({1002, 1003})
 _TOKEN_SETTING = "QQRAG_MAXKB_TOKEN"
 _KEY_SETTING = "QQRAG_MAXKB_API_KEY"
 _SHOW_SOURCE_MESSAGE = (
     "MaxKB 的对话记录里没有知识来源（paragraph_list）：请在 MaxKB 管理后台打开该应用 → 概览 → "
     "访问限制，在应用的访问限制里打开“显示知识来源”，保存后再试。"
+)
+_ACCESS_LIMIT_FIX = (
+    "在 MaxKB 管理后台打开该应用 → 概览 → 访问限制，调高每日访问次数 access_num（默认 100，"
+    f"最多 {MAX_ACCESS_NUM}）；或等到第二天 MaxKB 的计数清零"
 )
 _HEALTH_QUERY = "连接检查"
 # A few paths an operator may paste with the base URL; the API paths are appended to it.
@@ -84,6 +92,49 @@ class MaxKBAuthError(MaxKBError):
 
 class MaxKBConfigError(MaxKBError, KnowledgeMisconfigured):
     """The configuration cannot work; found before any call or from what MaxKB answered."""
+
+
+@dataclass
+class AccessLimitNote:
+    """The daily access limit (HTTP 461) as the last real search met it.
+
+    Health checks read it instead of spending an access of their own (the chat mode's check
+    reads the application profile, which MaxKB does not count). Kept in ``path`` when given,
+    so that every worker process and ``qqrag doctor`` see the same note; MaxKB counts visits
+    per day, so a note from an earlier day is void.
+    """
+
+    path: Path | None = None
+    today: Callable[[], date] = date.today
+    _memory: dict[str, str] | None = field(default=None, init=False)
+
+    def write(self, detail: str) -> None:
+        note = {"day": self.today().isoformat(), "detail": detail}
+        self._memory = note
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(note, ensure_ascii=False), encoding="utf-8")
+
+    def clear(self) -> None:
+        self._memory = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def read(self) -> str:
+        """The refusal's detail when it was met today, else empty."""
+        note: Any = self._memory
+        if self.path is not None:
+            try:
+                note = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                note = None
+        if not isinstance(note, dict) or note.get("day") != self.today().isoformat():
+            return ""
+        return str(note.get("detail") or "")
+
+
+def _access_limit_message(detail: str) -> str:
+    return f"MaxKB 应用今天的访问次数已用完（{detail}）"
 
 
 def is_application_key(credential: str) -> bool:
@@ -356,9 +407,16 @@ class MaxKBKnowledge:
 
     name = "maxkb"
 
-    def __init__(self, config: MaxKBConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        config: MaxKBConfig,
+        *,
+        client: httpx.AsyncClient | None = None,
+        access_limit: AccessLimitNote | None = None,
+    ) -> None:
         config.validate()
         self.config = config
+        self.access_limit = access_limit or AccessLimitNote()
         self._timeout = httpx.Timeout(config.timeout)
         self._client = client or httpx.AsyncClient(timeout=self._timeout)
         self._owns_client = client is None
@@ -406,6 +464,8 @@ class MaxKBKnowledge:
             return Health.down(str(exc), misconfigured=True)
         except MaxKBError as exc:
             return Health.down(str(exc))
+        if detail := self.access_limit.read():
+            return Health.down(_access_limit_message(detail), _ACCESS_LIMIT_FIX)
         return Health.up(f"{self.config.url}（{self.config.mode}）可用，密钥有效")
 
     async def check(self) -> None:
@@ -455,6 +515,7 @@ class MaxKBKnowledge:
             )
         rows = _rows(self._data(response))
         self._v1_method = method
+        self.access_limit.clear()
         return rows
 
     async def _v1_request(
@@ -536,6 +597,8 @@ class MaxKBKnowledge:
             raise MaxKBError(
                 "MaxKB 的回答里没有对话记录 id：请确认 QQRAG_MAXKB_URL 指向 MaxKB v2。"
             )
+        # A message MaxKB answered is an access it counted: the day's limit is not reached.
+        self.access_limit.clear()
         return record_id
 
     # ------------------------------------------------------------------ transport and envelope
@@ -601,9 +664,15 @@ class MaxKBKnowledge:
         detail = f"HTTP {status}" + (f"，code {code}" if code is not None else "")
         detail += f"：{message}" if message else ""
         if status == ACCESS_LIMIT_STATUS:
+            self.access_limit.write(detail)
             raise MaxKBError(
-                f"MaxKB 应用今天的访问次数已用完（{detail}）。请在 MaxKB 管理后台打开该应用 → "
-                f"概览 → 访问限制，调高每日访问次数 access_num（默认 100，最多 {MAX_ACCESS_NUM}）。",
+                f"{_access_limit_message(detail)}。请{_ACCESS_LIMIT_FIX}。",
+                status=status,
+                code=code,
+            )
+        if status in _REDIRECT_STATUSES:
+            raise MaxKBConfigError(
+                self._redirect_message(detail, response.headers.get("location", "")),
                 status=status,
                 code=code,
             )
@@ -612,7 +681,8 @@ class MaxKBKnowledge:
         if status == 403:
             raise MaxKBAuthError(self._forbidden_message(detail), status=status, code=code)
         if status == 404:
-            raise MaxKBError(
+            # A wrong URL, prefix or mode: it will not heal, so no fallback may hide it.
+            raise MaxKBConfigError(
                 f"MaxKB 上没有这个接口（{detail}）：请检查 QQRAG_MAXKB_URL、"
                 "QQRAG_MAXKB_ADMIN_PATH，以及 QQRAG_MAXKB_MODE 是否与 MaxKB 的版本相符。",
                 status=status,
@@ -629,6 +699,21 @@ class MaxKBKnowledge:
         if code != 200:
             raise MaxKBError(f"MaxKB 拒绝了请求（{detail}）。", status=status, code=code)
         return data
+
+    def _redirect_message(self, detail: str, location: str) -> str:
+        # MaxKB redirects every path outside its prefixes to its admin UI, rather than a 404.
+        where = f"重定向到了 {location}" if location else "重定向了请求"
+        if self.config.mode == "knowledge_hit_test_v2":
+            current = self.config.admin_prefix or "（空）"
+            return (
+                f"MaxKB 把命中测试{where}（{detail}）：它的管理端接口不在 {current}/api/ 下。"
+                "请把 QQRAG_MAXKB_ADMIN_PATH 改成 MaxKB 的 ADMIN_PATH（默认 /admin，"
+                f"当前是 {current}）。"
+            )
+        return (
+            f"MaxKB {where}（{detail}）：这不是它的接口地址。请确认 QQRAG_MAXKB_URL 只写到端口"
+            "（例如 http://maxkb:8080），并与 QQRAG_MAXKB_MODE 所选的 MaxKB 版本相符。"
+        )
 
     def _auth_message(self, detail: str) -> str:
         if self.config.mode == "knowledge_hit_test_v2":

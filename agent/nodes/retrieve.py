@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from agent.context import Context
 from agent.services import get_services
 from agent.state import State
-from tools.base import KnowledgeUnavailable
+from tools.base import KnowledgeUnavailable, stand_in
 
 log = logging.getLogger(__name__)
 
@@ -24,4 +24,8 @@ async def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         # The user is told the knowledge base is unreachable, not that it lacks an answer.
         log.warning("knowledge search failed: %s", exc)
         return {"candidates": [], "degraded": True, "knowledge_error": str(exc)}
+    if reason := stand_in(candidates):
+        # A fallback's documents are not the configured ones: its answer is degraded, and
+        # what it lacks is no gap of the configured base.
+        return {"candidates": list(candidates), "degraded": True, "knowledge_error": reason}
     return {"candidates": candidates}

@@ -12,7 +12,7 @@ from agent.context import Context
 from agent.evidence import format_evidence
 from agent.services import get_services
 from agent.state import State
-from tools.base import KnowledgeUnavailable, Passage
+from tools.base import KnowledgeUnavailable, Passage, stand_in
 from tools.knowledge import SEARCH_TOOL_NAME
 
 NOTHING_NEW = "没有找到更多相关资料。"
@@ -27,6 +27,7 @@ async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     evidence = list(state.evidence)
     numbers = {p["id"]: i for i, p in enumerate(evidence, start=1)}
     results: list[ToolMessage] = []
+    stood_in = ""
     for call in request.tool_calls:
         call_id = call.get("id") or ""
         if call["name"] != SEARCH_TOOL_NAME:
@@ -48,6 +49,7 @@ async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         except KnowledgeUnavailable:
             results.append(ToolMessage(SEARCH_FAILED, tool_call_id=call_id, status="error"))
             continue
+        stood_in = stand_in(found) or stood_in
         for passage in found:
             if passage["id"] not in numbers:
                 evidence.append(passage)
@@ -55,8 +57,11 @@ async def call_tools(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         numbered = [(numbers[p["id"]], evidence[numbers[p["id"]] - 1]) for p in found]
         content = format_evidence(numbered) if numbered else NOTHING_NEW
         results.append(ToolMessage(content, tool_call_id=call_id, name=SEARCH_TOOL_NAME))
-    return {
+    update: dict[str, Any] = {
         "scratch": [*state.scratch, *results],
         "evidence": evidence,
         "tool_rounds": state.tool_rounds + 1,
     }
+    if stood_in:
+        update |= {"degraded": True, "knowledge_error": stood_in}
+    return update

@@ -19,7 +19,13 @@ HTTP 401 + code 500, the daily access limit HTTP 461 + code 1002, an unknown cha
 a refused HTTP method is HTTP 200 + code 500 'Method "PUT" not allowed.' (MaxKB's exception
 handler wraps Django REST framework's 405, in v1 as in v2); the search_mode check is the
 unanchored regex ``^embedding|keywords|blend$``; the similarity threshold is strict (``>``);
-rows come back in a deterministic shuffle, never sorted.
+rows come back in a deterministic shuffle, never sorted. As the live v2.1.0 of
+``tests/fixtures/maxkb-live`` answers: validation messages are Chinese unless the request asks
+for English (``language`` sets the server's own); a path with no route is a 404 envelope under
+``{admin}/api/`` (a trailing slash on the hit test too), MaxKB's HTML 404 page elsewhere under
+the admin prefix, and a 302 to ``{admin}/`` outside it (a wrong ``QQRAG_MAXKB_ADMIN_PATH``); an
+expired user token is "Login expired", a user token on the chat profile "身份异常", a disabled
+API key is refused like an unknown one.
 
 Scores are character-bigram overlap between the query and title + content ("embedding"); a
 keyword rank counts when every query word (a run of letters, digits or CJK characters) occurs
@@ -43,7 +49,7 @@ from typing import Any, Literal, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from evals.fakes._server import (
     NOT_JSON,
@@ -56,6 +62,7 @@ from evals.fakes._server import (
 from evals.fakes.ollama import count_tokens, overlap
 
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "maxkb"
+LIVE_FIXTURES_DIR = FIXTURES_DIR.with_name("maxkb-live")
 FIXTURE_KNOWLEDGE_ID = "01a20f1e-2086-71f1-bbc1-1fc95ec9e38e"
 DEFAULT_APPLICATION_ID = "01a20f1e-e423-7261-9b85-d4804ea713e6"
 DEFAULT_USER_TOKEN = "fake-maxkb-user-token"
@@ -66,6 +73,9 @@ SLOW_FAULT_S = 30.0
 
 NOT_LOGGED_IN = "Not logged in, please log in first"
 ILLEGAL_USER = "Authentication information is incorrect! illegal user"
+LOGIN_EXPIRED = "Login expired"
+IDENTITY_ERROR = "身份异常"
+PAGE_NOT_FOUND = "页面不存在"
 INVALID_KEY = "Secret key is invalid"
 NO_PERMISSION = "No permission to access"
 ACCESS_LIMIT = "The number of visits exceeds today's visits"
@@ -296,56 +306,90 @@ def _failure(message: str) -> Response:
     return _envelope(500, message)
 
 
-def _not_allowed(method: str) -> Response:
-    return _failure(f'Method "{method}" not allowed.')
+Language = Literal["zh", "en"]
+
+# Django REST framework's messages as MaxKB answers them, in its two languages; MaxKB's own
+# messages (the search_mode check, "Must be a valid UUID") stay English in both.
+_MESSAGES: dict[Language, dict[str, str]] = {
+    "en": {
+        "null": "This field may not be null.",
+        "blank": "This field may not be blank.",
+        "required": "This field is required.",
+        "integer": "A valid integer is required.",
+        "number": "A valid number is required.",
+        "min": "Ensure this value is greater than or equal to {}.",
+        "max": "Ensure this value is less than or equal to {}.",
+        "method": 'Method "{}" not allowed.',
+    },
+    "zh": {
+        "null": "该字段不能为 null。",
+        "blank": "该字段不能为空。",
+        "required": "该字段是必填项。",
+        "integer": "请填写合法的整数值。",
+        "number": "请填写合法的数字。",
+        "min": "请确保该值大于或者等于 {}。",
+        "max": "请确保该值小于或者等于 {}。",
+        "method": "方法 “{}” 不被允许。",
+    },
+}
 
 
-_NULL_MESSAGES = {"en": "This field may not be null.", "zh": "该字段不能为 null。"}
+def _not_allowed(method: str, language: Language) -> Response:
+    return _failure(_MESSAGES[language]["method"].format(method))
 
 
-def _hit_test_problem(fields: Mapping[str, Any], language: str) -> str | None:
+def _hit_test_problem(fields: Mapping[str, Any], language: Language) -> str | None:
     """MaxKB's first validation message for hit-test fields (v2 serializer order), or None."""
-    null = _NULL_MESSAGES[language]
+    said = _MESSAGES[language]
     query_text = fields.get("query_text")
     if query_text is None:
-        return f"query text:{null}"
+        return f"query text:{said['null']}"
     if not str(query_text).strip():
-        return "query text:This field may not be blank."
+        return f"query text:{said['blank']}"
     return (
-        _range_problem("top number", fields.get("top_number"), int, 1, 10000, null)
-        or _range_problem("similarity", fields.get("similarity"), float, 0, 2, null)
-        or _search_mode_problem(fields.get("search_mode"), null)
+        _range_problem("top number", fields.get("top_number"), int, 1, 10000, said)
+        or _range_problem("similarity", fields.get("similarity"), float, 0, 2, said)
+        or _search_mode_problem(fields.get("search_mode"), said)
     )
 
 
 def _range_problem(
-    label: str, value: Any, parse: Callable[[str], float], low: int, high: int, null: str
+    label: str,
+    value: Any,
+    parse: Callable[[str], float],
+    low: int,
+    high: int,
+    said: Mapping[str, str],
 ) -> str | None:
     """DRF's messages for a missing, unparsable or out-of-range number field."""
     if value is None:
-        return f"{label}:{null}"
+        return f"{label}:{said['null']}"
     try:
         number = parse(str(value))
     except ValueError:
-        kind = "integer" if parse is int else "number"
-        return f"{label}:A valid {kind} is required."
+        return f"{label}:{said['integer' if parse is int else 'number']}"
     if number < low:
-        return f"{label}:Ensure this value is greater than or equal to {low}."
+        return f"{label}:{said['min'].format(low)}"
     if number > high:
-        return f"{label}:Ensure this value is less than or equal to {high}."
+        return f"{label}:{said['max'].format(high)}"
     return None
 
 
-def _search_mode_problem(search_mode: Any, null: str) -> str | None:
+def _search_mode_problem(search_mode: Any, said: Mapping[str, str]) -> str | None:
     if search_mode is None:
-        return f"search mode:{null}"
+        return f"search mode:{said['null']}"
     if not _SEARCH_MODE_RE.search(str(search_mode)):
         return "search mode:The type only supports embedding|keywords|blend"
     return None
 
 
-def _language(request: Request) -> str:
-    return "zh" if request.headers.get("accept-language", "").lower().startswith("zh") else "en"
+def _language(request: Request, default: Language) -> Language:
+    """Accept-Language picks the language; without it, the server's own (a default install
+    answers in Chinese)."""
+    asked = request.headers.get("accept-language", "").lower()
+    if asked.startswith("zh"):
+        return "zh"
+    return "en" if asked.startswith("en") else default
 
 
 # --------------------------------------------------------------------------- the server
@@ -387,6 +431,7 @@ class FakeMaxKB(ScriptedServer[Fault]):
         show_source: bool = True,
         published: bool = True,
         access_num: int = DEFAULT_ACCESS_NUM,
+        language: Language = "zh",
         port: int = 0,
     ) -> None:
         super().__init__(port)
@@ -403,6 +448,12 @@ class FakeMaxKB(ScriptedServer[Fault]):
         self.show_source = show_source
         self.published = published
         self.access_num = access_num
+        self.language: Language = language
+        """Of validation messages when a request names no Accept-Language."""
+        self.key_active = True
+        """False: the application API key is disabled in MaxKB (refused like an unknown one)."""
+        self.expired_tokens: set[str] = set()
+        """User tokens whose session is over (logged out, or idle past MaxKB's timeout)."""
         self.llm_fails = False
         """While True, chat messages fail after retrieval the way a broken model step fails."""
         self.chat_top_n = 3
@@ -416,9 +467,11 @@ class FakeMaxKB(ScriptedServer[Fault]):
         return create_app(self)
 
     def reset(self) -> None:
-        """Forget faults, recorded requests, chats, records and today's visit counts."""
+        """Forget faults, recorded requests, chats, records, today's visit counts and expired
+        tokens."""
         super().reset()
         with self._lock:
+            self.expired_tokens.clear()
             self._chats.clear()
             self._records.clear()
             self._visits.clear()
@@ -469,7 +522,7 @@ class _Api:
             (
                 re.compile(
                     rf"{admin}/api/workspace/(?P<workspace>[^/]+)/knowledge/(?P<knowledge>[^/]+)"
-                    r"/hit_test/?"
+                    r"/hit_test"
                 ),
                 self.knowledge_hit_test,
             ),
@@ -494,6 +547,22 @@ class _Api:
                 return handler, match.groupdict()
         return None
 
+    def not_found(self, path: str) -> Response:
+        """What MaxKB v2 answers for a path it has no route for (a trailing slash included):
+        a 404 envelope under the admin API, its HTML 404 page elsewhere under the admin
+        prefix, a redirect to the admin UI outside it; the v1 and chat prefixes a plain 404."""
+        prefix = self.fake.admin_path.strip("/")
+        admin = f"/{prefix}" if prefix else ""
+        if path.startswith(f"{admin}/api/"):
+            return _envelope(404, "HTTP_404_NOT_FOUND", status=404)
+        if path.startswith(f"{admin}/"):
+            return HTMLResponse(PAGE_NOT_FOUND, 404)
+        if path.startswith(("/api/", "/chat/")):
+            return PlainTextResponse("Not Found", 404)
+        return RedirectResponse(
+            f"{admin}/", 302, headers={"content-type": "text/html; charset=utf-8"}
+        )
+
     async def fault_response(self, fault: Fault | None) -> Response | None:
         if fault is Fault.SLOW:
             await self.fake.sleep(SLOW_FAULT_S)
@@ -516,12 +585,17 @@ class _Api:
             return _envelope(1002, ILLEGAL_USER, status=401)
         token = header.removeprefix("Bearer ") if bearer else header
         if token.startswith(_APPLICATION_KEY_PREFIXES):
-            if token != self.fake.api_key:
+            if token != self.fake.api_key or not self.fake.key_active:
                 return _envelope(500, INVALID_KEY, status=401)
             return _Caller("application", token)
+        if token in self.fake.expired_tokens:
+            return _envelope(1002, LOGIN_EXPIRED, status=401)
         if token == self.fake.user_token:
             return _Caller("user", token)
         return _envelope(1002, ILLEGAL_USER, status=401)
+
+    def language(self, request: Request) -> Language:
+        return _language(request, self.fake.language)
 
     def chat_caller(
         self, request: Request, expected: str, *, published: bool = True
@@ -532,8 +606,11 @@ class _Api:
         if isinstance(caller, Response):
             return caller
         if method != expected:
-            return _not_allowed(method)
+            return _not_allowed(method, self.language(request))
         if caller.kind != "application":
+            if request.url.path.startswith("/chat/api/application/profile"):
+                # The profile checks the token kind in its authentication; open fails later.
+                return _envelope(401, IDENTITY_ERROR, status=401)
             return _failure(USER_TOKEN_ON_CHAT)
         if published and not self.fake.published:
             return _failure(UNPUBLISHED)
@@ -548,7 +625,7 @@ class _Api:
         if isinstance(caller, Response):
             return caller
         if request.method != "PUT":
-            return _not_allowed(request.method)
+            return _not_allowed(request.method, self.language(request))
         if caller.kind != "user" or params["workspace"] != self.fake.workspace:
             return _envelope(403, NO_PERMISSION, status=403)
         knowledge_id = params["knowledge"]
@@ -557,7 +634,7 @@ class _Api:
         except ValueError:
             return _failure("id:Must be a valid UUID.")
         fields = body if isinstance(body, dict) else {}
-        if problem := _hit_test_problem(fields, _language(request)):
+        if problem := _hit_test_problem(fields, self.language(request)):
             return _failure(problem)
         base = self.fake.knowledge.get(knowledge_id)
         if base is None:
@@ -572,7 +649,7 @@ class _Api:
             return caller
         allowed = "PUT" if self.fake.v1_put_supported else "GET"
         if request.method != allowed:
-            return _not_allowed(request.method)
+            return _not_allowed(request.method, self.language(request))
         application_id = params["application"]
         if application_id != self.fake.application_id:
             if caller.kind == "application":
@@ -582,7 +659,7 @@ class _Api:
             fields: Mapping[str, Any] = dict(request.query_params)
         else:
             fields = body if isinstance(body, dict) else {}
-        if problem := _hit_test_problem(fields, _language(request)):
+        if problem := _hit_test_problem(fields, self.language(request)):
             return _failure(problem)
         return self.hit_test(self.fake.knowledge.values(), fields, v1=True)
 
@@ -624,7 +701,7 @@ class _Api:
             ("re_chat", "Do you want to reply again"),
         ):
             if key not in fields:
-                return _failure(f"{label}:This field is required.")
+                return _failure(f"{label}:{_MESSAGES[self.language(request)]['required']}")
         chat_id = params["chat"]
         fake = self.fake
         with fake._lock:
@@ -820,7 +897,7 @@ def create_app(fake: FakeMaxKB) -> Starlette:
         fake._record(request, body)
         found = api.route(request.url.path)
         if found is None:
-            return PlainTextResponse("Not Found", 404)
+            return api.not_found(request.url.path)
         if failure := await api.fault_response(fake._take_fault()):
             return failure
         handler, params = found

@@ -173,6 +173,37 @@ def test_kb_add_help_lists_every_format_it_reads(data_dir: Path):
         assert f"（{suffix}" in result.output or f"、{suffix}" in result.output, suffix
 
 
+def test_kb_search_searches_maxkb_when_the_service_does(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB
+
+    with FakeMaxKB() as maxkb:
+        monkeypatch.setenv("QQRAG_KNOWLEDGE_BACKEND", "maxkb")
+        monkeypatch.setenv("QQRAG_MAXKB_URL", maxkb.url)
+        monkeypatch.setenv("QQRAG_MAXKB_TOKEN", maxkb.user_token)
+        monkeypatch.setenv("QQRAG_MAXKB_KNOWLEDGE_IDS", FIXTURE_KNOWLEDGE_ID)
+        monkeypatch.setenv("QQRAG_MAXKB_RETRIES", "0")
+        get_settings.cache_clear()
+        found = runner.invoke(app, ["kb", "search", "广三铁路在哪年建成？", "-k", "1"])
+        assert len(requests := [r for r in maxkb.requests if r["path"].endswith("/hit_test")]) == 1
+        assert requests[0]["json"]["query_text"] == "广三铁路在哪年建成？"
+        maxkb.stop()
+        runner.invoke(app, ["kb", "add", str(FIXTURES / "kb")])
+        fallen = runner.invoke(app, ["kb", "search", "星尘打印机保修多久？", "-k", "1"])
+        monkeypatch.setenv("QQRAG_MAXKB_FALLBACK_EMBEDDED", "false")
+        get_settings.cache_clear()
+        failed = runner.invoke(app, ["kb", "search", "星尘打印机保修多久？", "-k", "1"])
+        embedded = runner.invoke(app, ["kb", "search", "星尘打印机保修多久？", "--kb", "default"])
+
+    assert found.exit_code == 0 and "检索 MaxKB" in found.output
+    assert "MaxKB · " in found.output and "广茂铁路" in found.output
+    assert fallen.exit_code == 0 and "MaxKB 不可用，以下来自内置知识库" in fallen.output
+    assert "stardust.md" in fallen.output
+    assert failed.exit_code == 1 and "无法连接 MaxKB" in failed.output
+    assert embedded.exit_code == 0 and "检索内置知识库 default" in embedded.output
+
+
 def test_kb_search_shows_the_whole_passage_without_breaking_a_number(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -182,7 +213,8 @@ def test_kb_search_shows_the_whole_passage_without_breaking_a_number(
         monkeypatch.setenv("COLUMNS", columns)
         result = runner.invoke(app, ["kb", "search", "客服电话", "-k", "1"])
         assert result.exit_code == 0
-        lines = [line.strip() for line in result.output.splitlines()[1:]]
+        # After the line naming the base searched and the hit's own line: the passage.
+        lines = [line.strip() for line in result.output.splitlines()[2:]]
         assert "".join(lines).replace(" ", "") == text.replace(" ", "")
         assert any("4008123456" in line for line in lines), result.output
         assert all(cell_len(line) <= int(columns) - 3 for line in lines), result.output

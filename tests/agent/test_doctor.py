@@ -185,6 +185,63 @@ async def test_maxkb_reachable_and_key_checked(tmp_path: Path, fake: FakeOllama)
     assert finding.status == "error" and "QQRAG_MAXKB_URL" in finding.detail
 
 
+async def test_maxkb_names_the_fallback_only_where_the_service_uses_it(
+    tmp_path: Path, fake: FakeOllama
+):
+    from agent.doctor import check_maxkb
+    from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB
+
+    with FakeMaxKB() as maxkb:
+        base = settings_for(
+            tmp_path,
+            fake.url,
+            knowledge_backend="maxkb",
+            maxkb_url=maxkb.url,
+            maxkb_token=SecretStr("expired"),
+            maxkb_knowledge_ids=[FIXTURE_KNOWLEDGE_ID],
+        )
+        # An outage, but the embedded base is empty: nothing stands in.
+        (empty,) = await check_maxkb(base)
+        wrong_path = base.model_copy(
+            update={"maxkb_token": SecretStr(maxkb.user_token), "maxkb_admin_path": "/maxkb"}
+        )
+        (redirected,) = await check_maxkb(wrong_path)
+
+    assert empty.status == "error" and "备用知识库" in empty.detail
+    assert "已改用" not in empty.detail and "顶上" not in empty.detail
+    assert "QQRAG_MAXKB_ADMIN_PATH" in redirected.detail
+    assert "已改用" not in redirected.detail and "顶上" not in redirected.detail
+
+
+async def test_maxkb_shows_the_daily_limit_the_service_met(tmp_path: Path, fake: FakeOllama):
+    """Chat mode's check spends no access: doctor reads what the service's searches met."""
+    from agent.backends import knowledge
+    from agent.doctor import check_maxkb
+    from evals.fakes.maxkb import FakeMaxKB
+    from tools.base import KnowledgeUnavailable
+    from tools.kb import EmbeddedKB
+
+    with FakeMaxKB(access_num=0) as maxkb:
+        settings = settings_for(
+            tmp_path,
+            fake.url,
+            knowledge_backend="maxkb",
+            maxkb_mode="app_chat_v2",
+            maxkb_url=maxkb.url,
+            maxkb_api_key=SecretStr(maxkb.api_key),
+            maxkb_fallback_embedded=False,
+        )
+        embedded = EmbeddedKB(settings.kb_path, settings.kb_name)
+        service = knowledge(settings, embedded, lambda _: None)
+        with pytest.raises(KnowledgeUnavailable):
+            await service.search("广三铁路在哪年建成？", 3)
+        embedded.close()
+        (finding,) = await check_maxkb(settings)
+
+    assert finding.status == "error" and "访问次数已用完" in finding.detail
+    assert "access_num" in finding.fix
+
+
 def doctor(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """`qqrag doctor` in a child process, its output piped (as in a deploy script)."""
     inherited = {

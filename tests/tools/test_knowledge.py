@@ -11,11 +11,12 @@ import pytest
 
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault, load_fixture_knowledge
 from tests.conftest import FIXTURES
-from tools.base import KnowledgeBackend, Passage, TermCounts, statistics
+from tools.base import KnowledgeBackend, Passage, TermCounts, stand_in, statistics
 from tools.health import Health, Status
 from tools.kb import EmbeddedKB
-from tools.knowledge import FallbackKnowledge, MergedKnowledge
+from tools.knowledge import FallbackKnowledge, MergedKnowledge, find_evidence
 from tools.maxkb import MaxKBConfig, MaxKBConfigError, MaxKBKnowledge
+from tools.rerank import NoReranker
 
 MAXKB_QUESTION = "广三铁路在哪年建成？"
 MAXKB_GOLD = "01a20f1e-20d1-7df1-ae8e-2e09a4a69f7f"
@@ -181,6 +182,40 @@ async def test_breaker_skips_maxkb_during_an_outage_and_tries_again_later(
         maxkb_server.reset()
         assert (await knowledge.search(MAXKB_QUESTION, 3))[0]["id"] == MAXKB_GOLD
         assert len(maxkb_server.requests) == 1
+    finally:
+        await primary.aclose()
+
+
+async def test_searches_the_open_circuit_skips_are_told_as_outages(
+    maxkb_server: FakeMaxKB,
+) -> None:
+    primary = maxkb_backend(maxkb_server)
+    told: list[str] = []
+    primary.on_outage = told.append
+    knowledge = FallbackKnowledge(primary, Static(), failures=2, reset_after=60)
+    knowledge.on_outage = told.append
+    try:
+        maxkb_server.stop()
+        for _ in range(4):
+            found = await knowledge.search(MAXKB_QUESTION, 3)
+            assert stand_in(found)
+        assert told == ["maxkb"] * 4
+    finally:
+        await primary.aclose()
+
+
+async def test_what_the_fallback_finds_is_marked_as_a_stand_in(maxkb_server: FakeMaxKB) -> None:
+    primary = maxkb_backend(maxkb_server)
+    knowledge = FallbackKnowledge(primary, Static())
+    try:
+        assert stand_in(await knowledge.search(MAXKB_QUESTION, 3)) == ""
+        maxkb_server.stop()
+        found = await knowledge.search(MAXKB_QUESTION, 3)
+        assert "无法连接 MaxKB" in stand_in(found)
+        evidence = await find_evidence(
+            knowledge, NoReranker(), MAXKB_QUESTION, top_k=3, top_n=3, threshold=0.0
+        )
+        assert [p["id"] for p in evidence] == ["local-1"] and stand_in(evidence)
     finally:
         await primary.aclose()
 

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from evals.fakes.maxkb import FIXTURE_KNOWLEDGE_ID, FakeMaxKB, Fault
 from tools.base import Passage
 from tools.maxkb import (
+    AccessLimitNote,
     MaxKBAuthError,
     MaxKBConfig,
     MaxKBConfigError,
@@ -318,6 +320,46 @@ async def test_daily_access_limit_says_to_raise_access_num(
     assert "access_num" in str(error) and "10000" in str(error)
 
 
+async def test_health_reports_the_daily_limit_that_a_search_met(
+    fake: FakeMaxKB, tmp_path: Path
+) -> None:
+    """The chat mode's check reads the profile, which MaxKB does not count: the limit shows
+    because a real search met it, in a note another process (doctor) reads too."""
+    note = tmp_path / "maxkb-access-limit.json"
+    config = MaxKBConfig(url=fake.url, mode="app_chat_v2", api_key=fake.api_key, retries=0)
+    serving = MaxKBKnowledge(config, access_limit=AccessLimitNote(note))
+    doctor = MaxKBKnowledge(config, access_limit=AccessLimitNote(note))
+    try:
+        assert (await serving.health()).ok
+        fake.access_num = 0
+        with pytest.raises(MaxKBError):
+            await serving.search(QUESTION, 3)
+
+        for knowledge in (serving, doctor):
+            health = await knowledge.health()
+            assert not health.serving and not health.misconfigured
+            assert "访问次数已用完" in health.message and "461" in health.message
+            assert "access_num" in health.fix and "第二天" in health.fix
+
+        fake.access_num = 100
+        await serving.search(QUESTION, 3)
+        assert (await doctor.health()).ok
+    finally:
+        await serving.aclose()
+        await doctor.aclose()
+
+
+def test_a_limit_noted_on_an_earlier_day_is_void(tmp_path: Path) -> None:
+    day = [date(2026, 12, 1)]
+    note = AccessLimitNote(tmp_path / "note.json", today=lambda: day[0])
+    note.write("HTTP 461，code 1002")
+    assert note.read() == "HTTP 461，code 1002"
+
+    day[0] = date(2026, 12, 2)
+
+    assert note.read() == ""
+
+
 async def test_unknown_knowledge_id_names_the_knowledge_base(backend: Factory) -> None:
     missing = "cfaa6f68-d994-4935-84ff-a6fc035b7b81"
     with pytest.raises(MaxKBError) as raised:
@@ -338,10 +380,25 @@ async def test_unpublished_application(fake: FakeMaxKB, backend: Factory) -> Non
     assert not health.serving and "还没有发布" in health.message
 
 
-async def test_wrong_admin_path_is_a_missing_route(backend: Factory) -> None:
-    with pytest.raises(MaxKBError, match="QQRAG_MAXKB_ADMIN_PATH") as raised:
-        await backend(admin_path="/maxkb-admin").search(QUESTION, 3)
-    assert raised.value.status == 404
+async def test_wrong_admin_path_is_redirected_and_names_the_setting(backend: Factory) -> None:
+    """MaxKB answers a path outside its prefixes with a 302 to its admin UI, not a 404."""
+    knowledge = backend(admin_path="/maxkb-admin")
+
+    with pytest.raises(MaxKBConfigError, match="QQRAG_MAXKB_ADMIN_PATH") as raised:
+        await knowledge.search(QUESTION, 3)
+
+    assert raised.value.status == 302
+    assert "/admin/" in str(raised.value) and "代理" not in str(raised.value)
+    health = await knowledge.health()
+    assert health.misconfigured and "QQRAG_MAXKB_ADMIN_PATH" in health.message
+
+
+async def test_a_route_maxkb_lacks_is_a_config_error(backend: Factory) -> None:
+    """MaxKB's 404 envelope: a wrong URL, prefix or mode does not heal, no fallback hides it."""
+    with pytest.raises(MaxKBConfigError, match="没有这个接口") as raised:
+        await backend(workspace="default/extra").search(QUESTION, 3)
+
+    assert (raised.value.status, raised.value.code) == (404, 404)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,9 @@ from evals.fakes.maxkb import (
 from tests.conftest import fake_in_foreground, when_up
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "maxkb"
+LIVE = Path(__file__).parents[2] / "fixtures" / "maxkb-live"
+LIVE_KNOWLEDGE_ID = "01a23c4c-c16b-7572-b9ac-aa5564ef5b8f"
+EXPIRED_TOKEN = "fake-maxkb-logged-out-token"
 QUESTION = "广三铁路在哪年建成？"
 GOLD = "01a20f1e-20d1-7df1-ae8e-2e09a4a69f7f"
 HIT_TEST = f"/admin/api/workspace/default/knowledge/{FIXTURE_KNOWLEDGE_ID}/hit_test"
@@ -84,6 +87,8 @@ def prepare(fake: FakeMaxKB, client: httpx.Client, name: str, path: str) -> str:
         chat_id = open_chat(client, fake)
         record_id = ask(client, fake, chat_id, QUESTION).json()["data"]["id"]
         path = f"/chat/api/historical_conversation/{chat_id}/record/{record_id}"
+    # The first capture's server answered in English unless asked for Chinese.
+    fake.language = "en"
     fake.access_num = 0 if name == "chat_message_err_daily_access_limit.json" else 100
     fake.llm_fails = name == "chat_message_nonstream_llm_exception.json"
     fake.show_source = name != "chat_record_get_show_source_off.json"
@@ -213,6 +218,43 @@ def test_paragraphs_added_by_a_test_are_searchable(fake: FakeMaxKB, client: http
     assert row["document_name"] and row["document_id"] and row["status"] == "nn2"
 
 
+def prepare_live(fake: FakeMaxKB, client: httpx.Client, name: str, path: str) -> str:
+    """Set the fake up like the live MaxKB of the second capture; return the path to use."""
+    fake.key_active = not name.startswith("probe_key_disabled_")
+    fake.expired_tokens = {EXPIRED_TOKEN}
+    fake.access_num = 0 if name.endswith("_access_limit.json") else 100
+    path = path.replace(LIVE_KNOWLEDGE_ID, FIXTURE_KNOWLEDGE_ID)
+    if "/chat_message/" in path:
+        path = re.sub(r"[^/]+$", open_chat(client, fake), path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in LIVE.glob("*.json")))
+def test_live_requests_get_the_live_answers(
+    fake: FakeMaxKB, client: httpx.Client, name: str
+) -> None:
+    exchange = json.loads((LIVE / name).read_text())
+    request, want = exchange["request"], exchange["response"]
+    path = prepare_live(fake, client, name, request["path"])
+    headers = {}
+    if "authorization" in request["headers"]:
+        header = request["headers"]["authorization"]
+        headers["Authorization"] = credential(fake, header).replace(
+            "<logged-out-user-token>", EXPIRED_TOKEN
+        )
+
+    response = client.request(request["method"], path, headers=headers, json=request["body"])
+
+    assert response.status_code == want["status"]
+    if want["status"] == 302:
+        assert response.headers["location"] == want["headers"]["location"]
+    elif want["content_type"].startswith("text/html"):
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.text == want["body"]
+    else:
+        assert response.json() == {**want["body"], "data": None}
+
+
 # ----------------------------------------------------------------------- validation
 
 
@@ -236,15 +278,29 @@ def test_paragraphs_added_by_a_test_are_searchable(fake: FakeMaxKB, client: http
 def test_hit_test_validation(
     fake: FakeMaxKB, client: httpx.Client, fields: dict[str, Any], message: str
 ) -> None:
+    fake.language = "en"
     assert envelope(hit_test(client, fake, **fields)) == (200, 500, message)
 
 
 def test_validation_follows_accept_language(fake: FakeMaxKB, client: httpx.Client) -> None:
+    fake.language = "en"
     response = client.put(
         HIT_TEST, headers=user(fake) | {"Accept-Language": "zh-CN"}, json={"top_number": 3}
     )
 
     assert envelope(response) == (200, 500, "query text:该字段不能为 null。")
+
+
+def test_validation_is_chinese_by_default_and_english_when_asked(
+    fake: FakeMaxKB, client: httpx.Client
+) -> None:
+    default = client.put(HIT_TEST, headers=user(fake), json={"top_number": 3})
+    english = client.put(
+        HIT_TEST, headers=user(fake) | {"Accept-Language": "en"}, json={"top_number": 3}
+    )
+
+    assert envelope(default) == (200, 500, "query text:该字段不能为 null。")
+    assert envelope(english) == (200, 500, "query text:This field may not be null.")
 
 
 @pytest.mark.parametrize(
@@ -331,6 +387,7 @@ def test_authentication_by_token_kind(
 
 
 def test_v1_put_on_a_new_version(fake: FakeMaxKB, client: httpx.Client) -> None:
+    fake.language = "en"
     path = f"/api/application/{fake.application_id}/hit_test"
     body: dict[str, Any] = {
         "query_text": QUESTION,
@@ -350,6 +407,7 @@ def test_v1_put_on_a_new_version(fake: FakeMaxKB, client: httpx.Client) -> None:
 
 
 def test_v1_get_only_on_an_old_version(fake: FakeMaxKB, client: httpx.Client) -> None:
+    fake.language = "en"
     fake.v1_put_supported = False
     path = f"/api/application/{fake.application_id}/hit_test"
     params = {"query_text": QUESTION, "top_number": "2", "similarity": "0", "search_mode": "blend"}
@@ -425,6 +483,7 @@ def test_daily_access_limit_counts_messages(fake: FakeMaxKB, client: httpx.Clien
 def test_chat_message_requires_its_fields_and_no_streaming(
     fake: FakeMaxKB, client: httpx.Client
 ) -> None:
+    fake.language = "en"
     chat_id = open_chat(client, fake)
     path = f"/chat/api/chat_message/{chat_id}"
 
