@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent import console
 from agent.api import admin, chat, documents, health, me, openai, profiles, stats, threads
 from agent.api.deps import AppRuntime
 from agent.api.errors import INTERNAL, storage_failure
@@ -56,6 +57,7 @@ def create_app() -> FastAPI:
     app = FastAPIOffline(title="qqrag", version="0.1.0", lifespan=lifespan)
     for routes in (chat, openai, threads, admin, stats, me, profiles, documents, health):
         app.include_router(routes.router)
+    console.install(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
