@@ -16,7 +16,9 @@ from tests.agent.console.site import CHROMIUM, Site, running_site
 BROWSER_REQUIRED = os.environ.get("QQRAG_REQUIRE_BROWSER") == "1"
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it
+# is open, and the async tests after this folder need that thread's loop free.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         problem = f"no chromium at {CHROMIUM} (apt-get install chromium)"
