@@ -1,5 +1,5 @@
-"""The audit log: one row per turn, feedback on answers, the gaps they reveal, and what
-administrators removed or changed (documents, tenants, keys)."""
+"""The audit log: one row per turn, one per turn refused (busy, quota), feedback on answers,
+the gaps they reveal, and what administrators removed or changed (documents, tenants, keys)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,16 @@ class AuditLog:
         )
         self._turns.create_index(["tenant", "created_at"], if_not_exists=True)
         self._turns.create_index(["thread_id"], if_not_exists=True)
+        # The console's charts read every tenant's turns of the last hours.
+        self._turns.create_index(["created_at"], if_not_exists=True)
+        self._refusals = self._db.table("refusals")
+        self._refusals.create(
+            {"id": int, "tenant": str, "code": str, "created_at": str},
+            pk="id",
+            not_null={"tenant", "code", "created_at"},
+            if_not_exists=True,
+        )
+        self._refusals.create_index(["created_at"], if_not_exists=True)
         self._actions = self._db.table("admin_actions")
         self._actions.create(
             {
@@ -143,6 +153,53 @@ class AuditLog:
             for column in _JSON_COLUMNS:
                 row[column] = json.loads(row[column]) if row.get(column) else None
         return rows
+
+    def record_refusal(self, tenant: str, code: str) -> None:
+        """A turn turned away before it ran (busy, conversation_busy, quota_exceeded,
+        storage_full): no turn row, yet the operator sees how often it happens."""
+        with self._lock:
+            self._db.conn.execute(
+                "INSERT INTO refusals (tenant, code, created_at) VALUES (?, ?, ?)",
+                (tenant, code, _now()),
+            )
+            self._db.conn.commit()
+
+    def minutes(self, tenant: str | None, since: datetime) -> list[dict[str, Any]]:
+        """Per minute since `since` (UTC): turns, of them degraded and failed (error, timeout),
+        their seconds summed and the longest, tokens, and refusals by code. Minutes without
+        any are left out. `tenant` None: every tenant's."""
+        scope, args = (
+            ("", [since.isoformat()])
+            if tenant is None
+            else (" AND tenant = ?", [since.isoformat(), tenant])
+        )
+        # created_at is ISO 8601 in UTC: its first 16 characters name the minute.
+        turns_sql = (
+            "SELECT substr(created_at, 1, 16) AS minute, COUNT(*) AS turns,"
+            " SUM(outcome = 'degraded') AS degraded,"
+            " SUM(outcome IN ('error', 'timeout')) AS failed,"
+            " SUM(seconds) AS seconds, MAX(seconds) AS max_seconds, SUM(tokens) AS tokens"
+            f" FROM turns WHERE created_at >= ?{scope} GROUP BY minute"
+        )
+        refusals_sql = (
+            "SELECT substr(created_at, 1, 16) AS minute, code, COUNT(*) FROM refusals"
+            f" WHERE created_at >= ?{scope} GROUP BY minute, code"
+        )
+        by_minute: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            cursor = self._db.execute(turns_sql, args)
+            names = [d[0] for d in cursor.description]
+            for values in cursor.fetchall():
+                row = dict(zip(names, values, strict=True))
+                by_minute[row["minute"]] = row | {"refusals": {}}
+            for minute, code, count in self._db.execute(refusals_sql, args).fetchall():
+                empty = {"minute": minute, "turns": 0, "degraded": 0, "failed": 0}
+                row = by_minute.setdefault(
+                    minute,
+                    empty | {"seconds": 0.0, "max_seconds": 0.0, "tokens": 0, "refusals": {}},
+                )
+                row["refusals"][code] = count
+        return sorted(by_minute.values(), key=lambda row: row["minute"])
 
     def gaps(self, tenant: str | None = None, *, days: int = 7) -> list[dict[str, Any]]:
         """Questions the knowledge base could not answer, most asked first.

@@ -26,7 +26,7 @@ from agent.links import mask_links
 from agent.models import message_text
 from agent.policy.admission import Admission
 from agent.policy.metrics import Metrics, Outcome
-from agent.policy.profiles import GrayRelease
+from agent.policy.profiles import GrayRelease, ProfileError
 from agent.policy.quota import QuotaStore
 from agent.policy.safety import Hit, SafetyFilter
 from agent.policy.tenants import OPEN_PRINCIPAL, Principal, TenantStore
@@ -244,6 +244,31 @@ class Gateway:
             )
         return principal
 
+    def acting_as(self, principal: Principal, tenant: str) -> Principal:
+        """An admin asking as one of the tenants (the console's playground): the turn is that
+        tenant's, its knowledge bases, quotas and audit rows. Raises `Refusal`: 403 for a
+        client key, 404 for a tenant that does not exist."""
+        if tenant == principal.tenant:
+            return principal
+        if not principal.is_admin:
+            raise Refusal(403, "forbidden", "只有管理员密钥可以以其他租户的身份提问")
+        if self.tenants.tenant(tenant) is None:
+            raise Refusal(404, "tenant_not_found", f"没有租户 {tenant}")
+        return replace(principal, tenant=tenant)
+
+    def pinned(self, principal: Principal, profile: str) -> Pin:
+        """Gray release's profile `profile` for a turn, whatever its rules would pick. Raises
+        `Refusal`: 403 for a client key, 422 for a profile that does not exist."""
+        if not principal.is_admin:
+            raise Refusal(403, "forbidden", "只有管理员密钥可以指定档案（profile）")
+        try:
+            assignment = self.gray.book.assignment(profile)
+        except ProfileError as exc:
+            raise Refusal(422, "invalid_request", str(exc)) from exc
+        # No knowledge bases of its own: `admit` gives the tenant's, as for gray release.
+        bases = tuple(assignment.knowledge_bases or ())
+        return Pin(profile, replace(assignment.apply(Context()), knowledge_bases=bases))
+
     def thread_of(self, principal: Principal, speaker: Speaker) -> str:
         local = thread_id(
             speaker.platform,
@@ -335,7 +360,11 @@ class Gateway:
         """
         started = time.perf_counter()
         if turn.question_hits:
-            self._take_quota(turn)
+            try:
+                self._take_quota(turn)
+            except Refusal as refusal:
+                self._record_refusal(turn, refusal.code)
+                raise
             answer = self._blocked(turn)
             await self._finish(turn, answer, None, time.perf_counter() - started)
             yield "answer", answer
@@ -359,7 +388,9 @@ class Gateway:
                 except TimeoutError as exc:
                     raise self._timed_out(turn, started) from exc
                 if kind == "failed":
-                    if not isinstance(payload, Refusal):
+                    if isinstance(payload, Refusal):
+                        self._record_refusal(turn, payload.code)
+                    else:
                         self._record_failure(turn, "error", started)
                     raise payload
                 if kind == "result":
@@ -493,6 +524,16 @@ class Gateway:
         except Exception as exc:
             # The storage that failed the turn may be the audit's too (a full disk).
             log.warning("audit row of failed turn %s not written: %s", turn.trace_id, exc)
+
+    def _record_refusal(self, turn: Turn, code: str) -> None:
+        """A turn turned away before it ran, for the console's charts of refusals."""
+        if self.services.audit is None:
+            return
+        try:
+            self.services.audit.record_refusal(turn.principal.tenant, code)
+        except Exception as exc:
+            # A full disk refuses the turn and this write alike.
+            log.warning("refusal of turn %s not recorded: %s", turn.trace_id, exc)
 
     def _timed_out(self, turn: Turn, started: float) -> Refusal:
         self.metrics.turn_timeouts.inc()

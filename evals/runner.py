@@ -117,13 +117,10 @@ class _PinnedSettings(Settings):
 
 def profile_context(book: ProfileBook, name: str, base: Context, notes: list[str]) -> Context:
     """The base context with profile `name`'s overrides; its knowledge bases are ignored."""
-    if name not in book.profiles:
-        known = "、".join(sorted(book.profiles))
-        raise ProfileError(f"没有名为 {name!r} 的档案；可用：{known}")
-    profile = book.profiles[name]
-    if profile.knowledge_bases is not None:
+    assignment = book.assignment(name)
+    if assignment.knowledge_bases is not None:
         notes.append(f"档案 {name} 指定的 knowledge_bases 在评测中不生效：只检索套件自己的知识库。")
-    return dataclasses.replace(base, **profile.context_overrides)
+    return assignment.apply(base)
 
 
 def backend_label(options: EvalOptions) -> str:

@@ -46,7 +46,10 @@ async def post_chat_stream(
     # output gate: for whoever runs the service, not for its users.
     if body.trace and not principal.is_admin:
         raise Refusal(403, "forbidden", "只有管理员密钥可以查看节点跟踪（trace）")
-    turn = await rt.gateway.admit(principal, body.speaker(), body.text)
+    if body.tenant is not None:
+        principal = rt.gateway.acting_as(principal, body.tenant)
+    pin = rt.gateway.pinned(principal, body.profile) if body.profile is not None else None
+    turn = await rt.gateway.admit(principal, body.speaker(), body.text, pin=pin)
     tenant = turn.principal.tenant
 
     async def events() -> AsyncIterator[str]:

@@ -83,6 +83,10 @@ class ChatRequest(Speaker):
 class StreamRequest(ChatRequest):
     trace: bool = False
     """Node events in full: rendered prompts, raw model output, passage texts; admins only."""
+    tenant: StrictStr | None = Field(default=None, max_length=64)
+    """Ask as this tenant instead of the key's own; admins only (the console's playground)."""
+    profile: StrictStr | None = Field(default=None, max_length=64)
+    """Answer with this gray-release profile instead of the one its rules pick; admins only."""
 
 
 class FeedbackRequest(Speaker):

@@ -145,6 +145,14 @@ class ProfileBook:
             (rule.profile for rule in self.rules if rule.matches(tenant, group_id, user_id)),
             self.default,
         )
+        return self.assignment(name)
+
+    def assignment(self, name: str) -> Assignment:
+        """Profile `name` whoever asks (a playground run pins one); `ProfileError` when there is
+        none of that name."""
+        if name not in self.profiles:
+            known = "、".join(sorted(self.profiles))
+            raise ProfileError(f"没有名为 {name!r} 的档案；可用：{known}")
         profile = self.profiles[name]
         bases = list(profile.knowledge_bases) if profile.knowledge_bases is not None else None
         return Assignment(name, dict(profile.context_overrides), bases)

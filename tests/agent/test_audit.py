@@ -1,3 +1,4 @@
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.audit import AuditLog
@@ -93,3 +94,35 @@ def test_gaps_group_the_users_question_with_what_was_searched_for_it(tmp_path: P
         ("那它防水吗？", "月光扫地机器人续航多久？ 那它防水吗？", 1),
     ]
     log.close()
+
+
+def test_minutes_count_turns_and_refusals_per_minute_and_tenant(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.sqlite")
+    at = "2026-01-01T11:05:{:02d}.000+00:00"
+    for second, tenant, outcome, seconds in [
+        (1, "acme", "answered", 1.0),
+        (2, "acme", "degraded", 3.0),
+        (3, "other", "timeout", 9.0),
+    ]:
+        log.record_turn(
+            {"tenant": tenant, "outcome": outcome, "seconds": seconds, "tokens": 10}
+            | {"created_at": at.format(second)}
+        )
+    log.record_refusal("acme", "busy")
+    since = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    (everyone, now) = log.minutes(None, since)
+    assert everyone == {
+        "minute": "2026-01-01T11:05",
+        "turns": 3,
+        "degraded": 1,
+        "failed": 1,
+        "seconds": 13.0,
+        "max_seconds": 9.0,
+        "tokens": 30,
+        "refusals": {},
+    }
+    # The refusal was recorded just now: a minute of its own, with no turns.
+    assert (now["turns"], now["refusals"]) == (0, {"busy": 1})
+    acme = log.minutes("acme", since)
+    assert [(m["turns"], m["refusals"]) for m in acme] == [(2, {}), (0, {"busy": 1})]
+    assert log.minutes("acme", datetime.now(UTC) + timedelta(minutes=1)) == []

@@ -1,0 +1,158 @@
+"""The console's pages and fragments.
+
+A page is a shell: layout, navigation and forms, no data, so it needs no key to load. The data
+comes in fragments (htmx), each a template over the JSON of public API endpoints called
+in-process with the caller's own Authorization header: the console can see and do nothing a
+script holding the same key could not, and its requests meet the API's auth, tenancy and
+audit on the way. The playground calls `/v1/chat/stream` from the browser itself (a stream).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from agent.console.charts import Chart, bar_chart
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+STATUS_WORDS = {"ok": "正常", "degraded": "降级", "down": "不可用"}
+WINDOWS = (1, 3, 12, 24)
+"""Hours the status page offers; the bucket widens with the window, so bars stay countable."""
+_BUCKET_MINUTES = {1: 1, 3: 5, 12: 15, 24: 30}
+
+
+async def _api(request: Request, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    """GET an API endpoint of this same app, in-process, as the caller."""
+    headers = {}
+    if authorization := request.headers.get("authorization"):
+        headers["Authorization"] = authorization
+    transport = httpx.ASGITransport(app=request.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://qqrag") as client:
+        return await client.get(path, params=params, headers=headers)
+
+
+def _refused(request: Request, response: httpx.Response) -> HTMLResponse:
+    """The API's refusal (401, 403, …) as a fragment with its message and status: the browser
+    sends a 401 back to sign-in, shows the rest."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = f"接口出错（HTTP {response.status_code}）"
+    return templates.TemplateResponse(
+        request, "_error.html", {"message": message}, status_code=response.status_code
+    )
+
+
+@router.get("")
+async def console_root() -> RedirectResponse:
+    return RedirectResponse("/console/")
+
+
+@router.get("/", response_class=HTMLResponse)
+async def status_page(request: Request) -> Response:
+    return templates.TemplateResponse(
+        request, "status.html", {"page": "status", "windows": WINDOWS}
+    )
+
+
+@router.get("/signin", response_class=HTMLResponse)
+async def signin_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "signin.html", {"page": "signin"})
+
+
+@router.get("/playground", response_class=HTMLResponse)
+async def playground_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "playground.html", {"page": "playground"})
+
+
+def _clock(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone().strftime("%H:%M")
+
+
+def _charts(stats: dict[str, Any]) -> list[Chart]:
+    buckets, totals = stats["buckets"], stats["totals"]
+    times = [_clock(b["start"]) for b in buckets]
+    minutes = stats["bucket_minutes"]
+
+    def count(value: float) -> str:
+        return f"{value:g}"
+
+    def share(value: float) -> str:
+        return f"{value:.0%}"
+
+    return [
+        bar_chart(
+            "每分钟提问",
+            f"{totals['turns_per_minute']:.2f} 次/分钟（共 {totals['turns']} 次）",
+            [b["turns"] / minutes for b in buckets],
+            times,
+            lambda v: f"{v:.2f} 次/分钟",
+        ),
+        bar_chart(
+            "平均耗时",
+            f"{totals['mean_seconds']:.2f} 秒（最长 {totals['max_seconds']:.2f} 秒）",
+            [b["mean_seconds"] for b in buckets],
+            times,
+            lambda v: f"{v:.2f} 秒",
+        ),
+        bar_chart(
+            "繁忙拒绝",
+            f"{totals['busy']} 次",
+            [b["busy"] for b in buckets],
+            times,
+            count,
+        ),
+        bar_chart(
+            "配额拒绝",
+            f"{totals['quota']} 次",
+            [b["quota"] for b in buckets],
+            times,
+            count,
+        ),
+        bar_chart(
+            "降级回答占比",
+            share(totals["degraded_share"]),
+            [b["degraded"] / b["turns"] if b["turns"] else 0.0 for b in buckets],
+            times,
+            share,
+        ),
+        bar_chart(
+            "Token 用量",
+            f"{totals['tokens']} 个",
+            [b["tokens"] for b in buckets],
+            times,
+            count,
+        ),
+    ]
+
+
+@router.get("/fragments/status", response_class=HTMLResponse)
+async def status_fragment(
+    request: Request, hours: Annotated[int, Query(ge=1, le=48)] = 3
+) -> Response:
+    bucket = _BUCKET_MINUTES.get(hours, 5)
+    stats = await _api(request, "/v1/stats", {"hours": hours, "bucket": bucket})
+    if stats.status_code != 200:
+        return _refused(request, stats)
+    # 503 when a dependency is down: still the data to show.
+    ready = (await _api(request, "/readyz")).json()
+    context = {
+        "ready": ready,
+        "words": STATUS_WORDS,
+        "stats": stats.json(),
+        "charts": _charts(stats.json()),
+        "hours": hours,
+        "windows": WINDOWS,
+    }
+    return templates.TemplateResponse(request, "_status.html", context)
