@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from agent import prompts
 from tools.base import Passage
+from tools.rerank import question_clauses
 from tools.text import support_score
 
 MAX_QUOTES = 3
@@ -23,6 +24,9 @@ RELATIVE_RELEVANCE = 0.9
 """A quote must cover the question's terms about as well as the best quote does: a passage
 that only shares some of them (a neighbouring section that mentions the subject in passing) is
 left out rather than quoted with a citation, as a model would leave it out."""
+LEADING_PASSAGE = 0.9
+"""Quotes come from passages whose relevance (the reranker's score) is at least this share of
+the best passage's."""
 
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
@@ -197,15 +201,18 @@ def extractive_answer(
     question: str = "",
     threshold: float = MIN_QUOTE_COVERAGE,
 ) -> str:
-    """The best quote of each relevant passage, each ending with its `[n]`; the not-found reply
-    when no quote reaches `threshold` (the relevance gate) of coverage of the query's terms."""
+    """The best quote of each leading passage, each ending with its `[n]`; the not-found reply
+    when no quote reaches `threshold` of coverage of the query's terms (the evidence has
+    passed the relevance gate already; this asks the same of the sentence quoted)."""
     best: list[tuple[int, _Quote, float]] = []
     # Quotes come from the passages the reranker rated close to the best: a sentence of a
     # weaker passage can repeat the question's words ("安装…执行…命令") about something else.
-    leading = max((p["score"] for p in evidence), default=0.0)
+    # A question of several parts has a best passage for each (`question_clauses`).
+    single = len(question_clauses(query)) == 1
+    leading = max((p["score"] for p in evidence), default=0.0) if single else 0.0
     for number, passage in enumerate(evidence, start=1):
         units = _quotes(passage)
-        if not units or passage["score"] < RELATIVE_RELEVANCE * leading:
+        if not units or passage["score"] < LEADING_PASSAGE * leading:
             continue
         # Relevance is weighed on the heading and the sentence: the heading names the subject
         # its sentences leave implicit, while code and list lines name many things in passing.

@@ -58,7 +58,7 @@ async def best_scores(
 ) -> list[Scored]:
     scored = []
     for text, withheld in questions:
-        shares, _ = await lexical_shares(text, await kb.search(text, TOP_K), stats)
+        shares, _, _ = await lexical_shares(text, await kb.search(text, TOP_K), stats)
         scored.append(Scored(max(shares, default=0.0), withheld))
     return scored
 

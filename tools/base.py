@@ -73,6 +73,9 @@ class TermCounts(NamedTuple):
     """Passages in the base."""
     containing: Mapping[str, int]
     """For each term asked about, the passages that contain it (0 when none)."""
+    scope: str = ""
+    """What the counts cover (an embedded base: its database file, shared by every base in
+    it); counts of the same scope are the same counts. Empty: their own."""
 
 
 @runtime_checkable

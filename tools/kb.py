@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -68,6 +69,9 @@ ORDER BY bm25_rank, p.pk
 LIMIT ?
 """
 
+
+_UNICODE61_TOKEN = re.compile(r"[^\W_]+")
+"""What FTS5's unicode61 tokenizer keeps as one token: runs of letters and digits."""
 
 _SOURCES_SQL = "SELECT source, sha256, passages, ingested_at, origin FROM sources WHERE kb = ?"
 
@@ -366,15 +370,24 @@ class EmbeddedKB:
 
     def _term_counts(self, terms: Sequence[str]) -> TermCounts:
         conn = self._conn()
-        wanted = list(dict.fromkeys(terms))
+        # unicode61 split what jieba kept whole ("3.14", "c++", "127.0.0.1") when it indexed
+        # it: such a term is looked up by its parts, as rare as its rarest part.
+        parts = {t: _UNICODE61_TOKEN.findall(t.lower()) for t in dict.fromkeys(terms)}
+        wanted = sorted({part for pieces in parts.values() for part in pieces})
+        total = self._passage_total(conn)
+        scope = str(self.db_path.resolve())
         if not wanted:
-            return TermCounts(self._passage_total(conn), {})
+            return TermCounts(total, dict.fromkeys(parts, 0), scope)
         marks = ", ".join("?" * len(wanted))
         rows = conn.execute(
             f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", wanted
         ).fetchall()
         found = {row["term"]: row["doc"] for row in rows}
-        return TermCounts(self._passage_total(conn), {t: found.get(t, 0) for t in wanted})
+        return TermCounts(
+            total,
+            {t: min((found.get(p, 0) for p in pieces), default=0) for t, pieces in parts.items()},
+            scope,
+        )
 
     def _passage_total(self, conn: sqlite3.Connection) -> int:
         # count(*) walks the table (milliseconds at a million passages); it changes only when

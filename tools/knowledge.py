@@ -104,16 +104,22 @@ class MergedKnowledge:
         return [Passage(**{**passage, "score": round(score, 6)}) for score, passage in best]
 
     async def term_counts(self, terms: Sequence[str]) -> TermCounts | None:
-        """The bases' counts added up; None unless every base has them."""
+        """The bases' counts added up, each scope once (embedded bases in one file report the
+        whole file's); None unless every base has them."""
         counts = await asyncio.gather(
             *(term_counts(statistics(base), terms) for base in self.bases)
         )
         if any(count is None for count in counts):
             return None
-        known = [count for count in counts if count is not None]
+        scopes: dict[str, TermCounts] = {}
+        for index, count in enumerate(counts):
+            if count is not None:
+                scopes.setdefault(count.scope or f"#{index}", count)
+        known = list(scopes.values())
         return TermCounts(
             sum(count.passages for count in known),
             {t: sum(count.containing.get(t, 0) for count in known) for t in terms},
+            "+".join(scopes),
         )
 
     async def health(self) -> Health:

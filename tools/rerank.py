@@ -13,16 +13,17 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache, lru_cache
 from typing import Protocol
 
+import jieba
 import numpy as np
 import ollama
 
 from tools.base import Passage, TermCounts, TermStatistics, term_counts
 from tools.embeddings import OLLAMA_ERRORS, Embedder, EmbeddingError, LoopLocal, passage_text
-from tools.text import content_tokens, split_sentences, tokenize
+from tools.text import content_tokens, refers_by_word, split_sentences, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,14 @@ def _retrieval_scale(passages: list[Passage]) -> float:
     return top if top > 0 else 1.0
 
 
-_INTERROGATIVE = re.compile(r"[几哪谁怎]|什么|多[少大久长高远重]|何时|为何|如何")
-_REFERS = re.compile(r"[它那这该其此]")
+_INTERROGATIVE = re.compile(
+    r"(?:哪几?|几)[个种次批位天年月日号点岁名部条座所家国只张本件项层届场支队首球分秒周期代任章集]"
+    r"|多[少大久长高远]|什么\w*|怎么\w*|怎样|为何|如何|何时|谁"
+)
+"""A question word jieba glued to its measure word or noun ("几月", "哪几个", "多大"): the
+whole token must match, so 哪吒、几何、茶几、多重 stay topic words."""
+_WORD = re.compile(r"[^\W_]")
+"""A token with a letter or digit: jieba keeps "_" of QQRAG_RELEVANCE_THRESHOLD as a word."""
 _QUESTION_FRAME = frozenset(
     """叫 叫做 名字 时候 称为 称作 问 想问 顺便 另外 还有 知道 告诉 了解 介绍 讲讲 说说 里 上""".split()
 )
@@ -88,8 +95,8 @@ def query_terms(query: str) -> list[str]:
     occur in a passage, so the base's statistics would call them its rarest terms and no
     answer could cover them. They are dropped, like the words that frame a question.
     """
-    terms = content_tokens(query, search=False)
-    topical = [t for t in terms if not _INTERROGATIVE.search(t) and t not in _QUESTION_FRAME]
+    terms = [t for t in content_tokens(query, search=False) if _WORD.search(t)]
+    topical = [t for t in terms if not _INTERROGATIVE.fullmatch(t) and t not in _QUESTION_FRAME]
     return list(dict.fromkeys(topical or terms or tokenize(query, search=False)))
 
 
@@ -103,8 +110,10 @@ def term_weights(terms: Sequence[str], counts: TermCounts | None) -> dict[str, f
     tell which words are rare weighs them almost alike.
     """
     if counts is None:
-        idf, unknown = _general_idf()
-        return {t: idf.get(t, unknown) ** 2 for t in terms}
+        idf, rarest, median = _general_idf()
+        # The table holds no Latin words or numbers at all: they weigh as a typical word, not
+        # as the rarest (QQ, 3.14); an unknown Chinese word is rare indeed.
+        return {t: idf.get(t, median if t.isascii() else rarest) ** 2 for t in terms}
     total = counts.passages + PRIOR_PASSAGES
     return {
         t: math.log(1 + (total - df + 0.5) / (df + 0.5)) ** 2
@@ -114,23 +123,37 @@ def term_weights(terms: Sequence[str], counts: TermCounts | None) -> dict[str, f
 
 
 @cache
-def _general_idf() -> tuple[Mapping[str, float], float]:
-    # jieba.analyse loads its 270k-word IDF table (about a second) on import: only when asked.
+def _general_idf() -> tuple[Mapping[str, float], float, float]:
+    """jieba's IDF table, its largest and its median value."""
+    # jieba.analyse loads its 270k-word IDF table (about a second) on import: only when asked,
+    # and off the event loop (`LexicalReranker.rerank`).
     from jieba import analyse
 
-    table: dict[str, float] = analyse.default_tfidf.idf_freq
-    return table, max(table.values())
+    tfidf = analyse.default_tfidf
+    table: dict[str, float] = tfidf.idf_freq
+    return table, max(table.values()), float(tfidf.median_idf)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=2048)
 def _windows(title: str, text: str) -> tuple[tuple[str, frozenset[str]], ...]:
     """The title with each run of `SENTENCE_WINDOW` consecutive sentences: lower-cased text
-    and jieba tokens (costly: a millisecond per passage, and the same passages come back
-    query after query)."""
+    and jieba tokens. Each sentence is tokenized once, in its own case (jieba segments "AT&T"
+    and "at&t" differently), and not through `tokenize`'s cache, which cite_check relies on;
+    the windows are cached instead (the same passages come back query after query)."""
     sentences = split_sentences(text) or [""]
-    runs = range(max(len(sentences) - SENTENCE_WINDOW + 1, 1))
-    texts = [f"{title} {''.join(sentences[i : i + SENTENCE_WINDOW])}".lower() for i in runs]
-    return tuple((window, frozenset(tokenize(window))) for window in texts)
+    tokens = [frozenset(_jieba(s)) for s in sentences]
+    heading = frozenset(_jieba(title))
+    return tuple(
+        (
+            f"{title} {''.join(sentences[i : i + SENTENCE_WINDOW])}".lower(),
+            heading.union(*tokens[i : i + SENTENCE_WINDOW]),
+        )
+        for i in range(max(len(sentences) - SENTENCE_WINDOW + 1, 1))
+    )
+
+
+def _jieba(text: str) -> list[str]:
+    return [t.lower() for t in jieba.lcut_for_search(text) if _WORD.search(t)]
 
 
 def _covered(term: str, window: str, tokens: frozenset[str]) -> float:
@@ -160,8 +183,7 @@ def weighted_coverage(weights: Mapping[str, float], title: str, text: str) -> fl
         return sum(weight * _covered(term, window, tokens) for term, weight in weights.items())
 
     best = max(covered(window, tokens) for window, tokens in _windows(title, text))
-    heading = title.lower()
-    named = covered(heading, frozenset(tokenize(heading)))
+    named = covered(title.lower(), frozenset(_jieba(title)))
     return ((1 - TITLE_SHARE) * best + TITLE_SHARE * named) / total
 
 
@@ -170,6 +192,17 @@ def calibrated(share: float, gate: float = LEXICAL_GATE) -> float:
     if share < gate:
         return 0.5 * share / gate
     return 0.5 + 0.5 * (share - gate) / (1 - gate)
+
+
+class Ranking(list[Passage]):
+    """Ranked passages that also say which part of the question each answers best (`aspects`,
+    an index per passage): the evidence ratio weighs a passage against the best one of its
+    own part, so that the half of "星尘打印机保修多久？顺便问滤网多久换" that is covered less
+    fully keeps its passage."""
+
+    def __init__(self, passages: Iterable[Passage], aspects: Sequence[int]) -> None:
+        super().__init__(passages)
+        self.aspects = list(aspects)
 
 
 class LexicalReranker:
@@ -188,41 +221,48 @@ class LexicalReranker:
     ) -> list[Passage]:
         if not passages:
             return []
-        shares, gate = await lexical_shares(query, passages, stats)
-        return [
-            Passage(**{**p, "score": round(calibrated(share, gate), 4)})
-            for p, share in zip(passages, shares, strict=True)
-        ]
+        shares, aspects, gate = await lexical_shares(query, passages, stats)
+        return Ranking(
+            [
+                Passage(**{**p, "score": round(calibrated(share, gate), 4)})
+                for p, share in zip(passages, shares, strict=True)
+            ],
+            aspects,
+        )
 
 
 async def lexical_shares(
     query: str, passages: Sequence[Passage], stats: TermStatistics | None
-) -> tuple[list[float], float]:
-    """Each passage's weighted coverage of the question, and the gate that applies to it
-    (`LEXICAL_GATE` with the base's statistics, `GENERAL_IDF_GATE` without).
+) -> tuple[list[float], list[int], float]:
+    """Each passage's weighted coverage of the question, which sentence of the question it
+    covers best (its aspect, see `Ranking`), and the gate that applies (`LEXICAL_GATE` with
+    the base's statistics, `GENERAL_IDF_GATE` without).
 
     A question of several sentences ("星尘打印机保修多久？顺便问滤网多久换") is weighed
     sentence by sentence, a passage by the one it covers best: no passage answers both
-    halves, and each half has its passage (`_clauses`).
+    halves, and each half has its passage (`question_clauses`).
     """
-    clauses = _clauses(query)
+    clauses = question_clauses(query)
     counts = await term_counts(stats, [t for terms in clauses for t in terms])
+    if counts is None:
+        await asyncio.to_thread(_general_idf)
     weighed = [term_weights(terms, counts) for terms in clauses]
-    shares = [
-        max(weighted_coverage(weights, p["title"], p["text"]) for weights in weighed)
-        for p in passages
+    by_clause = [
+        [weighted_coverage(weights, p["title"], p["text"]) for weights in weighed] for p in passages
     ]
-    return shares, GENERAL_IDF_GATE if counts is None else LEXICAL_GATE
+    aspects = [max(range(len(shares)), key=shares.__getitem__) for shares in by_clause]
+    shares = [clause_shares[a] for clause_shares, a in zip(by_clause, aspects, strict=True)]
+    return shares, aspects, GENERAL_IDF_GATE if counts is None else LEXICAL_GATE
 
 
-def _clauses(query: str) -> list[list[str]]:
+def question_clauses(query: str) -> list[list[str]]:
     """The question's terms, sentence by sentence; a sentence that refers back ("那它支持哪些
     耗材？") or has fewer than two topic words ("那它怎么改？") leans on its neighbour and is
     weighed with it: alone, any passage that says 改 would answer it."""
     groups: list[list[str]] = []
     for sentence in split_sentences(query):
         terms = query_terms(sentence)
-        if groups and (len(terms) < 2 or _REFERS.search(sentence)):
+        if groups and (len(terms) < 2 or refers_by_word(sentence)):
             groups[-1] += terms
         elif terms:
             groups.append(terms)
@@ -400,6 +440,12 @@ def select_evidence(
     """At most `top_n` passages, in ranked order, that reach the relevance threshold and
     `ratio` of the best score: when one passage clearly answers, the weaker ones are
     distractors that cost the model prefill time and mislead it."""
-    best = max((p["score"] for p in ranked), default=0.0)
-    floor = max(threshold, ratio * best)
-    return [p for p in ranked if p["score"] >= floor][:top_n]
+    aspects = ranked.aspects if isinstance(ranked, Ranking) else [0] * len(ranked)
+    best: dict[int, float] = {}
+    for passage, aspect in zip(ranked, aspects, strict=True):
+        best[aspect] = max(best.get(aspect, 0.0), passage["score"])
+    return [
+        p
+        for p, aspect in zip(ranked, aspects, strict=True)
+        if p["score"] >= max(threshold, ratio * best[aspect])
+    ][:top_n]

@@ -60,6 +60,25 @@ def content_tokens(text: str, *, search: bool = True) -> list[str]:
     return [t for t in tokenize(text, search=search) if t not in STOPWORDS]
 
 
+_REFERRING_WORDS = frozenset("他 其 此 该 这 那 上述 上面 前面 刚才 刚刚 同样 还有 另外".split())
+_REFERRING_HEADS = ("这", "那", "该", "此", "他", "其")
+"""A word starting with one of these points back too: 这个、那里、该校、此案、他们、其余."""
+_PRONOUNS = re.compile("[它她]")
+"""Characters that are pronouns wherever they stand, even where jieba glues them to the next
+or the previous character (它花、首它)."""
+
+
+def refers_by_word(text: str) -> bool:
+    """Whether the question has a referring word (它、这个、该校、上面、还有…): whole words,
+    so that 应该、因此、尤其 do not count."""
+    if _PRONOUNS.search(text):
+        return True
+    return any(
+        word in _REFERRING_WORDS or (len(word) > 1 and word.startswith(_REFERRING_HEADS))
+        for word in tokenize(text, search=False)
+    )
+
+
 def char_ngrams(text: str, n: int = 2) -> set[str]:
     """Character n-grams over word characters only; robust where jieba segments differently."""
     chars = "".join(c for c in text.lower() if _TOKEN_RE.match(c))

@@ -18,7 +18,7 @@ from agent.policy.safety import fold
 from agent.services import get_services
 from agent.state import TURN_RESET, Intent, State
 from agent.trace import record_call
-from tools.text import content_tokens, tokenize
+from tools.text import content_tokens, refers_by_word
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ _INJECTION = re.compile(
 )
 
 
-_REFERRING_WORDS = frozenset("他 其 此 该 这 那 上述 上面 前面 刚才 刚刚 同样 还有 另外".split())
-_REFERRING_HEADS = ("这", "那", "该", "此", "他", "其")
-"""A word starting with one of these points back too: 这个、那里、该校、此案、他们、其余."""
-_PRONOUNS = re.compile("[它她]")
-"""Characters that are pronouns wherever they stand, even where jieba glues them to the next
-or the previous character (它花、首它)."""
 STANDALONE_MIN_TERMS = 4
 """A question with this many topic terms (`topic_terms`) and no referring word is taken to
 stand alone."""
@@ -55,17 +49,6 @@ class Classification(BaseModel):
         description="knowledge | chitchat | command | blocked"
     )
     standalone_question: str = Field(description="最后一条消息改写成的独立完整问题")
-
-
-def refers_by_word(text: str) -> bool:
-    """Whether the question has a referring word (它、这个、该校、上面、还有…): whole words,
-    so that 应该、因此、尤其 do not count."""
-    if _PRONOUNS.search(text):
-        return True
-    return any(
-        word in _REFERRING_WORDS or (len(word) > 1 and word.startswith(_REFERRING_HEADS))
-        for word in tokenize(text, search=False)
-    )
 
 
 _QUESTION_NOUNS = frozenset("地方 时候 原因 意思".split())

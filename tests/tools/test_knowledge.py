@@ -279,7 +279,14 @@ async def test_term_counts_come_from_the_index_and_follow_every_write(tmp_path: 
     removed = other.remove_source(other.sources()[0].source)
     after = await base.term_counts(["星尘"])
     assert after is not None and after.passages == total - removed
-    assert await base.term_counts([]) == TermCounts(total - removed, {})
+    assert await base.term_counts([]) == TermCounts(total - removed, {}, after.scope)
+    # This same instance writing after a read: its own changes count too.
+    base.add_path(FIXTURES / "kb")
+    again = await base.term_counts(["星尘"])
+    assert again is not None and again.passages == total
+    # Terms FTS5 split when it indexed them are looked up by their parts.
+    parts = await base.term_counts(["127.0.0.1", "c++"])
+    assert parts is not None and set(parts.containing) == {"127.0.0.1", "c++"}
     other.close()
     # Closed, it has no statistics to give rather than an error.
     base.close()
@@ -295,10 +302,16 @@ async def test_wrappers_pass_on_the_statistics_they_can_stand_for(
     assert merged is not None and single is not None
     assert merged.passages == 2 * single.passages
     assert merged.containing["星尘"] == 2 * single.containing["星尘"]
+    # Two bases in one file report the same, whole-file counts: counted once, not twice.
+    same_file = EmbeddedKB(tmp_path / "one.sqlite", "other")
+    shared = await MergedKnowledge([one, same_file]).term_counts(["星尘"])
+    assert shared == single
+    same_file.close()
     maxkb = maxkb_backend(maxkb_server)
     # MaxKB tells none, so a base merged with it or standing in for it tells none either:
     # the embedded base's counts would weigh MaxKB's passages by other documents.
     assert statistics(maxkb) is None
     assert await MergedKnowledge([one, maxkb]).term_counts(["星尘"]) is None
     assert await FallbackKnowledge(maxkb, one).term_counts(["星尘"]) is None
-    assert await FallbackKnowledge(two, one).term_counts(["星尘"]) == single
+    primary = await FallbackKnowledge(two, one).term_counts(["星尘"])
+    assert primary == await two.term_counts(["星尘"])

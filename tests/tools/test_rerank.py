@@ -128,6 +128,10 @@ def test_query_terms_leave_out_interrogatives_glued_to_their_neighbours() -> Non
     assert query_terms("银河又叫什么河？") == ["银河", "河"]
     # A question of nothing but function words keeps them: something must be searched.
     assert query_terms("是什么？") == ["是", "什么"]
+    # Whole tokens only: words that merely contain a question character are topics.
+    assert query_terms("哪吒的师父是谁？") == ["哪吒", "师父"]
+    assert "茶几" in query_terms("小茶几多少钱？") and "几何" in query_terms("几何原本的作者？")
+    assert "_" not in query_terms("QQRAG_RELEVANCE_THRESHOLD 默认多少？")
 
 
 def test_weighted_coverage_weighs_rare_terms_and_looks_at_three_sentences() -> None:
@@ -161,10 +165,18 @@ async def test_a_question_of_two_sentences_is_weighed_sentence_by_sentence() -> 
     two = await reranker.rerank("星尘打印机保修多久？顺便问扫地机器人滤网多久换", [printer, robot])
     # Each half has its passage, and neither is marked down for not answering the other.
     assert all(p["score"] > 0.8 for p in two)
+    # Each half keeps its passage under the evidence ratio too: it weighs a passage against
+    # the best one for its own half, not the other half's.
+    assert ids(select_evidence(two, 4, 0.5, 0.9)) == ["warranty", "filter"]
     # A sentence that leans on the one before is weighed with it: alone, 售价 would answer
     # "那它售价多少？" about any product.
     follow_up = await reranker.rerank("月光扫地机器人多久换滤网？ 那它售价多少？", [prices, robot])
     assert [p["id"] for p in select_evidence(follow_up, 4, 0.5)] == ["filter"]
+    # A word that only contains 该 or 此 (应该, 因此) refers to nothing: a second question.
+    other = await reranker.rerank(
+        "星尘打印机保修多久？扫地机器人滤网应该多久换？", [printer, robot]
+    )
+    assert all(p["score"] > 0.8 for p in other)
 
 
 def test_calibration_puts_the_gate_on_one_half() -> None:
@@ -177,9 +189,17 @@ def test_rare_terms_weigh_more_and_missing_ones_no_more_than_the_rarest() -> Non
     counts = TermCounts(1000, {"的话": 900, "铁路": 50, "广三": 1, "火星": 0})
     weights = term_weights(["的话", "铁路", "广三", "火星"], counts)
     assert weights["的话"] < weights["铁路"] < weights["广三"] == weights["火星"]
-    # Without the base's statistics: jieba's general IDF, unknown words the rarest.
-    general = term_weights(["铁路", "qqrag"], None)
-    assert 0 < general["铁路"] < general["qqrag"]
+    # Without the base's statistics: jieba's general IDF, unknown Chinese words the rarest;
+    # the table has no Latin words or numbers at all, so they weigh as a typical word.
+    general = term_weights(["铁路", "星尘扫地机", "qq", "3.14"], None)
+    assert 0 < general["铁路"] < general["星尘扫地机"]
+    assert general["qq"] == general["3.14"] < general["星尘扫地机"]
+
+
+async def test_without_statistics_a_latin_word_does_not_sink_a_question() -> None:
+    group = passage("g", "群管理", "群主可以在群设置里添加 QQ 群管理员。", 1.0)
+    ranked = await LexicalReranker().rerank("QQ群怎么设置管理员？", [group])
+    assert ranked[0]["score"] >= 0.5
 
 
 async def test_an_off_topic_question_clears_no_gate_in_a_real_base(tmp_path: Path) -> None:
@@ -267,15 +287,14 @@ def test_qwen3_prompt_truncates_long_documents() -> None:
 
 
 async def test_qwen3_concurrency_is_bounded(ollama: FakeOllama) -> None:
-    delay = 0.05
+    # Only bounds that a busy machine cannot break: delays make arrivals later, never earlier.
+    delay = 0.3
     ollama.latency = LatencyModel(fixed_s=delay)
-    many = [passage(f"p{i}", "退款", f"第{i}段：购买后可以退款。", 1.0) for i in range(7)]
-    started = asyncio.get_running_loop().time()
+    many = [passage(f"p{i}", "退款", f"第{i}段：购买后可以退款。", 1.0) for i in range(5)]
     ranked = await Qwen3Reranker(ollama.url, RERANK_MODEL, concurrency=2).rerank(QUERY, many)
-    elapsed = asyncio.get_running_loop().time() - started
     check_ranked(ranked, many)
     arrivals = sorted(r["at"] for r in ollama.requests if r["path"] == "/api/generate")
-    assert len(arrivals) == 7
+    assert len(arrivals) == 5
     # Each request takes at least `delay`, so with at most two in flight the third request
     # cannot arrive before the first finished: arrivals two apart are `delay` apart.
     assert all(
@@ -283,7 +302,6 @@ async def test_qwen3_concurrency_is_bounded(ollama: FakeOllama) -> None:
         for earlier, later in zip(arrivals, arrivals[2:], strict=False)
     )
     assert arrivals[1] - arrivals[0] < delay  # and two did run at once
-    assert elapsed < 7 * delay
 
 
 @pytest.mark.parametrize("fault", [Fault.HTTP_500, Fault.MODEL_NOT_FOUND, Fault.STREAM_CUT])
