@@ -234,6 +234,9 @@ def _knowledge(raw: object, base: Path, source: str) -> KnowledgeSpec:
         where = "knowledge_base.exclude"
         listed = _existing(base / _text(body["exclude"], source, where), source, where)
         exclude = frozenset(listed.read_text(encoding="utf-8").split())
+        if not any(path.suffix == ".jsonl" for path in paths):
+            # Rows are left out of JSON Lines files named in paths; anything else has no ids.
+            raise SuiteError(f"{source}：{where} 只作用于 paths 里的 .jsonl 文件，这里没有")
     return KnowledgeSpec(
         _text(body.get("name"), source, "knowledge_base.name"), tuple(paths), exclude
     )

@@ -421,3 +421,25 @@ def test_outcomes_survive_a_json_round_trip():
     assert again.as_json() == case.as_json()
     assert "match" not in case.as_json()["turns"][0]["obs"]  # empty values are not stored
     assert not again.passed
+
+
+def test_evidence_precision_is_the_share_of_shown_passages_holding_an_answer():
+    shown = result(passages=[GOLD, OTHER, ALSO])
+    obs, _ = run(Expect(answers=("8000",)), shown)
+    assert obs["evidence_precision"] == round(1 / 3, 4)
+    # The title counts too: a heading may carry the answer its sentences leave implicit.
+    obs, _ = run(Expect(answers=("监听地址",)), shown)
+    assert obs["evidence_precision"] == round(1 / 3, 4)
+    # Nothing shown, or no reference answer: no value, never a misleading 0.
+    assert run(Expect(answers=("8000",)), result(passages=[]))[0]["evidence_precision"] is None
+    assert run(Expect(), shown)[0]["evidence_precision"] is None
+
+
+def test_false_refusal_counts_only_turns_that_should_be_answered():
+    refused = result("知识库里没有找到相关内容。")
+    answered = result("8000[1]。", citations=[cite(1, GOLD)])
+    assert run(Expect(refuse=False), refused)[0]["false_refusal"] is True
+    assert run(Expect(refuse=False), answered)[0]["false_refusal"] is False
+    # A turn that should be refused, or expects nothing of it, is not in the denominator.
+    assert run(Expect(refuse=True), refused)[0]["false_refusal"] is None
+    assert run(Expect(), refused)[0]["false_refusal"] is None

@@ -223,6 +223,11 @@ def test_a_suite_file_with_defaults_tolerances_and_jsonl_cases(tmp_path: Path):
         ({"tolerances": {"answer.f1": -1}}, "tolerances.answer.f1"),
         ({"knowledge_base": {"name": "x", "paths": ["nowhere"]}}, "不存在"),
         ({"knowledge_base": {"name": "x", "paths": []}}, "至少要有一项"),
+        (
+            # A folder has no row ids to leave out: the exclusion would silently do nothing.
+            {"knowledge_base": {"name": "x", "paths": [str(SMOKE_KB)], "exclude": "ids.txt"}},
+            "只作用于 paths 里的 .jsonl 文件",
+        ),
         ({"version": None}, "缺少 version"),
     ],
 )
@@ -232,6 +237,7 @@ def test_bad_suites_are_reported_with_their_place(
     body = minimal() | change
     if change.get("version", 0) is None:
         del body["version"]
+    (tmp_path / "ids.txt").write_text("DEV_0\n", encoding="utf-8")
     path = write(tmp_path, body)
     with pytest.raises(SuiteError, match=message) as error:
         load_suite(str(path))
