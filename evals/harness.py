@@ -23,6 +23,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+START_TIMEOUT_S = 120.0
+"""How long a process may take to be ready: seconds on a quiet machine, but a loaded one
+(CI beside other work) was seen to need over 30 s for two workers' first start. The wait
+ends as soon as it is ready."""
+
+
 class Started:
     """Something started for a `with` block and stopped after it, or by `start()`/`stop()`."""
 
@@ -65,7 +71,7 @@ class ChildProcess(Started):
         assert self._process is not None, f"the {self.label} is not running"
         return self._process.pid
 
-    def start(self, timeout: float = 30.0) -> Self:
+    def start(self, timeout: float = START_TIMEOUT_S) -> Self:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._argv, cwd=self._cwd, env=self._env, stdout=log, stderr=subprocess.STDOUT
@@ -126,7 +132,7 @@ class ServiceProcess(ChildProcess):
         except httpx.TransportError:
             return False
 
-    def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+    def wait_workers(self, count: int, timeout: float = START_TIMEOUT_S) -> None:
         """Until `count` workers have started (uvicorn logs each one's startup): the first one
         answering /healthz does not mean the others are up."""
         deadline = time.monotonic() + timeout
