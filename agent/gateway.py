@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from agent import backends, prompts
+from agent.checkpoints import LoopSqliteSaver
 from agent.context import Context
 from agent.links import mask_links
 from agent.models import message_text
@@ -551,7 +553,8 @@ class Gateway:
         message_id = turn.speaker.message_id
         if not message_id:
             return None
-        values = (await self.graph.aget_state(turn_config(turn.thread))).values or {}
+        config = turn_config(turn.thread)
+        values = await self._latest_values(config)
         messages = values.get("messages", [])
         for index, message in enumerate(messages[:-1]):
             reply = messages[index + 1]
@@ -572,6 +575,16 @@ class Gateway:
                 )
                 return self._masked(turn, result)
         return None
+
+    async def _latest_values(self, config: RunnableConfig) -> dict[str, Any]:
+        """The conversation's state as its latest checkpoint holds it. With SQLite, that
+        checkpoint is then handed on to the turn's own read (the thread's lock is held)."""
+        saver = self.graph.checkpointer
+        if not isinstance(saver, LoopSqliteSaver):
+            return dict((await self.graph.aget_state(config)).values or {})
+        latest = await saver.aget_tuple(config)
+        saver.hand_on(config, latest)
+        return dict(latest.checkpoint["channel_values"]) if latest is not None else {}
 
     def _take_quota(self, turn: Turn) -> None:
         """One request off the speaker's quotas. Raises `Refusal`: 429 when one is used up,

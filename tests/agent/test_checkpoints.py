@@ -8,6 +8,7 @@ postgresql://postgres@127.0.0.1:5432/test), failed instead when QQRAG_REQUIRE_SC
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, TypedDict
 
 import pytest
+from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
@@ -119,3 +121,51 @@ async def test_prune_strategies_and_health(graph: QAGraph, models: ScriptedModel
     closed = await checkpointer_health(saver)
     assert closed.status == "down" and closed.message.startswith("检查点数据库不可用")
     assert await graph.aget_state(turn_config("b")) is not None
+
+
+async def test_a_handed_on_checkpoint_serves_one_read_of_the_latest_in_its_task(tmp_path: Path):
+    """The gateway's replay check hands its read on to the turn: the next read of the thread's
+    latest checkpoint gets it without the database, once; a write drops it, and neither other
+    threads, a given checkpoint id nor another request's task see it."""
+    async with LoopSqliteSaver.open(tmp_path / "checkpoints.sqlite") as saver:
+        graph = echo(saver)
+        await graph.ainvoke({"said": ["你好"]}, turn_config("t1"))
+        await graph.ainvoke({"said": ["别的"]}, turn_config("t2"))
+        latest = await saver.aget_tuple(turn_config("t1"))
+        assert latest is not None
+        asked = asyncio.Event()
+
+        async def elsewhere() -> CheckpointTuple | None:
+            await asked.wait()
+            return await saver.aget_tuple(turn_config("t1"))
+
+        # A task of another request, running already: its context is its own.
+        other = asyncio.create_task(elsewhere())
+        saver.hand_on(turn_config("t1"), latest)
+        asked.set()
+        assert await other is not latest
+        assert await saver.aget_tuple(turn_config("t2")) is not latest
+        pinned = {
+            "configurable": {
+                "thread_id": "t1",
+                "checkpoint_id": latest.config["configurable"]["checkpoint_id"],
+            }
+        }
+        assert await saver.aget_tuple(pinned) is not latest
+        assert await saver.aget_tuple(turn_config("t1")) is latest
+        assert await saver.aget_tuple(turn_config("t1")) is not latest
+
+        saver.hand_on(turn_config("t1"), latest)
+        await graph.ainvoke({"said": ["再见"]}, turn_config("t1"))
+        assert (await graph.aget_state(turn_config("t1"))).values["said"] == [
+            "你好",
+            "回声1",
+            "再见",
+            "回声3",
+        ]
+
+        saver.hand_on(turn_config("t3"), None)
+        assert (await graph.ainvoke({"said": ["新的"]}, turn_config("t3")))["said"] == [
+            "新的",
+            "回声1",
+        ]

@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 import redis
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agent.audit import AuditLog
+from agent.checkpoints import LoopSqliteSaver
 from agent.gateway import TIMEOUT_MESSAGE, Gateway, Refusal, Said, Speaker
 from agent.policy.admission import LocalAdmission
 from agent.policy.metrics import Metrics
@@ -383,5 +385,40 @@ async def test_a_turn_that_carries_its_conversation_stores_nothing_however_it_en
         # The abandoned turn's task deletes its thread once it has ended.
         async with asyncio.timeout(10), gateway.locks.hold(turn.thread):
             assert await stored() == []
+    finally:
+        gateway.close()
+
+
+async def test_a_turn_reads_its_conversation_once(
+    settings: Settings, services: Services, graph: QAGraph, models: ScriptedModels
+):
+    """The replay check's checkpoint read is the turn's own: one database read per turn."""
+    saver = graph.checkpointer
+    assert isinstance(saver, LoopSqliteSaver)
+    reads = 0
+    read = saver.get_tuple
+
+    def counted(config: RunnableConfig) -> CheckpointTuple | None:
+        nonlocal reads
+        reads += 1
+        return read(config)
+
+    gateway = local_gateway(settings, services, graph, QuotaLimits(user_rpm=0))
+    try:
+        asked = {
+            "星尘打印机售价多少？": "星尘打印机售价 2999 元[1]。",
+            "星尘打印机保修多久？": "星尘打印机整机保修两年[1]。",
+        }
+        for n, (text, reply) in enumerate(asked.items()):
+            models.say(reply)
+            speaker = Speaker(platform="qq", scene="private", user_id="u1", message_id=f"m{n}")
+            saver.get_tuple = counted  # type: ignore[method-assign]
+            reads = 0
+            answered = await gateway.answer(await gateway.admit(OPEN_PRINCIPAL, speaker, text))
+            saver.get_tuple = read  # type: ignore[method-assign]
+            assert reads == 1
+            assert answered.answer == reply
+        state = await graph.aget_state(turn_config(answered.thread_id))
+        assert len(state.values["messages"]) == 4
     finally:
         gateway.close()
