@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -32,14 +33,21 @@ WINDOWS = (1, 3, 12, 24)
 _BUCKET_MINUTES = {1: 1, 3: 5, 12: 15, 24: 30}
 
 
-async def _api(request: Request, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-    """GET an API endpoint of this same app, in-process, as the caller."""
+async def _api(
+    request: Request,
+    path: str,
+    params: dict[str, Any] | None = None,
+    *,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """Call an API endpoint of this same app, in-process, as the caller."""
     headers = {}
     if authorization := request.headers.get("authorization"):
         headers["Authorization"] = authorization
     transport = httpx.ASGITransport(app=request.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://qqrag") as client:
-        return await client.get(path, params=params, headers=headers)
+        return await client.request(method, path, params=params, json=body, headers=headers)
 
 
 def _refused(request: Request, response: httpx.Response) -> HTMLResponse:
@@ -74,6 +82,67 @@ async def signin_page(request: Request) -> Response:
 @router.get("/playground", response_class=HTMLResponse)
 async def playground_page(request: Request) -> Response:
     return templates.TemplateResponse(request, "playground.html", {"page": "playground"})
+
+
+@router.get("/kb", response_class=HTMLResponse)
+async def kb_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "kb.html", {"page": "kb"})
+
+
+def _path(*parts: str) -> str:
+    return "/".join(quote(part, safe="") for part in parts)
+
+
+@router.get("/fragments/kb/bases", response_class=HTMLResponse)
+async def kb_bases_fragment(request: Request) -> Response:
+    bases = await _api(request, "/v1/kb")
+    if bases.status_code != 200:
+        return _refused(request, bases)
+    return templates.TemplateResponse(request, "_kb_bases.html", bases.json())
+
+
+async def _documents(request: Request, kb: str, removed: dict[str, Any] | None = None) -> Response:
+    documents = await _api(request, f"/v1/kb/{_path(kb)}/documents")
+    if documents.status_code != 200:
+        return _refused(request, documents)
+    context = {**documents.json(), "removed": removed}
+    return templates.TemplateResponse(request, "_kb_documents.html", context)
+
+
+@router.get("/fragments/kb/documents", response_class=HTMLResponse)
+async def kb_documents_fragment(request: Request, kb: str) -> Response:
+    return await _documents(request, kb)
+
+
+@router.delete("/fragments/kb/documents", response_class=HTMLResponse)
+async def kb_remove_fragment(request: Request, kb: str, document: str) -> Response:
+    """Remove a document (the browser has asked to confirm), then the list without it."""
+    removed = await _api(
+        request, f"/v1/admin/kb/{_path(kb, 'documents', document)}", method="DELETE"
+    )
+    if removed.status_code != 200:
+        return _refused(request, removed)
+    return await _documents(request, kb, removed.json())
+
+
+@router.get("/fragments/kb/passages", response_class=HTMLResponse)
+async def kb_passages_fragment(request: Request, kb: str, document: str) -> Response:
+    shown = await _api(request, f"/v1/kb/{_path(kb, 'documents', document)}")
+    if shown.status_code != 200:
+        return _refused(request, shown)
+    return templates.TemplateResponse(request, "_kb_passages.html", shown.json())
+
+
+@router.post("/fragments/kb/search", response_class=HTMLResponse)
+async def kb_search_fragment(
+    request: Request, kb: Annotated[str, Form()], question: Annotated[str, Form()] = ""
+) -> Response:
+    hits = await _api(
+        request, f"/v1/kb/{_path(kb)}/search", method="POST", body={"question": question}
+    )
+    if hits.status_code != 200:
+        return _refused(request, hits)
+    return templates.TemplateResponse(request, "_kb_hits.html", hits.json())
 
 
 def _clock(iso: str) -> str:

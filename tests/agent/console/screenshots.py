@@ -40,6 +40,14 @@ def main() -> None:
         expect(page.locator("#citations li")).to_have_count(1)
         page.screenshot(path=IMAGES / "console-playground.png", full_page=True)
 
+        page.goto(f"{site.url}/console/kb")
+        page.get_by_role("button", name="查看段落").first.click()
+        expect(page.get_by_test_id("passage")).not_to_have_count(0)
+        page.get_by_label("问题").fill(QUESTIONS[0])
+        page.keyboard.press("Enter")
+        expect(page.get_by_test_id("gate")).to_be_visible()
+        page.screenshot(path=IMAGES / "console-kb.png", full_page=True)
+
         page.set_viewport_size(PHONE)
         page.goto(f"{site.url}/console/")
         expect(page.get_by_test_id("chart")).to_have_count(6)
