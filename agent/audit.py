@@ -223,6 +223,21 @@ class AuditLog:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
+    def safety_hits(self, *, days: int = 7) -> dict[str, dict[str, int]]:
+        """Sensitive-word hits of the last `days` days by category, then side (question or
+        answer): how often each list is triggered, without the words themselves."""
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        sql = (
+            "SELECT json_extract(hit.value, '$.category'), json_extract(hit.value, '$.side'),"
+            " COUNT(*) FROM turns, json_each(turns.safety_hits) AS hit"
+            " WHERE created_at >= ? GROUP BY 1, 2"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for category, side, times in self._db.execute(sql, [since]).fetchall():
+                counts.setdefault(category, {})[side] = times
+        return counts
+
     def record_feedback(
         self,
         thread_id: str,

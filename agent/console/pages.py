@@ -145,6 +145,66 @@ async def kb_search_fragment(
     return templates.TemplateResponse(request, "_kb_hits.html", hits.json())
 
 
+@router.get("/governance", response_class=HTMLResponse)
+async def governance_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "governance.html", {"page": "governance"})
+
+
+async def _tenants(request: Request, **shown: dict[str, Any]) -> Response:
+    """The tenants and their keys, with what was just issued or revoked above them."""
+    tenants = await _api(request, "/v1/admin/tenants")
+    if tenants.status_code != 200:
+        return _refused(request, tenants)
+    context = {**tenants.json(), "issued": None, "revoked": None, **shown}
+    return templates.TemplateResponse(request, "_governance_tenants.html", context)
+
+
+@router.get("/fragments/governance/tenants", response_class=HTMLResponse)
+async def governance_tenants_fragment(request: Request) -> Response:
+    return await _tenants(request)
+
+
+@router.post("/fragments/governance/keys", response_class=HTMLResponse)
+async def governance_issue_fragment(
+    request: Request,
+    tenant: Annotated[str, Form()],
+    role: Annotated[str, Form()] = "client",
+    label: Annotated[str, Form()] = "",
+) -> Response:
+    issued = await _api(
+        request,
+        f"/v1/admin/tenants/{_path(tenant)}/keys",
+        method="POST",
+        body={"role": role, "label": label},
+    )
+    if issued.status_code != 201:
+        return _refused(request, issued)
+    return await _tenants(request, issued=issued.json())
+
+
+@router.delete("/fragments/governance/keys", response_class=HTMLResponse)
+async def governance_revoke_fragment(request: Request, key_id: str) -> Response:
+    revoked = await _api(request, f"/v1/admin/keys/{_path(key_id)}", method="DELETE")
+    if revoked.status_code != 200:
+        return _refused(request, revoked)
+    return await _tenants(request, revoked=revoked.json())
+
+
+@router.get("/fragments/governance/policy", response_class=HTMLResponse)
+async def governance_policy_fragment(request: Request) -> Response:
+    answers = {}
+    for name, path in (
+        ("limits", "/v1/admin/limits"),
+        ("safety", "/v1/admin/safety"),
+        ("profiles", "/v1/admin/profiles"),
+    ):
+        answer = await _api(request, path)
+        if answer.status_code != 200:
+            return _refused(request, answer)
+        answers[name] = answer.json()
+    return templates.TemplateResponse(request, "_governance_policy.html", answers)
+
+
 def _clock(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%H:%M")
 

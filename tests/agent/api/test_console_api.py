@@ -127,6 +127,7 @@ def test_profiles_list_the_gray_release_book_for_admins_only(data: Path, keys: d
                 "knowledge_bases": ["default"],
             },
         ],
+        "rules": [],
     }
     assert refused.status_code == 403
 

@@ -28,7 +28,13 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
 def test_pages_load_only_assets_the_service_serves(client: TestClient):
     with client:
         assert client.get("/console", follow_redirects=False).headers["location"] == "/console/"
-        for page in ("/console/", "/console/signin", "/console/playground", "/console/kb"):
+        for page in (
+            "/console/",
+            "/console/signin",
+            "/console/playground",
+            "/console/kb",
+            "/console/governance",
+        ):
             html = client.get(page).text
             assets = re.findall(r'(?:src|href)="([^"]+)"', html)
             assert all(asset.startswith("/") for asset in assets), assets
