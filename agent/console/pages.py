@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from agent.console.charts import Chart, bar_chart
+from agent.threads import speaker_of
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -203,6 +204,77 @@ async def governance_policy_fragment(request: Request) -> Response:
             return _refused(request, answer)
         answers[name] = answer.json()
     return templates.TemplateResponse(request, "_governance_policy.html", answers)
+
+
+INTENTS = {"knowledge": "知识问答", "chitchat": "闲聊", "command": "命令", "blocked": "拦截"}
+OUTCOMES = {
+    "answered": "已回答",
+    "not_found": "没有找到",
+    "degraded": "降级回答",
+    "blocked": "已拦截",
+    "error": "出错",
+    "timeout": "超时",
+}
+RATINGS = {"good": "👍 有用", "bad": "👎 没用"}
+
+
+def _when(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone().strftime("%m-%d %H:%M:%S")
+
+
+def _words() -> dict[str, Any]:
+    return {"intents": INTENTS, "outcomes": OUTCOMES, "ratings": RATINGS}
+
+
+@router.get("/conversations", response_class=HTMLResponse)
+async def conversations_page(request: Request) -> Response:
+    return templates.TemplateResponse(request, "conversations.html", {"page": "conversations"})
+
+
+@router.get("/fragments/conversations", response_class=HTMLResponse)
+async def conversations_fragment(
+    request: Request, q: str = "", tenant: str = "", intent: str = "", degraded: str = ""
+) -> Response:
+    """The turns the filter finds; empty fields filter nothing."""
+    wanted = {"q": q, "tenant": tenant, "intent": intent, "degraded": degraded}
+    found = await _api(request, "/v1/audit", {k: v for k, v in wanted.items() if v})
+    if found.status_code != 200:
+        return _refused(request, found)
+    turns = [
+        {**turn, "when": _when(turn["created_at"]), "who": speaker_of(turn["thread_id"])}
+        for turn in found.json()["turns"]
+    ]
+    return templates.TemplateResponse(request, "_turns.html", {"turns": turns, **_words()})
+
+
+@router.get("/fragments/conversation", response_class=HTMLResponse)
+async def conversation_fragment(request: Request, thread_id: str) -> Response:
+    """A conversation's turns in the order they were asked, each with what the audit kept of
+    its run: retrieval, evidence, citations, node timings, feedback."""
+    found = await _api(request, "/v1/audit", {"thread_id": thread_id, "limit": 500})
+    if found.status_code != 200:
+        return _refused(request, found)
+    turns = [{**turn, "when": _when(turn["created_at"])} for turn in found.json()["turns"]]
+    context = {"thread_id": thread_id, "turns": turns[::-1], **_words()}
+    return templates.TemplateResponse(request, "_conversation.html", context)
+
+
+@router.get("/fragments/feedback", response_class=HTMLResponse)
+async def feedback_fragment(request: Request) -> Response:
+    found = await _api(request, "/v1/feedback")
+    if found.status_code != 200:
+        return _refused(request, found)
+    rows = [{**row, "when": _when(row["created_at"])} for row in found.json()["feedback"]]
+    return templates.TemplateResponse(request, "_feedback.html", {"feedback": rows, **_words()})
+
+
+@router.get("/fragments/gaps", response_class=HTMLResponse)
+async def gaps_fragment(request: Request) -> Response:
+    found = await _api(request, "/v1/admin/gaps", {"days": 7})
+    if found.status_code != 200:
+        return _refused(request, found)
+    gaps = [{**gap, "when": _when(gap["last_asked"])} for gap in found.json()["gaps"]]
+    return templates.TemplateResponse(request, "_gaps.html", {"gaps": gaps})
 
 
 def _clock(iso: str) -> str:

@@ -55,6 +55,11 @@ def main() -> None:
         expect(page.get_by_test_id("limits")).to_be_visible()
         page.screenshot(path=IMAGES / "console-governance.png", full_page=True)
 
+        page.goto(f"{site.url}/console/conversations")
+        page.get_by_test_id("turn").first.get_by_role("button", name="打开").click()
+        expect(page.get_by_test_id("conversation-turn")).not_to_have_count(0)
+        page.screenshot(path=IMAGES / "console-conversations.png", full_page=True)
+
         page.set_viewport_size(PHONE)
         page.goto(f"{site.url}/console/")
         expect(page.get_by_test_id("chart")).to_have_count(6)

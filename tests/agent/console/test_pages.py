@@ -34,6 +34,7 @@ def test_pages_load_only_assets_the_service_serves(client: TestClient):
             "/console/playground",
             "/console/kb",
             "/console/governance",
+            "/console/conversations",
         ):
             html = client.get(page).text
             assets = re.findall(r'(?:src|href)="([^"]+)"', html)
