@@ -21,7 +21,19 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import console
-from agent.api import admin, chat, documents, health, me, openai, profiles, stats, threads
+from agent.api import (
+    admin,
+    chat,
+    documents,
+    governance,
+    health,
+    kb,
+    me,
+    openai,
+    profiles,
+    stats,
+    threads,
+)
 from agent.api.deps import AppRuntime
 from agent.api.errors import INTERNAL, storage_failure
 from agent.api.schemas import error_response
@@ -55,7 +67,19 @@ def create_app() -> FastAPI:
     # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not from a CDN:
     # the service often runs where nothing outside can be reached.
     app = FastAPIOffline(title="qqrag", version="0.1.0", lifespan=lifespan)
-    for routes in (chat, openai, threads, admin, stats, me, profiles, documents, health):
+    for routes in (
+        chat,
+        openai,
+        threads,
+        admin,
+        stats,
+        me,
+        profiles,
+        documents,
+        kb,
+        governance,
+        health,
+    ):
         app.include_router(routes.router)
     console.install(app)
 

@@ -27,6 +27,15 @@ def _insert_sql(columns: tuple[str, ...]) -> str:
     return f"INSERT INTO turns ({names}) VALUES ({', '.join('?' * len(columns))})"
 
 
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern's literal part (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _prefix(tenant: str) -> str:
+    return _like(f"{tenant}:") + "%"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -134,16 +143,38 @@ class AuditLog:
             return int(cursor.lastrowid or 0)
 
     def turns(
-        self, tenant: str | None = None, *, thread_id: str | None = None, limit: int = 50
+        self,
+        tenant: str | None = None,
+        *,
+        thread_id: str | None = None,
+        intent: str | None = None,
+        degraded: bool | None = None,
+        text: str | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Newest first; `tenant` None means every tenant (admins only)."""
-        clauses, args = [], []
+        """Newest first; `tenant` None means every tenant (admins only). `text` finds turns
+        whose question, answer or conversation id (group and QQ number) contain it."""
+        clauses: list[str] = []
+        args: list[Any] = []
         if tenant is not None:
             clauses.append("tenant = ?")
             args.append(tenant)
         if thread_id is not None:
             clauses.append("thread_id = ?")
             args.append(thread_id)
+        if intent is not None:
+            clauses.append("intent = ?")
+            args.append(intent)
+        if degraded is not None:
+            clauses.append("degraded = ?")
+            args.append(int(degraded))
+        if text:
+            pattern = f"%{_like(text)}%"
+            clauses.append(
+                "(question LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\'"
+                " OR thread_id LIKE ? ESCAPE '\\')"
+            )
+            args.extend([pattern] * 3)
         where = " AND ".join(clauses) or None
         with self._lock:
             rows = list(
@@ -223,6 +254,21 @@ class AuditLog:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
+    def safety_hits(self, *, days: int = 7) -> dict[str, dict[str, int]]:
+        """Sensitive-word hits of the last `days` days by category, then side (question or
+        answer): how often each list is triggered, without the words themselves."""
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        sql = (
+            "SELECT json_extract(hit.value, '$.category'), json_extract(hit.value, '$.side'),"
+            " COUNT(*) FROM turns, json_each(turns.safety_hits) AS hit"
+            " WHERE created_at >= ? GROUP BY 1, 2"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for category, side, times in self._db.execute(sql, [since]).fetchall():
+                counts.setdefault(category, {})[side] = times
+        return counts
+
     def record_feedback(
         self,
         thread_id: str,
@@ -256,6 +302,16 @@ class AuditLog:
         where, args = ("thread_id = ?", [thread_id]) if thread_id else (None, None)
         with self._lock:
             return list(self._feedback.rows_where(where, args, order_by="id"))
+
+    def recent_feedback(
+        self, tenant: str | None = None, *, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Ratings and comments, newest first; `tenant` None means every tenant's."""
+        where, args = (
+            ("thread_id LIKE ? ESCAPE '\\'", [_prefix(tenant)]) if tenant else (None, None)
+        )
+        with self._lock:
+            return list(self._feedback.rows_where(where, args, order_by="id desc", limit=limit))
 
     def record_action(
         self,

@@ -39,6 +39,25 @@ def _part(value: str) -> str:
     return value.replace("%", "%25").replace(":", "%3A")
 
 
+def _unpart(value: str) -> str:
+    return value.replace("%3A", ":").replace("%25", "%")
+
+
+def speaker_of(thread: str) -> dict[str, str | None]:
+    """The tenant, platform, scene, group and user a `租户:thread_id` conversation id names
+    (None where it names none: a whole group's thread, a private chat's group)."""
+    tenant, platform, scene, *rest = [*thread.split(":"), "", "", "", ""][:5]
+    group = rest[0] if scene == "group" else None
+    user = rest[1] if scene == "group" else rest[0]
+    return {
+        "tenant": tenant,
+        "platform": platform,
+        "scene": scene,
+        "group_id": _unpart(group) if group else None,
+        "user_id": _unpart(user) if user else None,
+    }
+
+
 class ConversationBusy(Exception):
     """More messages of one conversation are already waiting than the bound allows."""
 

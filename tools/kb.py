@@ -593,6 +593,15 @@ class EmbeddedKB:
         rows = self._conn().execute(f"{_SOURCES_SQL} ORDER BY source", (self.name,))
         return [SourceInfo(**dict(row)) for row in rows]
 
+    def passages_of(self, source: str) -> list[Passage]:
+        """A document's passages in document order (score 0): what a search can find of it."""
+        rows = self._conn().execute(
+            "SELECT id, title, source, text FROM passages WHERE kb = ? AND source = ?"
+            " ORDER BY position",
+            (self.name, source),
+        )
+        return [self._passage(row, 0.0) for row in rows]
+
     def get(self, passage_id: str) -> Passage | None:
         """One passage by id (score 0), None when this knowledge base has no such passage."""
         row = (

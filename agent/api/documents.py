@@ -22,7 +22,7 @@ MAX_UPLOAD_MB = 50
 that would fill the memory."""
 
 
-def _document(info: SourceInfo) -> dict[str, Any]:
+def document_json(info: SourceInfo) -> dict[str, Any]:
     return {
         "id": info.document_id,
         "source": info.source,
@@ -60,11 +60,11 @@ async def list_knowledge_bases(rt: RuntimeDep, principal: AdminDep) -> dict[str,
 async def list_documents(kb: str, rt: RuntimeDep, principal: AdminDep) -> dict[str, Any]:
     """A knowledge base's documents by source name (none for a name that holds nothing)."""
     documents = await asyncio.to_thread(rt.services.embedded_kb(kb).sources)
-    return {"kb": kb, "documents": [_document(info) for info in documents]}
+    return {"kb": kb, "documents": [document_json(info) for info in documents]}
 
 
 @router.post("/{kb}/documents")
-async def upload_document(
+async def uploaddocument_json(
     kb: str, file: UploadFile, rt: RuntimeDep, principal: AdminDep
 ) -> JSONResponse:
     """Add a document, or replace the one uploaded earlier under the same file name."""
@@ -109,7 +109,7 @@ async def upload_document(
     body = {
         "kb": kb,
         "result": result,
-        "document": _document(info),
+        "document": document_json(info),
         "passages_added": report.passages_added,
         "passages_removed": report.passages_removed,
         "vectors_error": report.vectors_error,
@@ -118,7 +118,7 @@ async def upload_document(
 
 
 @router.delete("/{kb}/documents/{document}")
-async def remove_document(
+async def removedocument_json(
     kb: str, document: str, rt: RuntimeDep, principal: AdminDep
 ) -> dict[str, Any]:
     """Remove a document (by its id, or a source name without slashes) and all its passages."""
@@ -128,4 +128,4 @@ async def remove_document(
         raise Refusal(404, "document_not_found", f"知识库 {kb} 里没有文档 {document}")
     removed = await asyncio.to_thread(base.remove_source, info.source)
     await _record(rt, principal, "document.remove", kb, info, passages=removed, origin=info.origin)
-    return {"kb": kb, "removed": _document(info), "passages_removed": removed}
+    return {"kb": kb, "removed": document_json(info), "passages_removed": removed}

@@ -1,4 +1,5 @@
-"""`/v1/admin/profiles`: gray release's profiles and which one answers when no rule matches."""
+"""`/v1/admin/profiles`: gray release's profiles, the rules that split traffic between them, and
+which one answers when no rule matches."""
 
 from __future__ import annotations
 
@@ -24,4 +25,14 @@ async def get_profiles(rt: RuntimeDep, principal: AdminDep) -> dict[str, Any]:
         }
         for profile in book.profiles.values()
     ]
-    return {"default": book.default, "profiles": profiles}
+    rules = [
+        {
+            "profile": rule.profile,
+            "tenant": rule.tenant,
+            "group_ids": None if rule.group_ids is None else sorted(rule.group_ids),
+            "user_ids": None if rule.user_ids is None else sorted(rule.user_ids),
+            "percent": rule.percent,
+        }
+        for rule in book.rules
+    ]
+    return {"default": book.default, "profiles": profiles, "rules": rules}

@@ -45,6 +45,46 @@ def test_feedback_marks_the_threads_latest_turn(tmp_path: Path):
     assert log.feedback("a:1")[0]["rating"] == "bad"
 
 
+def test_turns_filter_by_intent_degraded_and_text_and_feedback_by_tenant(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.sqlite")
+    log.record_turn(
+        {
+            "trace_id": "t1",
+            "tenant": "acme",
+            "thread_id": "acme:qq:group:555:1",
+            "intent": "knowledge",
+            "question": "端口是多少？",
+            "answer": "8000",
+            "degraded": 0,
+        }
+    )
+    log.record_turn(
+        {
+            "trace_id": "t2",
+            "tenant": "acme",
+            "thread_id": "acme:qq:private:2",
+            "intent": "chitchat",
+            "question": "100%_好",
+            "answer": "你好",
+            "degraded": 1,
+        }
+    )
+    log.record_turn({"trace_id": "t3", "tenant": "acme_x", "thread_id": "acme_x:qq:private:3"})
+
+    def found(**filters: object) -> list[str]:
+        return [row["trace_id"] for row in log.turns(**filters)]
+
+    assert found(intent="chitchat") == ["t2"]
+    assert found(degraded=False) == ["t1"]
+    assert found(text="555") == ["t1"] and found(text="8000") == ["t1"]
+    # LIKE's own wildcards are plain text in a search.
+    assert found(text="%_") == ["t2"] and found(text="0_") == []
+    log.record_feedback("acme:qq:private:2", "good", "谢谢", question="q", answer="a")
+    log.record_feedback("acme_x:qq:private:3", "bad", "", question="q", answer="a")
+    assert [row["comment"] for row in log.recent_feedback("acme")] == ["谢谢"]
+    assert len(log.recent_feedback()) == 2
+
+
 def test_admin_actions_say_who_did_what_and_come_back_newest_first(tmp_path: Path):
     log = AuditLog(tmp_path / "audit.sqlite")
     log.record_action(

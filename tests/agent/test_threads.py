@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from agent.policy.redis_store import RedisThreadLocks, connect_redis
-from agent.threads import ConversationBusy, FileKeyedLocks, KeyedLocks, ThreadLocks, thread_id
+from agent.threads import (
+    ConversationBusy,
+    FileKeyedLocks,
+    KeyedLocks,
+    ThreadLocks,
+    speaker_of,
+    thread_id,
+)
 from tests.conftest import REDIS_URL
 from tools.health import Health
 
@@ -23,6 +30,23 @@ def test_thread_ids():
     assert thread_id("qq", "group", "U1", "G1") == "qq:group:G1:U1"
     assert thread_id("qq", "group", "U1", "G1", scope="group") == "qq:group:G1"
     assert thread_id("onebot", "private", "U1", "G1") == "onebot:private:U1"
+
+
+def test_a_conversation_id_tells_its_group_and_user_back_unescaped():
+    member = "acme:" + thread_id("qq", "group", "7:8", "1%2")
+    assert speaker_of(member) == {
+        "tenant": "acme",
+        "platform": "qq",
+        "scene": "group",
+        "group_id": "1%2",
+        "user_id": "7:8",
+    }
+    assert (
+        speaker_of("acme:" + thread_id("qq", "group", "7", "9", scope="group"))["user_id"] is None
+    )
+    private = speaker_of("acme:onebot:private:42")
+    assert (private["group_id"], private["user_id"]) == (None, "42")
+    assert speaker_of("odd")["tenant"] == "odd"
 
 
 def test_thread_ids_never_map_two_speakers_to_one_conversation():

@@ -68,11 +68,24 @@ document.addEventListener("DOMContentLoaded", () => {
     label.textContent = who.open ? "开放模式（未设密钥）" : `${role} · 租户 ${who.tenant}`;
   }
   document.getElementById("signout")?.addEventListener("click", signOut);
-  for (const node of document.querySelectorAll("[data-admin-only]")) {
-    node.hidden = !(who && who.role === "admin");
-  }
+  showForRole(document);
   document.getElementById("signin-form")?.addEventListener("submit", signIn);
   if (document.getElementById("ask-form")) setUpPlayground(who);
+});
+
+// What only an admin may use is hidden from a tenant's key, in fragments swapped in later too;
+// the API refuses it anyway.
+function showForRole(root) {
+  const who = me();
+  for (const node of root.querySelectorAll("[data-admin-only]")) {
+    node.hidden = !(who && who.role === "admin");
+  }
+}
+
+document.addEventListener("htmx:load", (event) => {
+  showForRole(event.detail.elt);
+  const upload = event.detail.elt.querySelector("#upload-form");
+  if (upload) upload.addEventListener("submit", uploadFiles);
 });
 
 async function signIn(event) {
@@ -343,4 +356,60 @@ function modelCall(call) {
   if (call.output !== undefined) box.append(el("h4", { text: "模型原始输出" }), el("pre", { text: call.output }));
   if (call.error) box.append(el("p", { class: "error", text: call.error }));
   return box;
+}
+
+// —— the knowledge base ——
+
+// One file after another, each with its own progress bar and result: XHR, since fetch cannot
+// report an upload's progress.
+async function uploadFiles(event) {
+  event.preventDefault();
+  const form = event.target;
+  const kb = document.getElementById("kb").value;
+  const list = document.getElementById("uploads");
+  const button = document.getElementById("upload");
+  button.disabled = true;
+  list.replaceChildren();
+  for (const file of form.files.files) {
+    const bar = el("progress", { max: "1", value: "0", "aria-label": `${file.name} 上传进度` });
+    const result = el("span", { class: "muted", text: "上传中…" });
+    list.append(el("li", { "data-testid": "upload" }, el("strong", { text: file.name }), bar, result));
+    const [ok, text] = await uploadOne(kb, file, bar);
+    result.textContent = text;
+    result.className = ok ? "ok" : "error";
+  }
+  button.disabled = false;
+  form.reset();
+  document.body.dispatchEvent(new Event("kb-changed"));
+}
+
+const UPLOAD_RESULTS = { added: "已添加", replaced: "已替换", unchanged: "内容没变" };
+
+function uploadOne(kb, file, bar) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/v1/admin/kb/${encodeURIComponent(kb)}/documents`);
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) bar.value = e.loaded / e.total;
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 401) return signOut();
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {}
+      if (xhr.status >= 400) {
+        return resolve([false, body?.error?.message || `上传失败（HTTP ${xhr.status}）`]);
+      }
+      bar.value = 1;
+      const vectors = body.vectors_error ? `；向量未生成：${body.vectors_error}` : "";
+      const counts = `新增 ${body.passages_added} 段，删去 ${body.passages_removed} 段`;
+      resolve([true, `${UPLOAD_RESULTS[body.result]}（${counts}）${vectors}`]);
+    });
+    xhr.addEventListener("error", () => resolve([false, "上传失败：连不上服务"]));
+    const data = new FormData();
+    data.append("file", file);
+    xhr.send(data);
+  });
 }

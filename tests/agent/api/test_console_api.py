@@ -1,6 +1,7 @@
 """The endpoints the console added to the API, over a real app, audit log and fake Ollama:
 who a key is (/v1/me), activity per bucket (/v1/stats), the profiles (/v1/admin/profiles),
-and asking as a chosen tenant and profile (/v1/chat/stream)."""
+asking as a chosen tenant and profile (/v1/chat/stream), and finding turns and feedback
+(/v1/audit's filters, GET /v1/feedback)."""
 
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ def test_profiles_list_the_gray_release_book_for_admins_only(data: Path, keys: d
                 "knowledge_bases": ["default"],
             },
         ],
+        "rules": [],
     }
     assert refused.status_code == 403
 
@@ -168,3 +170,31 @@ def test_an_admin_asks_as_a_tenant_with_a_chosen_profile_and_the_turn_is_that_te
     assert by_client.status_code == 403
     # Naming its own tenant is no privilege.
     assert own_tenant.status_code == 200
+
+
+def test_audit_filters_and_feedback_stay_within_the_keys_tenant(data: Path, keys: dict[str, str]):
+    with TestClient(server.create_app()) as client:
+        for key, user in ((keys["acme"], "u1"), (keys["admin"], "u2")):
+            asked = client.post("/v1/chat", json={**QUESTION, "user_id": user}, headers=bearer(key))
+            assert asked.status_code == 200
+            rated = {"scene": "private", "user_id": user, "rating": "good", "comment": user}
+            assert client.post("/v1/feedback", json=rated, headers=bearer(key)).status_code == 200
+        acme = bearer(keys["acme"])
+        mine = client.get("/v1/audit", params={"q": "保修"}, headers=acme).json()["turns"]
+        others = client.get("/v1/audit", params={"thread_id": "ops:qq:private:u2"}, headers=acme)
+        every = client.get(
+            "/v1/audit", params={"intent": "knowledge"}, headers=bearer(keys["admin"])
+        )
+        degraded = client.get("/v1/audit", params={"degraded": "true"}, headers=acme)
+        feedback = client.get("/v1/feedback", headers=acme).json()["feedback"]
+        all_feedback = client.get("/v1/feedback", headers=bearer(keys["admin"])).json()["feedback"]
+        bad = client.get("/v1/audit", params={"intent": "other"}, headers=acme)
+    assert [turn["thread_id"] for turn in mine] == ["acme:qq:private:u1"]
+    assert others.json()["turns"] == []
+    assert len(every.json()["turns"]) == 2
+    assert degraded.json()["turns"] == []
+    assert [(row["thread_id"], row["comment"]) for row in feedback] == [
+        ("acme:qq:private:u1", "u1")
+    ]
+    assert [row["comment"] for row in all_feedback] == ["u2", "u1"]
+    assert bad.status_code == 422 and "intent" in bad.json()["error"]["message"]

@@ -40,6 +40,26 @@ def main() -> None:
         expect(page.locator("#citations li")).to_have_count(1)
         page.screenshot(path=IMAGES / "console-playground.png", full_page=True)
 
+        page.goto(f"{site.url}/console/kb")
+        page.get_by_role("button", name="查看段落").first.click()
+        expect(page.get_by_test_id("passage")).not_to_have_count(0)
+        page.get_by_label("问题").fill(QUESTIONS[0])
+        page.keyboard.press("Enter")
+        expect(page.get_by_test_id("gate")).to_be_visible()
+        page.screenshot(path=IMAGES / "console-kb.png", full_page=True)
+
+        page.goto(f"{site.url}/console/governance")
+        page.get_by_test_id("tenant-acme").get_by_label("备注").fill("官方机器人")
+        page.get_by_role("button", name="为 acme 签发密钥").click()
+        expect(page.get_by_test_id("secret")).to_be_visible()
+        expect(page.get_by_test_id("limits")).to_be_visible()
+        page.screenshot(path=IMAGES / "console-governance.png", full_page=True)
+
+        page.goto(f"{site.url}/console/conversations")
+        page.get_by_test_id("turn").first.get_by_role("button", name="打开").click()
+        expect(page.get_by_test_id("conversation-turn")).not_to_have_count(0)
+        page.screenshot(path=IMAGES / "console-conversations.png", full_page=True)
+
         page.set_viewport_size(PHONE)
         page.goto(f"{site.url}/console/")
         expect(page.get_by_test_id("chart")).to_have_count(6)

@@ -77,7 +77,7 @@ def test_the_keyboard_alone_reaches_the_question_and_enter_asks_it(page: Page, s
     sign_in(page, site, site.admin_key)
     page.goto(f"{site.url}/console/playground")
     expect(page.get_by_label("档案（灰度版本）")).to_contain_text("default")
-    for _ in range(12):
+    for _ in range(20):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "question":
             break

@@ -28,7 +28,14 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
 def test_pages_load_only_assets_the_service_serves(client: TestClient):
     with client:
         assert client.get("/console", follow_redirects=False).headers["location"] == "/console/"
-        for page in ("/console/", "/console/signin", "/console/playground"):
+        for page in (
+            "/console/",
+            "/console/signin",
+            "/console/playground",
+            "/console/kb",
+            "/console/governance",
+            "/console/conversations",
+        ):
             html = client.get(page).text
             assets = re.findall(r'(?:src|href)="([^"]+)"', html)
             assert all(asset.startswith("/") for asset in assets), assets
@@ -55,6 +62,28 @@ def test_the_status_fragment_refuses_as_the_api_does_and_shows_a_fix_when_down(
     assert 'data-testid="overall">降级<' in shown.text
     assert "启动 Ollama（ollama serve）" in shown.text
     assert shown.text.count('data-testid="chart"') == 6
+
+
+def test_knowledge_fragments_answer_as_the_api_does_for_a_tenant(
+    client: TestClient, tmp_path: Path
+):
+    store = TenantStore(tmp_path / "tenants.sqlite")
+    store.create_tenant("acme", ["faq"])
+    tenant = {"Authorization": f"Bearer {store.issue_key('acme')}"}
+    store.close()
+    with client:
+        bases = client.get("/console/fragments/kb/bases", headers=tenant)
+        other = client.get("/console/fragments/kb/documents?kb=default", headers=tenant)
+        removal = client.delete(
+            "/console/fragments/kb/documents?kb=faq&document=0123456789ab", headers=tenant
+        )
+        empty = client.get("/console/fragments/kb/documents?kb=faq", headers=tenant)
+    # Reading only: the upload form is left out for a key that may not upload.
+    assert bases.status_code == 200 and '<option value="faq">' in bases.text
+    assert "upload-form" not in bases.text
+    assert (other.status_code, "租户 acme 没有知识库 default" in other.text) == (404, True)
+    assert (removal.status_code, "需要管理员密钥" in removal.text) == (403, True)
+    assert "知识库 faq 里还没有文档" in empty.text
 
 
 def test_bars_scale_to_the_tallest_and_quiet_buckets_are_flat():
