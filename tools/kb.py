@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import multiprocessing
 import os
 import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -41,8 +44,8 @@ from rich.progress import MofNCompleteColumn, Progress, track
 from tools.base import KnowledgeUnavailable, Passage, TermCounts
 from tools.embeddings import Embedder, EmbeddingError, passage_text
 from tools.health import Health
-from tools.ingest import SUPPORTED_SUFFIXES, IngestError, chunk_document, read_document
-from tools.text import content_tokens, tokenize
+from tools.ingest import SUPPORTED_SUFFIXES, Chunk, IngestError, chunk_document, read_document
+from tools.text import content_tokens, index_text, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ HYBRID_DEPTH = 50
 """Candidates each ranking (lexical, dense) contributes to the fusion, at least `k`."""
 RRF_K = 60
 """Reciprocal rank fusion constant: a passage at rank r of a ranking scores 1 / (RRF_K + r)."""
+PARALLEL_TOKENIZE_MIN = 2000
+"""A document of at least this many passages is tokenized by one process per core: jieba is
+pure Python and takes over 95 % of ingest time, and below this size starting the processes
+(each loads jieba's dictionary, about a second) costs more than it saves."""
 DENSE_RETRY_S = 30.0
 """After a failed query embedding, searches stay lexical this long before trying again, so a
 hung Ollama costs one timeout rather than one per search."""
@@ -780,7 +787,7 @@ class EmbeddedKB:
         """Add or replace one document in one transaction, as planned."""
         source = item.source
         chunks = chunk_document(read_document(data, source), source)
-        tokens = [(" ".join(tokenize(c.title)), " ".join(tokenize(c.text))) for c in chunks]
+        tokens = _index_tokens(chunks)
         conn = self._conn()
         with _transaction(conn):
             # Another process may have written since the plan was made: then this file waits
@@ -870,6 +877,24 @@ def knowledge_base_names(db_path: Path | str) -> list[str]:
         except sqlite3.OperationalError:
             # No sources table: a file no knowledge base was ever opened on.
             return []
+
+
+def _index_tokens(chunks: Sequence[Chunk]) -> list[tuple[str, str]]:
+    """What the FTS index stores for each chunk: its title's and its text's tokens."""
+    titles = [chunk.title for chunk in chunks]
+    texts = [chunk.text for chunk in chunks]
+    workers = os.cpu_count() or 1
+    if len(chunks) < PARALLEL_TOKENIZE_MIN or workers < 2:
+        return list(map(index_text, titles, texts))
+    # spawn, not fork: the server forks from a process with threads (uvicorn, the executor).
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            return list(pool.map(index_text, titles, texts, chunksize=256))
+    except BrokenProcessPool as exc:
+        # A child cannot start when the main module cannot be re-imported (a script on stdin).
+        log.warning("tokenizing in this process only, the worker processes failed: %s", exc)
+        return list(map(index_text, titles, texts))
 
 
 @contextmanager

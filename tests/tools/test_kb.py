@@ -157,6 +157,32 @@ def test_add_directory_report_and_sources(empty_kb: EmbeddedKB, corpus: Path) ->
     assert sources[0].ingested_at.endswith("+00:00")
 
 
+def fts_rows(kb: EmbeddedKB) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(kb.db_path) as conn:
+        rows = conn.execute(
+            "SELECT p.id, f.title, f.text FROM passages_fts AS f"
+            " JOIN passages AS p ON p.pk = f.rowid ORDER BY p.id"
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_worker_processes_index_the_same_tokens(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EmbeddedKB(tmp_path / "serial.sqlite") as serial:
+        serial.add_path(corpus)
+        expected = fts_rows(serial)
+    # Every document goes through the process pool (real spawned processes).
+    monkeypatch.setattr(tools.kb, "PARALLEL_TOKENIZE_MIN", 1)
+    monkeypatch.setattr(tools.kb.os, "cpu_count", lambda: 2)
+    with EmbeddedKB(tmp_path / "parallel.sqlite") as parallel:
+        report = parallel.add_path(corpus)
+        assert not report.failed
+        assert fts_rows(parallel) == expected
+        assert ids(parallel.search_sync("退款", 1)) == ["refund"]
+    assert "worker processes failed" not in caplog.text
+
+
 def test_get_returns_stored_passage(kb: EmbeddedKB) -> None:
     assert kb.get("refund") == {
         "id": "refund",
