@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import evals.retrieval
 import tools.kb
 from evals.fakes.ollama import DEFAULT_MODELS, EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.base import KnowledgeBackend, Passage
@@ -916,3 +917,54 @@ def test_model_that_changed_dimension_needs_a_rebuild(
             assert len(kb.search_sync(PHYSICS_QUERY, 1)) == 1
             assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
         assert caplog.text == ""
+
+
+def cmrc_sample(root: Path, count: int) -> Path:
+    """The first `count` CMRC 2018 paragraphs, as a JSONL document."""
+    lines = (Path(evals.retrieval.DATA_DIR) / "kb.jsonl").read_text("utf-8").splitlines()
+    path = root / "cmrc.jsonl"
+    path.write_text("\n".join(lines[:count]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_graph_ranks_like_the_exact_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = [q.text for q in evals.retrieval.load_questions(limit=40)]
+    db = tmp_path / "kb.sqlite"
+    with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
+        kb.add_path(cmrc_sample(tmp_path, 300))
+        exact = [ids(kb.search_sync(q, 5)) for q in questions]
+        assert kb._dense is not None and kb._dense.graph is None
+    monkeypatch.setattr(tools.kb, "EXACT_DENSE_MAX", 0)
+    with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
+        # int8 candidates re-ranked in float32: on 300 passages the same fused results.
+        assert [ids(kb.search_sync(q, 5)) for q in questions] == exact
+        assert kb._dense is not None and kb._dense.graph is not None
+        assert len(kb._dense.graph) == kb.count()
+
+
+def test_graph_follows_writes_and_rebuilds(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tools.kb, "EXACT_DENSE_MAX", 0)
+    db = tmp_path / "kb.sqlite"
+    with (
+        EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb,
+        EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as other,
+    ):
+        kb.add_path(corpus)
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        graph = kb._dense.graph if kb._dense is not None else None
+        kb.add_path(physics_file(corpus / "more"), root=corpus)
+        assert "chatter" in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        assert kb._dense is not None and kb._dense.graph is graph  # updated, not rebuilt
+        other.remove_source("more/physics.jsonl")
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        assert len(graph or []) == kb.count()
+        # Every vector written again: the graph replaces them under the same passages.
+        assert other.reindex_vectors(rebuild=True) == kb.count()
+        assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
+        assert len(graph or []) == kb.count()
+    with EmbeddedKB(db, embedder=HashEmbedder("local", 64)) as kb:
+        assert kb.reindex_vectors(rebuild=True) == 11
+        assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
+        assert kb._dense is not None and kb._dense.dim == 64
