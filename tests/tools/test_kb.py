@@ -968,3 +968,17 @@ def test_graph_follows_writes_and_rebuilds(
         assert kb.reindex_vectors(rebuild=True) == 11
         assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
         assert kb._dense is not None and kb._dense.dim == 64
+
+
+def test_another_base_holding_the_top_matches_does_not_hide_ours(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    (tmp_path / "mine.jsonl").write_text(faq_jsonl(FAQ), encoding="utf-8")
+    noisy = [(f"n{i}", "退款退款", "退款退款退款退款。") for i in range(30)]
+    (tmp_path / "noisy.jsonl").write_text(faq_jsonl(noisy), encoding="utf-8")
+    with EmbeddedKB(db, "mine") as mine, EmbeddedKB(db, "noisy") as other:
+        mine.add_path(tmp_path / "mine.jsonl")
+        other.add_path(tmp_path / "noisy.jsonl")
+        # The file's 5 best rows for 退款 are all the other base's; ours still ranks its own.
+        assert ids(mine.search_sync("退款", 1)) == ["refund"]
+        assert len(other.search_sync("退款", 5)) == 5
+        assert {p["kb"] for p in other.search_sync("退款", 40)} == {"noisy"}
