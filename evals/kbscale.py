@@ -34,7 +34,7 @@ from rich.table import Table
 
 from evals import publish
 from evals.retrieval import DATA_DIR, gold_rank, latency_ms, load_questions, rank_metrics
-from tools.kb import EmbeddedKB
+from tools.kb import GRAPH_CANDIDATES, HYBRID_DEPTH, EmbeddedKB
 from tools.text import split_sentences
 
 KB_NAME = "kbscale"
@@ -43,7 +43,7 @@ FILE_PASSAGES = 50_000
 """Distractors per JSONL file: each file is one transaction, and one tokenizing process pool."""
 ANN_QUERIES = 200
 ANN_K = 10
-ANN_LIBRARIES = ("numpy", "hnswlib", "usearch-f16", "usearch-i8", "faiss-sq8")
+ANN_LIBRARIES = ("numpy", "hnswlib", "usearch-f16", "usearch-i8", "usearch-i8-rerank", "faiss-sq8")
 
 
 def distractors(rows: Sequence[Mapping[str, str]], count: int, start: int) -> Iterator[dict]:
@@ -168,7 +168,19 @@ def _builders(dim: int) -> dict[str, Callable[[np.ndarray], Callable[[np.ndarray
         index.set_ef(64)
         return lambda q: index.knn_query(q, k=ANN_K, num_threads=1)[0][0]
 
-    def usearch(base: np.ndarray, dtype: str) -> Callable[[np.ndarray], np.ndarray]:
+    def usearch_rerank(base: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        # What EmbeddedKB does: the int8 graph proposes GRAPH_CANDIDATES x HYBRID_DEPTH passages,
+        # their float32 vectors re-rank them.
+        graph = usearch(base, "i8")
+        wanted = GRAPH_CANDIDATES * HYBRID_DEPTH
+
+        def search(q: np.ndarray) -> np.ndarray:
+            keys = graph(q, wanted)
+            return keys[np.argsort(-(base[keys] @ q), kind="stable")[:ANN_K]]
+
+        return search
+
+    def usearch(base: np.ndarray, dtype: str) -> Callable[..., np.ndarray]:
         from usearch.index import Index
 
         index = Index(
@@ -180,7 +192,7 @@ def _builders(dim: int) -> dict[str, Callable[[np.ndarray], Callable[[np.ndarray
             expansion_search=64,
         )
         index.add(np.arange(len(base)), base, threads=os.cpu_count() or 1)
-        return lambda q: index.search(q, ANN_K, threads=1).keys
+        return lambda q, k=ANN_K: index.search(q, k, threads=1).keys
 
     def faiss_hnsw(base: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         import faiss
@@ -199,6 +211,7 @@ def _builders(dim: int) -> dict[str, Callable[[np.ndarray], Callable[[np.ndarray
         "hnswlib": hnsw,
         "usearch-f16": lambda base: usearch(base, "f16"),
         "usearch-i8": lambda base: usearch(base, "i8"),
+        "usearch-i8-rerank": usearch_rerank,
         "faiss-sq8": faiss_hnsw,
     }
 
