@@ -55,6 +55,19 @@ def _tokens(text: str, search: bool) -> tuple[str, ...]:
     return tuple(t.lower() for t in words if _TOKEN_RE.search(t))
 
 
+def index_text(title: str, text: str) -> tuple[str, str]:
+    """A passage as the full-text index holds it: search-mode tokens joined by spaces.
+
+    Uncached, unlike `tokenize`: an ingest sees each passage once, and would only evict the
+    passages that searches keep coming back to.
+    """
+    return " ".join(_index_words(title)), " ".join(_index_words(text))
+
+
+def _index_words(text: str) -> Iterable[str]:
+    return (t.lower() for t in jieba.cut_for_search(text) if _TOKEN_RE.search(t))
+
+
 def content_tokens(text: str, *, search: bool = True) -> list[str]:
     """Tokens that carry topic: `tokenize` minus stopwords and interrogatives."""
     return [t for t in tokenize(text, search=search) if t not in STOPWORDS]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import evals.retrieval
 import tools.kb
 from evals.fakes.ollama import DEFAULT_MODELS, EMBEDDING_DIM, FakeOllama, Fault, embed_text
 from tools.base import KnowledgeBackend, Passage
@@ -155,6 +156,32 @@ def test_add_directory_report_and_sources(empty_kb: EmbeddedKB, corpus: Path) ->
     guide = (corpus / "docs" / "guide.md").read_bytes()
     assert sources[0].sha256 == hashlib.sha256(guide).hexdigest()
     assert sources[0].ingested_at.endswith("+00:00")
+
+
+def fts_rows(kb: EmbeddedKB) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(kb.db_path) as conn:
+        rows = conn.execute(
+            "SELECT p.id, f.title, f.text FROM passages_fts AS f"
+            " JOIN passages AS p ON p.pk = f.rowid ORDER BY p.id"
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_worker_processes_index_the_same_tokens(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EmbeddedKB(tmp_path / "serial.sqlite") as serial:
+        serial.add_path(corpus)
+        expected = fts_rows(serial)
+    # Every document goes through the process pool (real spawned processes).
+    monkeypatch.setattr(tools.kb, "PARALLEL_TOKENIZE_MIN", 1)
+    monkeypatch.setattr(tools.kb.os, "cpu_count", lambda: 2)
+    with EmbeddedKB(tmp_path / "parallel.sqlite") as parallel:
+        report = parallel.add_path(corpus)
+        assert not report.failed
+        assert fts_rows(parallel) == expected
+        assert ids(parallel.search_sync("退款", 1)) == ["refund"]
+    assert "worker processes failed" not in caplog.text
 
 
 def test_get_returns_stored_passage(kb: EmbeddedKB) -> None:
@@ -890,3 +917,68 @@ def test_model_that_changed_dimension_needs_a_rebuild(
             assert len(kb.search_sync(PHYSICS_QUERY, 1)) == 1
             assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
         assert caplog.text == ""
+
+
+def cmrc_sample(root: Path, count: int) -> Path:
+    """The first `count` CMRC 2018 paragraphs, as a JSONL document."""
+    lines = (Path(evals.retrieval.DATA_DIR) / "kb.jsonl").read_text("utf-8").splitlines()
+    path = root / "cmrc.jsonl"
+    path.write_text("\n".join(lines[:count]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_graph_ranks_like_the_exact_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = [q.text for q in evals.retrieval.load_questions(limit=40)]
+    db = tmp_path / "kb.sqlite"
+    with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
+        kb.add_path(cmrc_sample(tmp_path, 300))
+        exact = [ids(kb.search_sync(q, 5)) for q in questions]
+        assert kb._dense is not None and kb._dense.graph is None
+    monkeypatch.setattr(tools.kb, "EXACT_DENSE_MAX", 0)
+    with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
+        # int8 candidates re-ranked in float32: on 300 passages the same fused results.
+        assert [ids(kb.search_sync(q, 5)) for q in questions] == exact
+        assert kb._dense is not None and kb._dense.graph is not None
+        assert len(kb._dense.graph) == kb.count()
+
+
+def test_graph_follows_writes_and_rebuilds(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tools.kb, "EXACT_DENSE_MAX", 0)
+    db = tmp_path / "kb.sqlite"
+    with (
+        EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb,
+        EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as other,
+    ):
+        kb.add_path(corpus)
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        graph = kb._dense.graph if kb._dense is not None else None
+        kb.add_path(physics_file(corpus / "more"), root=corpus)
+        assert "chatter" in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        assert kb._dense is not None and kb._dense.graph is graph  # updated, not rebuilt
+        other.remove_source("more/physics.jsonl")
+        assert "chatter" not in ids(kb.search_sync(PHYSICS_QUERY, 20))
+        assert len(graph or []) == kb.count()
+        # Every vector written again: the graph replaces them under the same passages.
+        assert other.reindex_vectors(rebuild=True) == kb.count()
+        assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
+        assert len(graph or []) == kb.count()
+    with EmbeddedKB(db, embedder=HashEmbedder("local", 64)) as kb:
+        assert kb.reindex_vectors(rebuild=True) == 11
+        assert ids(kb.search_sync("付款后多长时间发货？", 1)) == ["shipping"]
+        assert kb._dense is not None and kb._dense.dim == 64
+
+
+def test_another_base_holding_the_top_matches_does_not_hide_ours(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    (tmp_path / "mine.jsonl").write_text(faq_jsonl(FAQ), encoding="utf-8")
+    noisy = [(f"n{i}", "退款退款", "退款退款退款退款。") for i in range(30)]
+    (tmp_path / "noisy.jsonl").write_text(faq_jsonl(noisy), encoding="utf-8")
+    with EmbeddedKB(db, "mine") as mine, EmbeddedKB(db, "noisy") as other:
+        mine.add_path(tmp_path / "mine.jsonl")
+        other.add_path(tmp_path / "noisy.jsonl")
+        # The file's 5 best rows for 退款 are all the other base's; ours still ranks its own.
+        assert ids(mine.search_sync("退款", 1)) == ["refund"]
+        assert len(other.search_sync("退款", 5)) == 5
+        assert {p["kb"] for p in other.search_sync("退款", 40)} == {"noisy"}
