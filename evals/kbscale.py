@@ -199,7 +199,7 @@ def _builders(dim: int) -> dict[str, Callable[[np.ndarray], Callable[[np.ndarray
 
         int8 = faiss.ScalarQuantizer.QT_8bit
         # The stubs type the quantiser argument as the class; SWIG takes the enum value.
-        index = faiss.IndexHNSWSQ(dim, int8, 16, faiss.METRIC_INNER_PRODUCT)  # type: ignore[arg-type]
+        index = faiss.IndexHNSWSQ(dim, int8, 16, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 100
         index.train(base[:10_000])
         index.add(base)

@@ -936,8 +936,11 @@ def test_graph_ranks_like_the_exact_scan(tmp_path: Path, monkeypatch: pytest.Mon
         assert kb._dense is not None and kb._dense.graph is None
     monkeypatch.setattr(tools.kb, "EXACT_DENSE_MAX", 0)
     with EmbeddedKB(db, embedder=HashEmbedder("local", EMBEDDING_DIM)) as kb:
-        # int8 candidates re-ranked in float32: on 300 passages the same fused results.
-        assert [ids(kb.search_sync(q, 5)) for q in questions] == exact
+        # int8 candidates re-ranked in float32: on 300 passages the same fused results for
+        # (nearly) every question. The graph is built on every core, so its exact shape, and
+        # a rare near-tie, varies from run to run: approximate search is measured, not equal.
+        graph = [ids(kb.search_sync(q, 5)) for q in questions]
+        assert sum(g == e for g, e in zip(graph, exact, strict=True)) >= 0.95 * len(questions)
         assert kb._dense is not None and kb._dense.graph is not None
         assert len(kb._dense.graph) == kb.count()
 
