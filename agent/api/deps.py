@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Header, HTTPException, Request
@@ -89,6 +89,29 @@ async def require_admin(principal: PrincipalDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+async def record_action(
+    rt: AppRuntime,
+    principal: Principal,
+    action: str,
+    target: str,
+    *,
+    kb: str | None = None,
+    detail: dict[str, Any],
+) -> None:
+    """An admin action taken over HTTP, in the audit log (when there is one), off the loop."""
+    if rt.services.audit is not None:
+        await asyncio.to_thread(
+            rt.services.audit.record_action,
+            via="http",
+            actor=principal.key_id,
+            actor_tenant=principal.tenant,
+            action=action,
+            target=target,
+            kb=kb,
+            detail=detail,
+        )
 
 
 def check_length(text: str, settings: Settings, name: str = "text") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, UploadFile
 from fastapi.responses import JSONResponse
 
-from agent.api.deps import AdminDep, AppRuntime, RuntimeDep
+from agent.api.deps import AdminDep, AppRuntime, RuntimeDep, record_action
 from agent.gateway import Refusal
 from agent.policy.tenants import Principal
 from tools.ingest import SUPPORTED_SUFFIXES, IngestError
@@ -36,17 +36,14 @@ def document_json(info: SourceInfo) -> dict[str, Any]:
 async def _record(
     rt: AppRuntime, principal: Principal, action: str, kb: str, info: SourceInfo, **detail: Any
 ) -> None:
-    if rt.services.audit is not None:
-        await asyncio.to_thread(
-            rt.services.audit.record_action,
-            via="http",
-            actor=principal.key_id,
-            actor_tenant=principal.tenant,
-            action=action,
-            target=info.source,
-            kb=kb,
-            detail={"document_id": info.document_id, **detail},
-        )
+    await record_action(
+        rt,
+        principal,
+        action,
+        info.source,
+        kb=kb,
+        detail={"document_id": info.document_id, **detail},
+    )
 
 
 @router.get("")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from agent.api.deps import AdminDep, AppRuntime, RuntimeDep
+from agent.api.deps import AdminDep, AppRuntime, RuntimeDep, record_action
 from agent.gateway import Refusal
 from agent.policy.tenants import KEY_ID_CHARS, KeyInfo, Principal, Role, hash_key
 
@@ -40,17 +40,9 @@ def _key(info: KeyInfo) -> dict[str, Any]:
 async def _record(
     rt: AppRuntime, principal: Principal, action: str, info: KeyInfo, **detail: Any
 ) -> None:
-    if rt.services.audit is not None:
-        await asyncio.to_thread(
-            rt.services.audit.record_action,
-            via="http",
-            actor=principal.key_id,
-            actor_tenant=principal.tenant,
-            action=action,
-            target=info.key_id,
-            kb=None,
-            detail={"tenant": info.tenant, **detail},
-        )
+    await record_action(
+        rt, principal, action, info.key_id, detail={"tenant": info.tenant, **detail}
+    )
 
 
 @router.get("/tenants")
